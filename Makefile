@@ -1,0 +1,67 @@
+# Funnel: every entry point a person types. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BIN ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+ARTIFACTS ?= artifacts
+SIZE ?= demo
+RETRIEVAL_SHARDS ?= 1
+RETRIEVAL_REPLICAS ?= 1
+RANKING_REPLICAS ?= 1
+RERANKING_REPLICAS ?= 1
+GATEWAY_PORT ?= 50051
+PYTEST_ARGS ?=
+
+STAMP_VENV := $(VENV)/.installed
+STAMP_PROTOS := funnel/v1/__init__.py
+PROTOS := $(wildcard protos/funnel/v1/*.proto)
+
+.PHONY: help install protos artifacts up down demo test lint clean
+
+help: ## List every target with one line each
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP_VENV): requirements.lock
+	@echo "==> creating $(VENV) and installing pinned dependencies (about a minute)"
+	$(PYTHON_BIN) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
+	touch $@
+
+install: $(STAMP_VENV) $(STAMP_PROTOS) ## Create the virtual environment and generate the gRPC code
+
+$(STAMP_PROTOS): $(PROTOS) $(STAMP_VENV)
+	@echo "==> generating gRPC code from protos/"
+	rm -rf funnel/v1 && mkdir -p funnel/v1
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	touch $@
+
+protos: $(STAMP_PROTOS) ## Regenerate funnel/v1 from protos/ (never edit funnel/v1 by hand)
+
+artifacts: install ## Build the data set, embeddings, ranker and Triton repo (SIZE=tiny|demo|100k|1m)
+	@if [ -n "$$(ls -A $(ARTIFACTS)/bundles 2>/dev/null)" ]; then echo "==> artifacts present in $(ARTIFACTS) (make clean to rebuild)"; \
+	else $(PY) -m training.build --out $(ARTIFACTS) --size $(SIZE); fi
+
+up: artifacts ## Start Triton, every stage and the gateway on 127.0.0.1 in the background
+	$(PY) -m funnel.launcher up --artifacts $(ARTIFACTS) --gateway-port $(GATEWAY_PORT) \
+	  --retrieval-shards $(RETRIEVAL_SHARDS) --retrieval-replicas $(RETRIEVAL_REPLICAS) \
+	  --ranking-replicas $(RANKING_REPLICAS) --reranking-replicas $(RERANKING_REPLICAS)
+
+down: ## Stop every process `make up` started
+	@if [ -x $(PY) ]; then $(PY) -m funnel.launcher down; else echo "nothing to stop"; fi
+
+demo: ## From a fresh clone: install, build artifacts, start the stack, show recommendations, stop
+	@$(MAKE) --no-print-directory up
+	@$(PY) -m funnel.demo --target 127.0.0.1:$(GATEWAY_PORT) --artifacts $(ARTIFACTS); status=$$?; \
+	  $(MAKE) --no-print-directory down; exit $$status
+
+test: install ## Install what is needed and run the whole test suite (real processes on loopback)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install ## ruff
+	$(VENV)/bin/ruff check .
+
+clean: down ## Remove artifacts, generated code and run state (keeps the virtual environment)
+	rm -rf $(ARTIFACTS) funnel/v1 .run .pytest_cache

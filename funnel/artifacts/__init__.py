@@ -1,0 +1,1 @@
+"""The artifact format every process shares: versioned directories with a manifest."""

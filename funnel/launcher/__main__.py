@@ -1,0 +1,79 @@
+"""python -m funnel.launcher up|down|status: the local stack behind `make up` and `make down`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from funnel.launcher.health import health_status
+from funnel.launcher.stack import REPO_ROOT, Stack, StackConfig
+
+RUN_DIR = REPO_ROOT / ".run"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m funnel.launcher")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start Triton, every stage and the gateway, wait until SERVING")
+    up.add_argument("--artifacts", type=Path, default=REPO_ROOT / "artifacts")
+    up.add_argument("--policy", type=Path, default=REPO_ROOT / "config" / "policy.yaml")
+    up.add_argument("--gateway-port", type=int, default=50051)
+    up.add_argument("--retrieval-shards", type=int, default=1)
+    up.add_argument("--retrieval-replicas", type=int, default=1)
+    up.add_argument("--ranking-replicas", type=int, default=1)
+    up.add_argument("--reranking-replicas", type=int, default=1)
+    commands.add_parser("down", help="stop every process `up` started")
+    commands.add_parser("status", help="health of every process `up` started")
+    args = parser.parse_args(argv)
+
+    if args.command == "down":
+        stopped = Stack.stop_from_state(RUN_DIR)
+        print(f"stopped {len(stopped)} processes: {', '.join(stopped)}" if stopped else "nothing running")
+        return 0
+    if args.command == "status":
+        return _status()
+    if (RUN_DIR / "stack.json").exists():
+        print("a stack is already running (make down first)", file=sys.stderr)
+        return 1
+    for name in ("retrieval_shards", "retrieval_replicas", "ranking_replicas", "reranking_replicas"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    RUN_DIR.mkdir(exist_ok=True)
+    stack = Stack(
+        StackConfig(
+            artifacts=args.artifacts,
+            run_dir=RUN_DIR,
+            policy=args.policy,
+            gateway_port=args.gateway_port,
+            retrieval_shards=args.retrieval_shards,
+            retrieval_replicas=args.retrieval_replicas,
+            ranking_replicas=args.ranking_replicas,
+            reranking_replicas=args.reranking_replicas,
+        )
+    )
+    try:
+        stack.start()
+    except Exception as exc:
+        print(f"stack failed to start: {exc}", file=sys.stderr)
+        return 1
+    stack.save_state()
+    print(f"stack is up: gateway on 127.0.0.1:{args.gateway_port}, logs in {RUN_DIR / 'logs'}; `make down` stops it")
+    return 0
+
+
+def _status() -> int:
+    import json
+
+    path = RUN_DIR / "stack.json"
+    if not path.exists():
+        print("nothing running")
+        return 1
+    for entry in json.loads(path.read_text()):
+        status = "(http health)" if entry["name"] == "triton" else health_status(f"127.0.0.1:{entry['port']}")
+        print(f"{entry['name']:<16} pid {entry['pid']:<8} port {entry['port']:<6} {status}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The local stack: Triton, every stage replica and the gateway as processes on 127.0.0.1.
+
+Used by `make up` / `make down` (state kept in `.run/stack.json`) and by the tests (in-process,
+with free ports). Every process runs in its own process group so stopping it leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from funnel.launcher.health import wait_serving
+from funnel.launcher.processes import alive, free_port, spawn, stop_group, tail
+from funnel.launcher.triton import TritonServer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class StackConfig:
+    artifacts: Path
+    run_dir: Path = REPO_ROOT / ".run"
+    policy: Path = REPO_ROOT / "config" / "policy.yaml"
+    retrieval_shards: int = 1
+    retrieval_replicas: int = 1
+    ranking_replicas: int = 1
+    reranking_replicas: int = 1
+    gateway_port: int = 50051
+    # Fixed ports for `make up`; tests pass auto_ports=True and get free ones.
+    auto_ports: bool = False
+    triton_ports: tuple[int, int, int] = (8000, 8001, 8002)  # http, grpc, metrics
+    first_stage_port: int = 50061
+    first_metrics_port: int = 9101
+    startup_timeout_s: float = 180.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ProcessInfo:
+    name: str
+    pid: int
+    port: int
+    metrics_port: int
+    log: str
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.processes: list[ProcessInfo] = []
+        self._next_port = config.first_stage_port
+        self._next_metrics = config.first_metrics_port
+        self.triton: TritonServer | None = None
+
+    # -- ports -----------------------------------------------------------------------------
+    def _port(self) -> int:
+        if self.config.auto_ports:
+            return free_port()
+        self._next_port += 1
+        return self._next_port - 1
+
+    def _metrics_port(self) -> int:
+        if self.config.auto_ports:
+            return free_port()
+        self._next_metrics += 1
+        return self._next_metrics - 1
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        c = self.config
+        logs = c.run_dir / "logs"
+        http, grpc_port, metrics = (free_port(), free_port(), free_port()) if c.auto_ports else c.triton_ports
+        self.triton = TritonServer(c.artifacts / "model_repository", grpc_port, http, metrics, logs / "triton.log")
+        self._progress(f"starting Triton on 127.0.0.1:{grpc_port}")
+        process = self.triton.start()
+        self.processes.append(ProcessInfo("triton", process.pid, grpc_port, metrics, str(self.triton.log_path)))
+        self.triton.wait_ready(c.startup_timeout_s)
+
+        shard_targets = []
+        for shard in range(c.retrieval_shards):
+            replicas = [
+                self.launch(
+                    f"retrieval-{shard}-{r}",
+                    "services.retrieval",
+                    ["--shard-index", str(shard), "--shard-count", str(c.retrieval_shards)],
+                )
+                for r in range(c.retrieval_replicas)
+            ]
+            shard_targets.append(",".join(f"127.0.0.1:{p.port}" for p in replicas))
+        ranking = [
+            self.launch(f"ranking-{r}", "services.ranking", ["--triton-url", self.triton.grpc_url])
+            for r in range(c.ranking_replicas)
+        ]
+        reranking = [
+            self.launch(f"reranking-{r}", "services.reranking", ["--policy-path", str(c.policy)])
+            for r in range(c.reranking_replicas)
+        ]
+        self.wait_all_serving()
+        self.launch(
+            "gateway",
+            "gateway",
+            [
+                "--retrieval-shards",
+                ";".join(shard_targets),
+                "--ranking-target",
+                ",".join(f"127.0.0.1:{p.port}" for p in ranking),
+                "--reranking-target",
+                ",".join(f"127.0.0.1:{p.port}" for p in reranking),
+                "--policy-path",
+                str(c.policy),
+            ],
+            port=c.gateway_port or free_port(),
+        )
+        self.wait_all_serving()
+
+    def launch(
+        self, name: str, module: str, args: list[str], port: int | None = None, env: dict[str, str] | None = None
+    ) -> ProcessInfo:
+        """Start one service process; it is waited for by `wait_all_serving`."""
+        c = self.config
+        port = port or self._port()
+        metrics_port = self._metrics_port()
+        log = c.run_dir / "logs" / f"{name}.log"
+        command = [
+            sys.executable,
+            "-m",
+            module,
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(metrics_port),
+            "--artifact-dir",
+            str(c.artifacts.resolve()),
+            *args,
+        ]
+        process_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **c.extra_env, **(env or {})}
+        process = spawn(command, log, env=process_env, cwd=REPO_ROOT)
+        info = ProcessInfo(name, process.pid, port, metrics_port, str(log))
+        self.processes.append(info)
+        self._progress(f"started {name} on 127.0.0.1:{port}")
+        return info
+
+    def wait_all_serving(self) -> None:
+        for info in self.processes:
+            if info.name == "triton":
+                continue
+            try:
+                wait_serving(f"127.0.0.1:{info.port}", self.config.startup_timeout_s, lambda pid=info.pid: alive(pid))
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(f"{info.name}: {exc}\n--- last log lines ---\n{tail(Path(info.log))}") from None
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.get(name).port}"
+
+    def get(self, name: str) -> ProcessInfo:
+        return next(p for p in self.processes if p.name == name)
+
+    def stop(self) -> None:
+        # Gateway first, Triton last: the reverse of start-up, so nothing calls a stopped process.
+        for info in reversed(self.processes):
+            stop_group(info.pid)
+        self.processes.clear()
+
+    # -- state file for `make up` / `make down` --------------------------------------------
+    def save_state(self) -> Path:
+        path = self.config.run_dir / "stack.json"
+        path.write_text(json.dumps([asdict(p) for p in self.processes], indent=2))
+        return path
+
+    @staticmethod
+    def stop_from_state(run_dir: Path) -> list[str]:
+        path = run_dir / "stack.json"
+        if not path.exists():
+            return []
+        infos = [ProcessInfo(**entry) for entry in json.loads(path.read_text())]
+        for info in reversed(infos):
+            stop_group(info.pid)
+        path.unlink()
+        return [info.name for info in infos]
+
+    def _progress(self, message: str) -> None:
+        print(f"[stack {time.strftime('%H:%M:%S')}] {message}", flush=True)

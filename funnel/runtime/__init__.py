@@ -1,0 +1,1 @@
+"""Shared service runtime: config, gRPC server bootstrap, health, metrics, logging, deadlines."""

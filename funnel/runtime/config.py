@@ -1,0 +1,155 @@
+"""Settings from flags and environment variables, validated before anything starts.
+
+A settings class is a frozen dataclass whose fields are declared with `setting(...)`. Each field
+`foo_bar` is read from the flag `--foo-bar`, else from the variable `FUNNEL_FOO_BAR`, else from its
+default. Every problem is collected and reported at once, and the process exits before it binds a
+port: a misconfigured pod should crash-loop loudly, not serve wrong answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from funnel.runtime.errors import ConfigError
+
+ENV_PREFIX = "FUNNEL_"
+_MISSING = dataclasses.MISSING
+
+T = TypeVar("T")
+Check = Callable[[Any], str | None]
+
+
+def setting(default: Any = _MISSING, *, help: str, checks: Sequence[Check] = ()) -> Any:
+    """Declare one setting. No default means required."""
+    metadata = {"help": help, "checks": tuple(checks)}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def port_number(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number 0..65535"
+
+
+def one_of(*allowed: str) -> Check:
+    def check(value: str) -> str | None:
+        return None if value in allowed else f"must be one of {', '.join(allowed)}"
+
+    return check
+
+
+def non_empty(value: Any) -> str | None:
+    return None if value else "must not be empty"
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _parse(raw: str, kind: Any) -> Any:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"not a boolean: {raw!r}")
+    if typing.get_origin(kind) is list:
+        return [part.strip() for part in raw.split(";" if ";" in raw else ",") if part.strip()]
+    return kind(raw)
+
+
+def load_settings(cls: type[T], argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> T:
+    """Build `cls` from flags (`argv`), then environment, then defaults; raise ConfigError."""
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    parser = argparse.ArgumentParser(prog=cls.__name__, add_help=True)
+    for field in fields:
+        parser.add_argument(
+            flag_name(field.name),
+            dest=field.name,
+            default=None,
+            help=f"{field.metadata.get('help', '')} (env {env_name(field.name)})",
+        )
+    namespace = parser.parse_args(list(argv) if argv is not None else [])
+
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for field in fields:
+        raw = getattr(namespace, field.name)
+        origin = flag_name(field.name)
+        if raw is None and env_name(field.name) in env:
+            raw, origin = env[env_name(field.name)], env_name(field.name)
+        if raw is None:
+            if field.default is _MISSING and field.default_factory is _MISSING:
+                problems.append(f"{field.name}: required (set {origin} or {env_name(field.name)})")
+            continue
+        try:
+            values[field.name] = _parse(raw, hints[field.name])
+        except ValueError as exc:
+            problems.append(f"{field.name}: {origin}={raw!r} is invalid: {exc}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+    settings = cls(**values)
+    for field in fields:
+        for check in field.metadata.get("checks", ()):
+            message = check(getattr(settings, field.name))
+            if message:
+                problems.append(f"{field.name}={getattr(settings, field.name)!r} {message}")
+    cross_check = getattr(settings, "validate", None)
+    if callable(cross_check):
+        problems.extend(cross_check())
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return settings
+
+
+def load_or_exit(cls: type[T], argv: Sequence[str] | None = None) -> T:
+    """Entry-point helper: print every configuration problem and exit with status 2."""
+    try:
+        return load_settings(cls, sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    """Settings every gRPC process shares."""
+
+    host: str = setting("127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    port: int = setting(50051, help="gRPC port", checks=[port_number])
+    metrics_port: int = setting(0, help="Prometheus /metrics port; 0 disables", checks=[port_number])
+    log_level: str = setting("INFO", help="log level", checks=[one_of("DEBUG", "INFO", "WARNING", "ERROR")])
+    drain_seconds: float = setting(
+        0.5,
+        help="after SIGTERM, time spent NOT_SERVING while still accepting calls, so balancers move away",
+        checks=[non_negative],
+    )
+    grace_seconds: float = setting(
+        10.0, help="after draining, time in-flight calls get to finish", checks=[non_negative]
+    )
+    worker_threads: int = setting(
+        2, help="threads for CPU-heavy work (FAISS, torch) kept off the event loop", checks=[positive]
+    )
+    max_message_bytes: int = setting(4 * 1024 * 1024, help="largest gRPC message accepted", checks=[positive])

@@ -1,0 +1,94 @@
+"""Cross-cutting behaviour of every unary call, written once: request ids, metrics, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from funnel.runtime.errors import FunnelError
+from funnel.runtime.logs import REQUEST_ID
+from funnel.runtime.metrics import RPC_LATENCY, RPC_REQUESTS
+
+REQUEST_ID_KEY = "x-request-id"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+log = logging.getLogger("funnel.rpc")
+
+
+def request_id_from(metadata: tuple[tuple[str, Any], ...] | None) -> str:
+    """The caller's request id when it is well formed, else a fresh one."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _SAFE_REQUEST_ID.match(value):
+            return value
+    return uuid.uuid4().hex
+
+
+def outgoing_metadata() -> tuple[tuple[str, str], ...]:
+    """Metadata for a downstream call that carries the current request id."""
+    request_id = REQUEST_ID.get()
+    return ((REQUEST_ID_KEY, request_id),) if request_id else ()
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary-unary handler.
+
+    - binds the request id (from `x-request-id` or new) for logs and downstream calls, and echoes
+      it in trailing metadata;
+    - counts calls and records latency by method and final status;
+    - turns FunnelError into its status and any other exception into INTERNAL with a short message
+      and the request id, never UNKNOWN with a stack trace. The stack goes to the log.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        request_id = request_id_from(handler_call_details.invocation_metadata)
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap(handler.unary_unary, method, request_id),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _wrap(behavior: Callable[..., Awaitable[Any]], method: str, request_id: str) -> Callable[..., Awaitable[Any]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = REQUEST_ID.set(request_id)
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        trailer = ((REQUEST_ID_KEY, request_id),)
+        context.set_trailing_metadata(trailer)
+        try:
+            return await behavior(request, context)
+        except FunnelError as exc:
+            code = exc.code
+            log.info("rpc refused", extra={"method": method, "code": code.name, "detail": exc.message})
+            await context.abort(code, exc.message, trailer)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("unhandled error", extra={"method": method})
+            await context.abort(code, f"internal error (request id {request_id})", trailer)
+        finally:
+            RPC_REQUESTS.labels(method, code.name).inc()
+            RPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+            REQUEST_ID.reset(token)
+
+    return handle

@@ -1,0 +1,34 @@
+"""Prometheus metrics shared by every process, served on their own port."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+# Buckets cluster around a tens-of-milliseconds SLO, where the decisions are made.
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5)
+
+RPC_REQUESTS = Counter("funnel_rpc_requests_total", "gRPC calls handled, by method and status code", ["method", "code"])
+RPC_LATENCY = Histogram(
+    "funnel_rpc_latency_seconds", "Server-side latency of gRPC calls", ["method"], buckets=LATENCY_BUCKETS
+)
+STAGE_LATENCY = Histogram(
+    "funnel_stage_latency_seconds",
+    "Latency of each funnel stage as seen by the gateway, by outcome",
+    ["stage", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+DEGRADED = Counter("funnel_degraded_total", "Degraded responses, by stage and cause", ["stage", "cause"])
+CANDIDATES = Histogram(
+    "funnel_stage_candidates",
+    "Items leaving each stage",
+    ["stage"],
+    buckets=(0, 1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+)
+READY = Gauge("funnel_ready", "1 when the process reports SERVING")
+ARTIFACT_INFO = Gauge("funnel_artifact_info", "Versions of the artifacts this process serves", ["kind", "version"])
+
+
+def start_metrics_server(host: str, port: int) -> None:
+    """Serve /metrics on host:port in a daemon thread; port 0 turns metrics off."""
+    if port:
+        start_http_server(port, addr=host)

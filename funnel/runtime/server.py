@@ -1,0 +1,141 @@
+"""The grpc.aio server bootstrap every Funnel process runs.
+
+It owns what is the same everywhere: interceptors, the standard health service (whose status the
+service sets from its real readiness), reflection, metrics, a thread pool for CPU-heavy work, and a
+graceful shutdown on SIGTERM: health goes NOT_SERVING, the server keeps answering for
+`drain_seconds` so balancers can move away, then stops taking calls and lets in-flight ones finish
+for up to `grace_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from funnel.runtime.config import ServerSettings
+from funnel.runtime.interceptors import ServerInterceptor
+from funnel.runtime.logs import configure_logging
+from funnel.runtime.metrics import READY, start_metrics_server
+
+log = logging.getLogger("funnel.server")
+T = TypeVar("T")
+
+
+class Readiness:
+    """SERVING or NOT_SERVING for the whole server and each of its services, set by the service."""
+
+    def __init__(self, health: health_aio.HealthServicer, service_names: list[str]) -> None:
+        self._health = health
+        self._names = ["", *service_names]
+        self.serving = False
+
+    async def set(self, serving: bool, reason: str = "") -> None:
+        if serving == self.serving:
+            return
+        self.serving = serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in self._names:
+            await self._health.set(name, status)
+        READY.set(1 if serving else 0)
+        log.info("readiness changed", extra={"serving": serving, "reason": reason})
+
+
+class Runtime:
+    """What a service gets from the bootstrap."""
+
+    def __init__(self, server: grpc.aio.Server, settings: ServerSettings, executor: ThreadPoolExecutor) -> None:
+        self.server = server
+        self.settings = settings
+        self._executor = executor
+        self.readiness: Readiness  # set by serve() once the service names are known
+
+    async def run_cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run CPU-heavy work (FAISS, torch, numpy over large arrays) off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+
+class Service(Protocol):
+    """A stage: registers its servicers, then loads what it needs and reports readiness."""
+
+    service_names: list[str]
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def run(name: str, settings: ServerSettings, build: Callable[[Runtime], Service]) -> None:
+    """Entry point of every process: serve until SIGTERM or SIGINT, then shut down gracefully."""
+    configure_logging(name, settings.log_level)
+    asyncio.run(serve(name, settings, build))
+
+
+async def serve(name: str, settings: ServerSettings, build: Callable[[Runtime], Service]) -> None:
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(interceptors=[ServerInterceptor()], options=options)
+    executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix=f"{name}-cpu")
+    runtime = Runtime(server, settings, executor)
+    service = build(runtime)
+
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    runtime.readiness = Readiness(health, service.service_names)
+    for service_name in ["", *service.service_names]:
+        await health.set(service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        [*service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_insecure_port(address)
+    if not port:
+        raise SystemExit(f"{name}: cannot listen on {address}")
+    await server.start()
+    start_metrics_server(settings.host, settings.metrics_port)
+    log.info("listening", extra={"address": f"{settings.host}:{port}", "metrics_port": settings.metrics_port})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    # Loading runs beside serving so that health answers NOT_SERVING while an index or model loads.
+    starting = asyncio.create_task(service.start(), name=f"{name}-start")
+    starting.add_done_callback(functools.partial(_report_start_failure, stop))
+    await stop.wait()
+
+    log.info("shutting down", extra={"drain_seconds": settings.drain_seconds, "grace_seconds": settings.grace_seconds})
+    await health.enter_graceful_shutdown()
+    READY.set(0)
+    await asyncio.sleep(settings.drain_seconds)
+    await server.stop(settings.grace_seconds)
+    starting.cancel()
+    await service.stop()
+    executor.shutdown(wait=False, cancel_futures=True)
+    log.info("stopped")
+
+
+def _report_start_failure(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        # A service that cannot load its artifacts must not linger half-alive.
+        log.error("start-up failed", exc_info=error)
+        stop.set()

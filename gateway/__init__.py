@@ -1,0 +1,1 @@
+"""The gateway: the public Recommender API, per-stage deadlines, fan-out, merging, degradation."""

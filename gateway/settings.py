@@ -1,0 +1,50 @@
+"""Gateway settings (flags or FUNNEL_* environment variables)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from funnel.runtime.config import ServerSettings, non_empty, non_negative, positive, setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewaySettings(ServerSettings):
+    port: int = setting(50051, help="gRPC port of the public Recommender API")
+    retrieval_shards: str = setting(
+        help="retrieval addresses: shards separated by ';', replicas of a shard by ',' "
+        "(e.g. '127.0.0.1:50061,127.0.0.1:50062;127.0.0.1:50063' or 'dns:///retrieval-0:50061;dns:///retrieval-1:50061')",
+        checks=[non_empty],
+    )
+    ranking_target: str = setting(help="ranking address(es), replicas separated by ','", checks=[non_empty])
+    reranking_target: str = setting(help="re-ranking address(es), replicas separated by ','", checks=[non_empty])
+    artifact_dir: str = setting(help="artifact root; the catalog for the content-policy fallback", checks=[non_empty])
+    policy_path: str = setting(
+        "config/policy.yaml",
+        help="policy file whose content rules the gateway enforces on fallback",
+        checks=[non_empty],
+    )
+    default_deadline_ms: float = setting(250.0, help="total budget when the client sets no deadline", checks=[positive])
+    retrieval_budget_ms: float = setting(60.0, help="most a retrieval fan-out may take", checks=[positive])
+    ranking_budget_ms: float = setting(80.0, help="most a ranking call may take", checks=[positive])
+    reranking_budget_ms: float = setting(40.0, help="most a re-ranking call may take", checks=[positive])
+    local_reserve_ms: float = setting(
+        5.0, help="time always kept back for the gateway's own fallback work and reply", checks=[non_negative]
+    )
+    ann_candidates: int = setting(300, help="ANN candidates kept after merging shards", checks=[positive])
+    popular_candidates: int = setting(50, help="popular candidates added beside ANN ones", checks=[positive])
+    fallback_candidates: int = setting(
+        500, help="popular items the gateway keeps for when retrieval fails", checks=[positive]
+    )
+    max_results: int = setting(100, help="largest num_results a client may ask for", checks=[positive])
+    max_excluded: int = setting(1000, help="largest exclude_item_ids list a client may send", checks=[positive])
+
+    def shard_targets(self) -> list[str]:
+        return [part.strip() for part in self.retrieval_shards.split(";") if part.strip()]
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.shard_targets():
+            problems.append("retrieval_shards names no shard")
+        if self.local_reserve_ms >= self.default_deadline_ms:
+            problems.append("local_reserve_ms must be smaller than default_deadline_ms")
+        return problems

@@ -1,0 +1,73 @@
+"""Calls to the stage services, each cut off at its budget and reported as a StageReport."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import grpc
+
+from funnel.runtime.channels import open_channel
+from funnel.runtime.interceptors import outgoing_metadata
+from funnel.runtime.metrics import STAGE_LATENCY
+from funnel.v1 import ranking_pb2_grpc, reranking_pb2_grpc, retrieval_pb2_grpc
+
+T = TypeVar("T")
+
+
+@dataclass
+class StageCall(Generic[T]):
+    """The outcome of one downstream call: a response, or why there is none."""
+
+    response: T | None
+    latency_ms: float
+    error: str = ""
+    code: grpc.StatusCode | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.response is not None
+
+
+async def call_stage(stage: str, invoke: Callable[[float, tuple], Awaitable[T]], timeout_s: float) -> StageCall[T]:
+    """Run one call with its timeout; never raises for a stage failure, only reports it."""
+    started = time.perf_counter()
+    if timeout_s <= 0.0005:
+        return StageCall(None, 0.0, "no budget left", grpc.StatusCode.DEADLINE_EXCEEDED)
+    try:
+        response = await invoke(timeout_s, outgoing_metadata())
+        outcome, result = "ok", StageCall(response, _ms(started))
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+        late = code == grpc.StatusCode.DEADLINE_EXCEEDED
+        message = f"cut off after {timeout_s * 1000:.0f} ms budget" if late else f"{code.name}: {exc.details()}"
+        outcome, result = ("late" if late else "error"), StageCall(None, _ms(started), message, code)
+    except asyncio.CancelledError:
+        raise
+    STAGE_LATENCY.labels(stage, outcome).observe(result.latency_ms / 1000)
+    return result
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+class StageClients:
+    """One balanced channel per retrieval shard, one each for ranking and re-ranking."""
+
+    def __init__(
+        self, shard_targets: list[str], ranking_target: str, reranking_target: str, max_message_bytes: int
+    ) -> None:
+        self._channels = [open_channel(t, max_message_bytes) for t in shard_targets]
+        self.retrieval = [retrieval_pb2_grpc.RetrievalStub(c) for c in self._channels]
+        ranking_channel = open_channel(ranking_target, max_message_bytes)
+        reranking_channel = open_channel(reranking_target, max_message_bytes)
+        self._channels += [ranking_channel, reranking_channel]
+        self.ranking = ranking_pb2_grpc.RankingStub(ranking_channel)
+        self.reranking = reranking_pb2_grpc.RerankingStub(reranking_channel)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(channel.close() for channel in self._channels))

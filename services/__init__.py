@@ -1,0 +1,1 @@
+"""The three funnel stages, each its own gRPC service; none imports another."""

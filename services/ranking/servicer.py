@@ -1,0 +1,107 @@
+"""The Ranking gRPC service: hydrate features, score them on Triton, return candidates best first."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from funnel.artifacts.catalog import Catalog, Embeddings, Users
+from funnel.artifacts.store import latest_version, read_manifest
+from funnel.features import FeatureStore
+from funnel.runtime.errors import InvalidArgument, Unavailable
+from funnel.runtime.metrics import ARTIFACT_INFO
+from funnel.runtime.server import Runtime
+from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
+from funnel.validation import check_context, check_id
+from services.ranking.settings import RankingSettings
+from services.ranking.triton import TritonRanker
+
+log = logging.getLogger("funnel.ranking")
+
+# Time kept back from the caller's deadline to build and send the response.
+RESPONSE_MARGIN_S = 0.002
+DEFAULT_TIMEOUT_S = 1.0
+
+
+class LoadedFeatures:
+    def __init__(self, bundle: Path) -> None:
+        self.version = read_manifest(bundle)["version"]
+        self.store = FeatureStore(Catalog.load(bundle), Users.load(bundle), Embeddings.load(bundle))
+
+
+class RankingService(ranking_pb2_grpc.RankingServicer):
+    service_names = [ranking_pb2.DESCRIPTOR.services_by_name["Ranking"].full_name]
+
+    def __init__(self, runtime: Runtime, settings: RankingSettings) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.features: LoadedFeatures | None = None
+        self.triton = TritonRanker(settings.triton_url, settings.model_name, settings.triton_max_batch)
+        self._watch: asyncio.Task[None] | None = None
+        ranking_pb2_grpc.add_RankingServicer_to_server(self, runtime.server)
+
+    async def start(self) -> None:
+        bundles = Path(self.settings.artifact_dir) / "bundles"
+        while (bundle := latest_version(bundles)) is None:
+            log.info("waiting for a bundle", extra={"path": str(bundles)})
+            await asyncio.sleep(self.settings.artifact_poll_seconds)
+        self.features = await self.runtime.run_cpu(LoadedFeatures, bundle)
+        ARTIFACT_INFO.labels("bundle", self.features.version).set(1)
+        log.info("features loaded", extra={"version": self.features.version})
+        self._watch = asyncio.create_task(self._watch_triton())
+
+    async def _watch_triton(self) -> None:
+        """Readiness follows Triton: SERVING only while the ranker model is ready there."""
+        while True:
+            ready = await self.triton.model_ready()
+            await self.runtime.readiness.set(ready, f"Triton model {self.settings.model_name} ready={ready}")
+            await asyncio.sleep(self.settings.readiness_poll_seconds)
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self.triton.close()
+
+    async def Rank(
+        self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext
+    ) -> ranking_pb2.RankResponse:
+        check_id(request.user_id, "user_id")
+        check_context(request.context)
+        count = len(request.candidates)
+        if count == 0:
+            raise InvalidArgument("candidates must not be empty")
+        if count > self.settings.max_candidates:
+            raise InvalidArgument(f"{count} candidates, at most {self.settings.max_candidates} allowed")
+        loaded = self.features
+        if loaded is None:
+            raise Unavailable("features not loaded yet")
+
+        item_ids = [candidate.item_id for candidate in request.candidates]
+        rows = loaded.store.catalog.index.rows(item_ids)
+        if (rows < 0).any():
+            unknown = [item_ids[i] for i in np.flatnonzero(rows < 0)[:5]]
+            raise InvalidArgument(f"{int((rows < 0).sum())} candidate item ids are not in the catalog, e.g. {unknown}")
+        user_row = loaded.store.users.index.row(request.user_id)
+        features = await self.runtime.run_cpu(loaded.store.features, user_row, rows)
+
+        remaining = context.time_remaining()
+        timeout = (DEFAULT_TIMEOUT_S if remaining is None else remaining) - RESPONSE_MARGIN_S
+        scores = await self.triton.score(features, timeout)
+
+        order = np.argsort(-scores.values, kind="stable")
+        response = ranking_pb2.RankResponse(model_name=self.settings.model_name, model_version=scores.model_version)
+        for position in order:
+            source = request.candidates[int(position)]
+            score = float(scores.values[position])
+            ranked = common_pb2.Candidate(item_id=source.item_id, score=score, source=source.source)
+            ranked.stage_scores.update(source.stage_scores)
+            ranked.stage_scores["ranking"] = score
+            response.candidates.append(ranked)
+        return response

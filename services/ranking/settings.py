@@ -1,0 +1,25 @@
+"""Ranking settings (flags or FUNNEL_* environment variables)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from funnel.runtime.config import ServerSettings, non_empty, positive, setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankingSettings(ServerSettings):
+    port: int = setting(50071, help="gRPC port")
+    artifact_dir: str = setting(
+        help="artifact root; features come from the newest bundle under <dir>/bundles", checks=[non_empty]
+    )
+    triton_url: str = setting("127.0.0.1:8001", help="Triton gRPC address", checks=[non_empty])
+    model_name: str = setting("ranker", help="model to call on Triton", checks=[non_empty])
+    triton_max_batch: int = setting(
+        1024, help="the model's max_batch_size; larger requests are split", checks=[positive]
+    )
+    max_candidates: int = setting(2000, help="largest candidate list a request may carry", checks=[positive])
+    readiness_poll_seconds: float = setting(1.0, help="how often Triton model readiness is checked", checks=[positive])
+    artifact_poll_seconds: float = setting(
+        1.0, help="how often to look for a bundle while none is loaded", checks=[positive]
+    )

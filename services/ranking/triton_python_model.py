@@ -1,0 +1,39 @@
+"""Triton python-backend model that runs the ranker's TorchScript file.
+
+Copied into the model repository as `<version>/model.py`. The bundled `tritonserver` ships only the
+python backend; in a cluster the same `model.pt` is served by the `pytorch_libtorch` backend.
+Requests the dynamic batcher grouped are scored in one torch call.
+"""
+
+import os
+import sys
+
+# The python backend stub starts an isolated interpreter that ignores PYTHONPATH; the launcher
+# passes the virtual environment's site-packages there, so add it before importing torch.
+for _entry in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+    if _entry and _entry not in sys.path:
+        sys.path.insert(0, _entry)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        torch.set_num_threads(int(os.environ.get("FUNNEL_TRITON_TORCH_THREADS", "1")))
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        self.model = torch.jit.load(os.path.join(version_dir, "model.pt"), map_location="cpu")
+        self.model.eval()
+
+    def execute(self, requests):
+        inputs = [pb_utils.get_input_tensor_by_name(r, "features").as_numpy() for r in requests]
+        sizes = [len(x) for x in inputs]
+        with torch.inference_mode():
+            scores = self.model(torch.from_numpy(np.concatenate(inputs))).numpy().astype(np.float32)
+        responses, start = [], 0
+        for size in sizes:
+            part = scores[start : start + size].reshape(-1, 1)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("score", part)]))
+            start += size
+        return responses

@@ -1,0 +1,101 @@
+"""The Reranking gRPC service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from funnel.artifacts.catalog import Catalog, Users
+from funnel.artifacts.store import latest_version
+from funnel.policy.document import load_policy
+from funnel.runtime.errors import InvalidArgument, Unavailable
+from funnel.runtime.metrics import ARTIFACT_INFO
+from funnel.runtime.server import Runtime
+from funnel.v1 import common_pb2, reranking_pb2, reranking_pb2_grpc
+from funnel.validation import check_context, check_count, check_id, check_ids
+from services.reranking.engine import PolicyEngine
+from services.reranking.settings import RerankingSettings
+
+log = logging.getLogger("funnel.reranking")
+
+
+class RerankingService(reranking_pb2_grpc.RerankingServicer):
+    service_names = [reranking_pb2.DESCRIPTOR.services_by_name["Reranking"].full_name]
+
+    def __init__(self, runtime: Runtime, settings: RerankingSettings) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.engine: PolicyEngine | None = None
+        reranking_pb2_grpc.add_RerankingServicer_to_server(self, runtime.server)
+
+    async def start(self) -> None:
+        policy = load_policy(Path(self.settings.policy_path))  # a bad policy fails start-up loudly
+        bundles = Path(self.settings.artifact_dir) / "bundles"
+        while (bundle := latest_version(bundles)) is None:
+            log.info("waiting for a bundle", extra={"path": str(bundles)})
+            await asyncio.sleep(self.settings.artifact_poll_seconds)
+        catalog, users = await self.runtime.run_cpu(lambda: (Catalog.load(bundle), Users.load(bundle)))
+        self.engine = PolicyEngine(catalog, users, policy)
+        ARTIFACT_INFO.labels("policy", policy.version).set(1)
+        log.info(
+            "policy loaded", extra={"policy_version": policy.version, "rules": [r.name for r in self.engine.rules]}
+        )
+        await self.runtime.readiness.set(True, "policy and catalog loaded")
+
+    async def stop(self) -> None:
+        self.engine = None
+
+    async def Rerank(
+        self, request: reranking_pb2.RerankRequest, context: grpc.aio.ServicerContext
+    ) -> reranking_pb2.RerankResponse:
+        check_id(request.user_id, "user_id")
+        check_context(request.context)
+        check_count(request.num_results, "num_results", self.settings.max_results)
+        check_ids(request.exclude_item_ids, "exclude_item_ids", self.settings.max_excluded)
+        if len(request.candidates) > self.settings.max_candidates:
+            raise InvalidArgument(
+                f"{len(request.candidates)} candidates, at most {self.settings.max_candidates} allowed"
+            )
+        for candidate in request.candidates:
+            check_id(candidate.item_id, "candidates.item_id")
+            if not np.isfinite(candidate.score):
+                raise InvalidArgument(f"candidate {candidate.item_id!r} has a non-finite score")
+        engine = self.engine
+        if engine is None:
+            raise Unavailable("policy not loaded yet")
+        return await self.runtime.run_cpu(_rerank, engine, request)
+
+
+def _rerank(engine: PolicyEngine, request: reranking_pb2.RerankRequest) -> reranking_pb2.RerankResponse:
+    candidates = request.candidates
+    result = engine.run(
+        request.user_id,
+        [c.item_id for c in candidates],
+        np.array([c.score for c in candidates], dtype=np.float32),
+        request.context,
+        set(request.exclude_item_ids),
+        request.num_results,
+    )
+    response = reranking_pb2.RerankResponse(policy_version=engine.version)
+    for rule, outcome in result.reports:
+        response.rules.append(reranking_pb2.RuleReport(rule=rule, removed=outcome.removed, moved=outcome.moved))
+    applied = ", ".join(rule for rule, _ in result.reports)
+    for rank, position in enumerate(result.positions):
+        source = candidates[int(position)]
+        item = common_pb2.Candidate(item_id=source.item_id, score=source.score, source=source.source)
+        item.stage_scores.update(source.stage_scores)
+        if request.debug:
+            item.reasons.extend(_reasons(source, rank, applied, engine))
+        response.candidates.append(item)
+    return response
+
+
+def _reasons(candidate: common_pb2.Candidate, rank: int, applied: str, engine: PolicyEngine) -> list[str]:
+    reasons = [f"found by {candidate.source or 'unknown source'}"]
+    reasons.extend(f"{stage} score {score:.4f}" for stage, score in sorted(candidate.stage_scores.items()))
+    reasons.append(f"position {rank + 1} after policy {engine.version} ({applied})")
+    return reasons

@@ -1,0 +1,22 @@
+"""Re-ranking settings (flags or FUNNEL_* environment variables)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from funnel.runtime.config import ServerSettings, non_empty, positive, setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class RerankingSettings(ServerSettings):
+    port: int = setting(50081, help="gRPC port")
+    artifact_dir: str = setting(
+        help="artifact root; item metadata comes from the newest bundle under <dir>/bundles", checks=[non_empty]
+    )
+    policy_path: str = setting("config/policy.yaml", help="policy file (YAML)", checks=[non_empty])
+    max_candidates: int = setting(2000, help="largest candidate list a request may carry", checks=[positive])
+    max_results: int = setting(200, help="largest num_results a request may ask for", checks=[positive])
+    max_excluded: int = setting(1000, help="largest exclude_item_ids list accepted", checks=[positive])
+    artifact_poll_seconds: float = setting(
+        1.0, help="how often to look for a bundle while none is loaded", checks=[positive]
+    )

@@ -1,0 +1,30 @@
+"""Retrieval settings (flags or FUNNEL_* environment variables)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from funnel.runtime.config import ServerSettings, non_empty, non_negative, positive, setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetrievalSettings(ServerSettings):
+    port: int = setting(50061, help="gRPC port")
+    artifact_dir: str = setting(
+        help="artifact root; the newest complete bundle under <dir>/bundles is served", checks=[non_empty]
+    )
+    shard_index: int = setting(0, help="which shard of the catalog this process serves", checks=[non_negative])
+    shard_count: int = setting(1, help="how many shards the catalog is split into", checks=[positive])
+    index_factory: str = setting(
+        "Flat", help="FAISS index_factory string (inner product), e.g. Flat, HNSW32", checks=[non_empty]
+    )
+    max_candidates: int = setting(1000, help="largest num_candidates a request may ask for", checks=[positive])
+    max_excluded: int = setting(1000, help="largest exclude_item_ids list accepted", checks=[positive])
+    artifact_poll_seconds: float = setting(
+        1.0, help="how often to look for a bundle while none is loaded", checks=[positive]
+    )
+
+    def validate(self) -> list[str]:
+        if self.shard_index >= self.shard_count:
+            return [f"shard_index={self.shard_index} must be < shard_count={self.shard_count}"]
+        return []

@@ -1,0 +1,1 @@
+"""Offline side of Funnel: data sets, model training, evaluation and artifact export."""

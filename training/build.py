@@ -1,0 +1,170 @@
+"""Build every artifact the stack serves, from a data set to a versioned bundle and a Triton repo.
+
+    python -m training.build --out artifacts --size demo
+
+Steps: generate (or load) interactions, split them in time, train user/item embeddings, train the
+ranker on retrieval's own candidates, evaluate both on the held-out interactions, then write
+`<out>/bundles/<version>/` (catalog, users, embeddings, metrics) and
+`<out>/model_repository/ranker/<n>/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from funnel.artifacts.catalog import Catalog, Embeddings, Users
+from funnel.artifacts.store import new_version_name, write_manifest
+from funnel.features import NUM_FEATURES, FeatureStore
+from services.ranking.model_repository import TritonModelConfig, next_version, write_model_version
+from training.dataset import Dataset, Interactions, temporal_split
+from training.embeddings import EmbeddingConfig, train_embeddings
+from training.evaluate import ndcg_at_k, recall_at_k
+from training.ranker import RankerConfig, build_impressions, export_torchscript, train_ranker
+from training.synthetic import SIZES, generate
+
+
+def progress(message: str) -> None:
+    print(f"[build {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def users_table(data: Dataset, train: Interactions) -> Users:
+    order = np.lexsort((train.timestamp, train.user))
+    counts = np.bincount(train.user, minlength=data.num_users)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    items = train.item[order].astype(np.int32)
+    affinity = np.zeros((data.num_users, len(data.category_names)), dtype=np.float32)
+    np.add.at(affinity, (train.user, data.category[train.item]), 1.0)
+    affinity /= np.maximum(counts, 1)[:, None]
+    return Users(data.user_ids, indptr, items, affinity)
+
+
+def top_candidates(embeddings: Embeddings, user_rows: np.ndarray, k: int, seen: Users | None) -> np.ndarray:
+    """Exact inner-product top-k items per user, skipping items in the user's history."""
+    index = faiss.IndexFlatIP(embeddings.items.shape[1])
+    index.add(embeddings.items)
+    extra = int(np.diff(seen.history_indptr).max()) if seen is not None else 0
+    _, found = index.search(embeddings.users[user_rows], k + extra)
+    out = np.empty((len(user_rows), k), dtype=np.int64)
+    for n, user in enumerate(user_rows):
+        row = found[n]
+        if seen is not None:
+            row = row[~np.isin(row, seen.history(int(user)))]
+        out[n] = row[:k]
+    return out
+
+
+def evaluate(
+    test: Interactions, catalog: Catalog, users: Users, embeddings: Embeddings, store: FeatureStore, ranker
+) -> dict:
+    import torch
+
+    test_users = np.unique(test.user)
+    candidates = top_candidates(embeddings, test_users, 200, users)
+    popular = np.argsort(-catalog.popularity)
+    metrics = {"retrieval_recall@100": [], "popularity_recall@100": [], "retrieval_ndcg@10": [], "ranker_ndcg@10": []}
+    for n, user in enumerate(test_users):
+        relevant = set(test.item[test.user == user].tolist())
+        head = popular[: 100 + len(users.history(int(user)))]
+        unseen_popular = head[~np.isin(head, users.history(int(user)))]
+        metrics["retrieval_recall@100"].append(recall_at_k(candidates[n], relevant, 100))
+        metrics["popularity_recall@100"].append(recall_at_k(unseen_popular, relevant, 100))
+        metrics["retrieval_ndcg@10"].append(ndcg_at_k(candidates[n], relevant, 10))
+        with torch.no_grad():
+            scores = ranker(torch.from_numpy(store.features(int(user), candidates[n]))).numpy()
+        metrics["ranker_ndcg@10"].append(ndcg_at_k(candidates[n][np.argsort(-scores, kind="stable")], relevant, 10))
+    return {name: round(float(np.mean(values)), 4) for name, values in metrics.items()} | {
+        "test_users": len(test_users)
+    }
+
+
+def build(out: Path, size: str, seed: int, epochs: int) -> Path:
+    progress(f"generating the synthetic '{size}' data set")
+    data = generate(SIZES[size], seed=seed)
+    train, test = temporal_split(data.interactions, holdout=2)
+    # The ranker learns from interactions the embeddings never saw, as it will in serving.
+    embedding_train, ranker_positives = temporal_split(train, holdout=2)
+    progress(f"{data.num_items} items, {data.num_users} users, {len(train)} train / {len(test)} test interactions")
+
+    progress("training user/item embeddings (in-batch softmax)")
+    embeddings, embedding_losses = train_embeddings(
+        embedding_train, data.num_users, data.num_items, EmbeddingConfig(epochs=epochs, seed=seed)
+    )
+    popularity = np.bincount(train.item, minlength=data.num_items).astype(np.float32)
+    catalog = Catalog(
+        data.item_ids,
+        data.category,
+        data.provider,
+        data.maturity,
+        data.region_mask,
+        data.age_days,
+        popularity,
+        data.category_names,
+        data.provider_names,
+    )
+    users = users_table(data, train)
+    store = FeatureStore(catalog, users, embeddings)
+
+    progress("training the ranker on retrieval candidates")
+    ranker_users = np.unique(ranker_positives.user)
+    seen = users_table(data, embedding_train)
+    candidate_rows = np.full((data.num_users, 100), 0, dtype=np.int64)
+    candidate_rows[ranker_users] = top_candidates(embeddings, ranker_users, 100, seen)
+    features, labels = build_impressions(ranker_positives, candidate_rows, store, RankerConfig(seed=seed))
+    ranker, ranker_losses = train_ranker(features, labels, RankerConfig(seed=seed))
+
+    progress("evaluating on held-out interactions")
+    metrics = evaluate(test, catalog, users, embeddings, store, ranker)
+    progress("metrics: " + json.dumps(metrics))
+
+    version = new_version_name(size)
+    bundle = out / "bundles" / version
+    bundle.mkdir(parents=True, exist_ok=False)
+    catalog.save(bundle)
+    users.save(bundle)
+    embeddings.save(bundle)
+    np.save(bundle / "holdout_users.npy", test.user, allow_pickle=False)
+    np.save(bundle / "holdout_items.npy", test.item, allow_pickle=False)
+
+    repository = out / "model_repository"
+    model_version = next_version(repository, "ranker")
+    with tempfile.TemporaryDirectory() as tmp:
+        scripted = Path(tmp) / "model.pt"
+        export_torchscript(ranker, str(scripted))
+        write_model_version(repository, scripted, model_version, TritonModelConfig(num_features=NUM_FEATURES))
+    write_manifest(
+        bundle,
+        version,
+        {
+            "data": {"source": "synthetic", "size": size, "seed": seed},
+            "shapes": {"items": data.num_items, "users": data.num_users, "dim": int(embeddings.items.shape[1])},
+            "ranker_model_version": model_version,
+            "training": {"embedding_loss": embedding_losses, "ranker_loss": ranker_losses},
+            "metrics": metrics,
+        },
+    )
+    progress(f"wrote bundle {bundle} and ranker version {model_version} in {repository}")
+    return bundle
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("artifacts"))
+    parser.add_argument("--size", choices=sorted(SIZES), default="demo")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=8)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    build(args.out, args.size, args.seed, args.epochs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The ranker: an MLP over the shared ranker features, trained on retrieval's own candidates.
+
+Positives are interactions the retrieval embeddings never saw; negatives are drawn mostly from what
+retrieval returns for that user (plus a few random items), so the ranker learns to reorder
+retrieval's candidates rather than to tell good items from random ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from funnel.features import NUM_FEATURES, FeatureStore
+from training.dataset import Interactions
+
+log = logging.getLogger("funnel.training")
+
+
+class RankerMLP(torch.nn.Module):
+    """features [N, F] -> probability of engagement [N]."""
+
+    def __init__(self, num_features: int = NUM_FEATURES, hidden: int = 64) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(num_features, hidden),
+            torch.nn.ReLU(),
+            torch.nn.Linear(hidden, hidden // 2),
+            torch.nn.ReLU(),
+            torch.nn.Linear(hidden // 2, 1),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.layers(features)).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    hard_negatives: int = 6
+    random_negatives: int = 2
+    epochs: int = 6
+    batch_size: int = 512
+    learning_rate: float = 3e-3
+    seed: int = 7
+
+
+def build_impressions(
+    positives: Interactions, candidates: np.ndarray, store: FeatureStore, config: RankerConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows and labels: each positive beside negatives from that user's retrieval list."""
+    rng = np.random.default_rng(config.seed)
+    num_items = len(store.catalog)
+    features, labels = [], []
+    for user in np.unique(positives.user):
+        liked = positives.item[positives.user == user]
+        pool = candidates[user][~np.isin(candidates[user], liked)]
+        hard = rng.choice(pool, min(len(pool), config.hard_negatives * len(liked)), replace=False)
+        random = rng.integers(0, num_items, config.random_negatives * len(liked))
+        rows = np.concatenate([liked, hard, random])
+        features.append(store.features(int(user), rows))
+        labels.append(np.concatenate([np.ones(len(liked)), np.zeros(len(hard) + len(random))]))
+    return np.concatenate(features), np.concatenate(labels).astype(np.float32)
+
+
+def train_ranker(features: np.ndarray, labels: np.ndarray, config: RankerConfig) -> tuple[RankerMLP, list[float]]:
+    torch.manual_seed(config.seed)
+    model = RankerMLP()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    x, y = torch.from_numpy(features), torch.from_numpy(labels)
+    losses = []
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(x))
+        total, batches = 0.0, 0
+        for start in range(0, len(x), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            loss = torch.nn.functional.binary_cross_entropy(model(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss)
+            batches += 1
+        losses.append(total / max(1, batches))
+        log.info("ranker epoch", extra={"epoch": epoch + 1, "of": config.epochs, "loss": round(losses[-1], 4)})
+    model.eval()
+    return model, losses
+
+
+def export_torchscript(model: RankerMLP, path: str) -> None:
+    torch.jit.save(torch.jit.script(model), path)
