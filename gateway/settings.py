@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from funnel.runtime.config import ServerSettings, non_empty, non_negative, positive, setting
+from funnel.runtime.config import ServerSettings, non_empty, non_negative, port_setting, positive, setting
 
 
 @dataclass(frozen=True, kw_only=True)
 class GatewaySettings(ServerSettings):
-    port: int = setting(50051, help="gRPC port of the public Recommender API")
+    port: int = port_setting(50051, "gRPC port of the public Recommender API")
     retrieval_shards: str = setting(
         help="retrieval addresses: shards separated by ';', replicas of a shard by ',' "
         "(e.g. '127.0.0.1:50061,127.0.0.1:50062;127.0.0.1:50063' or 'dns:///retrieval-0:50061;dns:///retrieval-1:50061')",

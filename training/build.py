@@ -79,7 +79,7 @@ def evaluate(
         metrics["popularity_recall@100"].append(recall_at_k(unseen_popular, relevant, 100))
         metrics["retrieval_ndcg@10"].append(ndcg_at_k(candidates[n], relevant, 10))
         with torch.no_grad():
-            scores = ranker(torch.from_numpy(store.features(int(user), candidates[n]))).numpy()
+            scores = ranker(torch.from_numpy(store.features(int(user), candidates[n]))).numpy().ravel()
         metrics["ranker_ndcg@10"].append(ndcg_at_k(candidates[n][np.argsort(-scores, kind="stable")], relevant, 10))
     return {name: round(float(np.mean(values)), 4) for name, values in metrics.items()} | {
         "test_users": len(test_users)

@@ -64,7 +64,7 @@ def train_embeddings(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss)
+            total += loss.item()
             batches += 1
         losses.append(total / max(1, batches))
         log.info("embedding epoch", extra={"epoch": epoch + 1, "of": config.epochs, "loss": round(losses[-1], 4)})

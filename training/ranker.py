@@ -8,6 +8,7 @@ retrieval's candidates rather than to tell good items from random ones.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ log = logging.getLogger("funnel.training")
 
 
 class RankerMLP(torch.nn.Module):
-    """features [N, F] -> probability of engagement [N]."""
+    """features [N, F] -> probability of engagement [N, 1] (the shape Triton's config declares)."""
 
     def __init__(self, num_features: int = NUM_FEATURES, hidden: int = 64) -> None:
         super().__init__()
@@ -33,7 +34,7 @@ class RankerMLP(torch.nn.Module):
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.layers(features)).squeeze(-1)
+        return torch.sigmoid(self.layers(features))
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,11 @@ def train_ranker(features: np.ndarray, labels: np.ndarray, config: RankerConfig)
         total, batches = 0.0, 0
         for start in range(0, len(x), config.batch_size):
             batch = order[start : start + config.batch_size]
-            loss = torch.nn.functional.binary_cross_entropy(model(x[batch]), y[batch])
+            loss = torch.nn.functional.binary_cross_entropy(model(x[batch]).squeeze(-1), y[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss)
+            total += loss.item()
             batches += 1
         losses.append(total / max(1, batches))
         log.info("ranker epoch", extra={"epoch": epoch + 1, "of": config.epochs, "loss": round(losses[-1], 4)})
@@ -88,4 +89,8 @@ def train_ranker(features: np.ndarray, labels: np.ndarray, config: RankerConfig)
 
 
 def export_torchscript(model: RankerMLP, path: str) -> None:
-    torch.jit.save(torch.jit.script(model), path)
+    # TorchScript is deprecated in torch, but it is the format Triton's pytorch_libtorch backend
+    # loads, so the warning is expected here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(model), path)

@@ -9,11 +9,12 @@ from pathlib import Path
 from funnel.launcher.health import health_status
 from funnel.launcher.stack import REPO_ROOT, Stack, StackConfig
 
-RUN_DIR = REPO_ROOT / ".run"
+DEFAULT_RUN_DIR = REPO_ROOT / ".run"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m funnel.launcher")
+    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where state and logs are kept")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start Triton, every stage and the gateway, wait until SERVING")
     up.add_argument("--artifacts", type=Path, default=REPO_ROOT / "artifacts")
@@ -23,27 +24,30 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--retrieval-replicas", type=int, default=1)
     up.add_argument("--ranking-replicas", type=int, default=1)
     up.add_argument("--reranking-replicas", type=int, default=1)
+    up.add_argument("--auto-ports", action="store_true", help="free ports for everything but the gateway")
     commands.add_parser("down", help="stop every process `up` started")
     commands.add_parser("status", help="health of every process `up` started")
     args = parser.parse_args(argv)
+    run_dir: Path = args.run_dir
 
     if args.command == "down":
-        stopped = Stack.stop_from_state(RUN_DIR)
+        stopped = Stack.stop_from_state(run_dir)
         print(f"stopped {len(stopped)} processes: {', '.join(stopped)}" if stopped else "nothing running")
         return 0
     if args.command == "status":
-        return _status()
-    if (RUN_DIR / "stack.json").exists():
+        return _status(run_dir)
+    if (run_dir / "stack.json").exists():
         print("a stack is already running (make down first)", file=sys.stderr)
         return 1
     for name in ("retrieval_shards", "retrieval_replicas", "ranking_replicas", "reranking_replicas"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    RUN_DIR.mkdir(exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(
         StackConfig(
             artifacts=args.artifacts,
-            run_dir=RUN_DIR,
+            run_dir=run_dir,
+            auto_ports=args.auto_ports,
             policy=args.policy,
             gateway_port=args.gateway_port,
             retrieval_shards=args.retrieval_shards,
@@ -58,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stack failed to start: {exc}", file=sys.stderr)
         return 1
     stack.save_state()
-    print(f"stack is up: gateway on 127.0.0.1:{args.gateway_port}, logs in {RUN_DIR / 'logs'}; `make down` stops it")
+    print(f"stack is up: gateway on 127.0.0.1:{args.gateway_port}, logs in {run_dir / 'logs'}; `make down` stops it")
     return 0
 
 
-def _status() -> int:
+def _status(run_dir: Path) -> int:
     import json
 
-    path = RUN_DIR / "stack.json"
+    path = run_dir / "stack.json"
     if not path.exists():
         print("nothing running")
         return 1

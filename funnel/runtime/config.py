@@ -56,6 +56,10 @@ def non_empty(value: Any) -> str | None:
     return None if value else "must not be empty"
 
 
+def port_setting(default: int, help: str = "gRPC port") -> Any:
+    return setting(default, help=help, checks=[port_number])
+
+
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
@@ -138,7 +142,7 @@ class ServerSettings:
     """Settings every gRPC process shares."""
 
     host: str = setting("127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
-    port: int = setting(50051, help="gRPC port", checks=[port_number])
+    port: int = port_setting(50051)
     metrics_port: int = setting(0, help="Prometheus /metrics port; 0 disables", checks=[port_number])
     log_level: str = setting("INFO", help="log level", checks=[one_of("DEBUG", "INFO", "WARNING", "ERROR")])
     drain_seconds: float = setting(
@@ -152,4 +156,5 @@ class ServerSettings:
     worker_threads: int = setting(
         2, help="threads for CPU-heavy work (FAISS, torch) kept off the event loop", checks=[positive]
     )
+    access_log: bool = setting(True, help="write one JSON log line per served call")
     max_message_bytes: int = setting(4 * 1024 * 1024, help="largest gRPC message accepted", checks=[positive])

@@ -20,6 +20,8 @@ REQUEST_ID_KEY = "x-request-id"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 log = logging.getLogger("funnel.rpc")
+# Health probes arrive every few seconds from every balancer; logging each would drown the log.
+_QUIET = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 def request_id_from(metadata: tuple[tuple[str, Any], ...] | None) -> str:
@@ -41,10 +43,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     - binds the request id (from `x-request-id` or new) for logs and downstream calls, and echoes
       it in trailing metadata;
-    - counts calls and records latency by method and final status;
+    - counts calls and records latency by method and final status, and writes one access-log
+      line per call (health and reflection excepted);
     - turns FunnelError into its status and any other exception into INTERNAL with a short message
       and the request id, never UNKNOWN with a stack trace. The stack goes to the log.
     """
+
+    def __init__(self, access_log: bool = True) -> None:
+        self.access_log = access_log
 
     async def intercept_service(
         self,
@@ -57,13 +63,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         request_id = request_id_from(handler_call_details.invocation_metadata)
         return grpc.unary_unary_rpc_method_handler(
-            _wrap(handler.unary_unary, method, request_id),
+            _wrap(handler.unary_unary, method, request_id, self.access_log and not method.startswith(_QUIET)),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
 
-def _wrap(behavior: Callable[..., Awaitable[Any]], method: str, request_id: str) -> Callable[..., Awaitable[Any]]:
+def _wrap(
+    behavior: Callable[..., Awaitable[Any]], method: str, request_id: str, access_log: bool
+) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
@@ -87,8 +95,11 @@ def _wrap(behavior: Callable[..., Awaitable[Any]], method: str, request_id: str)
             log.exception("unhandled error", extra={"method": method})
             await context.abort(code, f"internal error (request id {request_id})", trailer)
         finally:
+            elapsed = time.perf_counter() - started
             RPC_REQUESTS.labels(method, code.name).inc()
-            RPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+            RPC_LATENCY.labels(method).observe(elapsed)
+            if access_log:
+                log.info("rpc", extra={"method": method, "code": code.name, "ms": round(elapsed * 1000, 2)})
             REQUEST_ID.reset(token)
 
     return handle

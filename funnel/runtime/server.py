@@ -78,16 +78,18 @@ class Service(Protocol):
 def run(name: str, settings: ServerSettings, build: Callable[[Runtime], Service]) -> None:
     """Entry point of every process: serve until SIGTERM or SIGINT, then shut down gracefully."""
     configure_logging(name, settings.log_level)
-    asyncio.run(serve(name, settings, build))
+    if not asyncio.run(serve(name, settings, build)):
+        raise SystemExit(1)
 
 
-async def serve(name: str, settings: ServerSettings, build: Callable[[Runtime], Service]) -> None:
+async def serve(name: str, settings: ServerSettings, build: Callable[[Runtime], Service]) -> bool:
+    """Serve until a stop signal; False when start-up (loading artifacts) failed."""
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(interceptors=[ServerInterceptor()], options=options)
+    server = grpc.aio.server(interceptors=[ServerInterceptor(settings.access_log)], options=options)
     executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix=f"{name}-cpu")
     runtime = Runtime(server, settings, executor)
     service = build(runtime)
@@ -128,7 +130,9 @@ async def serve(name: str, settings: ServerSettings, build: Callable[[Runtime], 
     starting.cancel()
     await service.stop()
     executor.shutdown(wait=False, cancel_futures=True)
-    log.info("stopped")
+    failed = starting.done() and not starting.cancelled() and starting.exception() is not None
+    log.info("stopped", extra={"start_failed": failed})
+    return not failed
 
 
 def _report_start_failure(stop: asyncio.Event, task: asyncio.Task[None]) -> None:

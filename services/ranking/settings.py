@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from funnel.runtime.config import ServerSettings, non_empty, positive, setting
+from funnel.runtime.config import ServerSettings, non_empty, port_setting, positive, setting
 
 
 @dataclass(frozen=True, kw_only=True)
 class RankingSettings(ServerSettings):
-    port: int = setting(50071, help="gRPC port")
+    port: int = port_setting(50071)
     artifact_dir: str = setting(
         help="artifact root; features come from the newest bundle under <dir>/bundles", checks=[non_empty]
     )

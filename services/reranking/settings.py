@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from funnel.runtime.config import ServerSettings, non_empty, positive, setting
+from funnel.runtime.config import ServerSettings, non_empty, port_setting, positive, setting
 
 
 @dataclass(frozen=True, kw_only=True)
 class RerankingSettings(ServerSettings):
-    port: int = setting(50081, help="gRPC port")
+    port: int = port_setting(50081)
     artifact_dir: str = setting(
         help="artifact root; item metadata comes from the newest bundle under <dir>/bundles", checks=[non_empty]
     )

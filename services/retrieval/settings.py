@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from funnel.runtime.config import ServerSettings, non_empty, non_negative, positive, setting
+from funnel.runtime.config import ServerSettings, non_empty, non_negative, port_setting, positive, setting
 
 
 @dataclass(frozen=True, kw_only=True)
 class RetrievalSettings(ServerSettings):
-    port: int = setting(50061, help="gRPC port")
+    port: int = port_setting(50061)
     artifact_dir: str = setting(
         help="artifact root; the newest complete bundle under <dir>/bundles is served", checks=[non_empty]
     )

@@ -1,0 +1,125 @@
+"""Fault-injecting stage doubles: real gRPC servers on loopback that are slow, fail, or hang.
+
+They implement the same services as the real stages and exist only to inject faults the real
+stages would not produce on demand.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
+
+import grpc
+
+from funnel.launcher.processes import free_port
+from funnel.v1 import (
+    common_pb2,
+    ranking_pb2,
+    ranking_pb2_grpc,
+    reranking_pb2,
+    reranking_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+)
+
+
+class Fault:
+    """What a double does on each call: wait `delay_s`, then fail with `code` or answer."""
+
+    def __init__(self, delay_s: float = 0.0, code: grpc.StatusCode | None = None) -> None:
+        self.delay_s = delay_s
+        self.code = code
+        self.calls = 0
+        self._released = threading.Event()
+
+    def act(self, context: grpc.ServicerContext) -> None:
+        self.calls += 1
+        self._released.wait(self.delay_s)
+        if self.code is not None:
+            context.abort(self.code, "injected fault")
+
+    def release(self) -> None:
+        self._released.set()
+
+
+class FixedRetrieval(retrieval_pb2_grpc.RetrievalServicer):
+    """Returns a fixed candidate list, so a test controls exactly what enters the funnel."""
+
+    def __init__(self, item_ids: list[str], fault: Fault) -> None:
+        self.item_ids = item_ids
+        self.fault = fault
+
+    def Retrieve(self, request, context):
+        self.fault.act(context)
+        candidates = [
+            common_pb2.Candidate(item_id=item_id, score=1.0 - n / 1000, source="ann")
+            for n, item_id in enumerate(self.item_ids)
+        ]
+        return retrieval_pb2.RetrieveResponse(candidates=candidates, index_version="fixed", shard_count=1)
+
+
+class FaultyRanking(ranking_pb2_grpc.RankingServicer):
+    def __init__(self, fault: Fault) -> None:
+        self.fault = fault
+
+    def Rank(self, request, context):
+        self.fault.act(context)
+        return ranking_pb2.RankResponse(candidates=request.candidates, model_name="fake", model_version="0")
+
+
+class FaultyReranking(reranking_pb2_grpc.RerankingServicer):
+    def __init__(self, fault: Fault) -> None:
+        self.fault = fault
+
+    def Rerank(self, request, context):
+        self.fault.act(context)
+        # Only reached when the fault lets it through; it would return everything unfiltered.
+        return reranking_pb2.RerankResponse(candidates=request.candidates, policy_version="fake")
+
+
+@contextmanager
+def serve(register: Callable[[grpc.Server], None]) -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    register(server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
+
+
+def closed_address() -> str:
+    """An address where nothing listens: a stage that is down."""
+    return f"127.0.0.1:{free_port()}"
+
+
+@contextmanager
+def fixed_retrieval(item_ids: list[str], fault: Fault | None = None) -> Iterator[str]:
+    with serve(
+        lambda s: retrieval_pb2_grpc.add_RetrievalServicer_to_server(FixedRetrieval(item_ids, fault or Fault()), s)
+    ) as a:
+        yield a
+
+
+@contextmanager
+def faulty_ranking(fault: Fault) -> Iterator[str]:
+    with serve(lambda s: ranking_pb2_grpc.add_RankingServicer_to_server(FaultyRanking(fault), s)) as address:
+        yield address
+
+
+@contextmanager
+def faulty_reranking(fault: Fault) -> Iterator[str]:
+    try:
+        with serve(lambda s: reranking_pb2_grpc.add_RerankingServicer_to_server(FaultyReranking(fault), s)) as address:
+            yield address
+    finally:
+        fault.release()
+
+
+def elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
