@@ -189,10 +189,14 @@ def test_make_up_and_down_leave_no_process_behind(artifacts, tmp_path):
     state = json.loads((run_dir / "stack.json").read_text())
     assert [p["name"] for p in state] == ["triton", "retrieval-0-0", "ranking-0", "ranking-1", "reranking-0", "gateway"]
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        response = recommender_pb2_grpc.RecommenderStub(channel).Recommend(
-            recommender_pb2.RecommendRequest(user_id="u0000001", num_results=3), timeout=10
-        )
-    assert len(response.items) == 3 and not response.degraded
+        for n in range(12):
+            response = recommender_pb2_grpc.RecommenderStub(channel).Recommend(
+                recommender_pb2.RecommendRequest(user_id=f"u{n:07d}", num_results=3), timeout=10
+            )
+            assert len(response.items) == 3 and not response.degraded
+    for replica in ("ranking-0", "ranking-1"):
+        served = (run_dir / "logs" / f"{replica}.log").read_text().count("/funnel.v1.Ranking/Rank")
+        assert served > 0, f"the gateway balances across ranking replicas; {replica} served none"
     status = subprocess.run([*launcher, "status"], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=60)
     assert status.stdout.count("SERVING") == 5, status.stdout
 

@@ -1,0 +1,66 @@
+"""Gateway logic that needs no server: shard merging, budgets, address parsing."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from funnel.runtime.channels import grpc_target
+from funnel.runtime.deadline import Budget, budget_from_grpc
+from funnel.v1 import common_pb2, retrieval_pb2
+from gateway.merge import merge_candidates
+
+
+def shard_response(pairs, source="ann"):
+    return retrieval_pb2.RetrieveResponse(
+        candidates=[common_pb2.Candidate(item_id=i, score=s, source=source) for i, s in pairs]
+    )
+
+
+def test_merged_shards_equal_one_index_over_all_items():
+    rng = np.random.default_rng(0)
+    scores = rng.random(300)
+    ids = [f"i{n}" for n in range(300)]
+    shards = [[], [], []]
+    for n in range(300):
+        shards[n % 3].append((ids[n], float(scores[n])))
+    # each shard returns its own top 50, best first, as a shard would
+    responses = [shard_response(sorted(s, key=lambda p: -p[1])[:50]) for s in shards]
+    merged = merge_candidates(responses, ann_k=50, other_k=0)
+    expected = [ids[n] for n in np.argsort(-scores.astype(np.float32), kind="stable")[:50]]
+    assert [c.item_id for c in merged] == expected
+
+
+def test_merge_keeps_the_ann_entry_of_an_item_found_by_two_sources():
+    ann = shard_response([("a", 0.9), ("b", 0.8)])
+    popular = shard_response([("b", 5.0), ("c", 4.0), ("d", 3.0)], source="popular")
+    merged = merge_candidates([ann, popular], ann_k=10, other_k=2)
+    assert [(c.item_id, c.source) for c in merged] == [("a", "ann"), ("b", "ann"), ("c", "popular"), ("d", "popular")]
+
+
+def test_stage_timeout_is_capped_by_what_remains_minus_the_reserve():
+    budget = Budget(total_s=0.100)
+    assert budget.stage_timeout(0.050, reserve_s=0.005) == pytest.approx(0.050, abs=0.002)
+    assert budget.stage_timeout(0.500, reserve_s=0.005) == pytest.approx(0.095, abs=0.005)
+    late = Budget(total_s=0.010, started=time.monotonic() - 1.0)
+    assert late.remaining() == 0.0
+    assert late.stage_timeout(0.050) == 0.0
+
+
+def test_total_budget_is_the_client_deadline_or_the_default():
+    assert budget_from_grpc(None, 0.25).total_s == 0.25
+    assert budget_from_grpc(0.08, 0.25).total_s == 0.08
+
+
+@pytest.mark.parametrize(
+    ("spec", "target"),
+    [
+        ("127.0.0.1:50061", "127.0.0.1:50061"),
+        ("127.0.0.1:1, 127.0.0.1:2", "ipv4:127.0.0.1:1,127.0.0.1:2"),
+        ("dns:///retrieval-0.funnel.svc:50061", "dns:///retrieval-0.funnel.svc:50061"),
+    ],
+)
+def test_address_specs_become_balanced_grpc_targets(spec, target):
+    assert grpc_target(spec) == target

@@ -1,0 +1,42 @@
+"""The trained models and their Triton serving: parity with torch, and the quality they reach."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import tritonclient.grpc as triton
+
+from funnel.artifacts.catalog import Catalog, Embeddings, Users
+from funnel.artifacts.store import latest_version, read_manifest
+from funnel.features import NUM_FEATURES, FeatureStore
+
+
+def test_triton_scores_equal_in_process_torch_for_the_same_features(stack, artifacts):
+    bundle = latest_version(artifacts / "bundles")
+    store = FeatureStore(Catalog.load(bundle), Users.load(bundle), Embeddings.load(bundle))
+    features = np.concatenate([store.features(3, np.arange(300)), store.features(-1, np.arange(300, 420))])
+    model = torch.jit.load(str(artifacts / "model_repository" / "ranker" / "1" / "model.pt"))
+    with torch.no_grad():
+        expected = model(torch.from_numpy(features)).numpy().ravel()
+
+    client = triton.InferenceServerClient(stack.triton.grpc_url)
+    tensor = triton.InferInput("features", [len(features), NUM_FEATURES], "FP32")
+    tensor.set_data_from_numpy(features)
+    result = client.infer("ranker", [tensor])
+    np.testing.assert_allclose(result.as_numpy("score").ravel(), expected, rtol=1e-5, atol=1e-6)
+    assert result.get_response().model_version == "1"
+
+
+def test_model_repository_is_standard_with_dynamic_batching_and_both_configs(artifacts):
+    model_dir = artifacts / "model_repository" / "ranker"
+    local = (model_dir / "config.pbtxt").read_text()
+    cluster = (model_dir / "configs" / "libtorch.pbtxt").read_text()
+    assert 'backend: "python"' in local and 'platform: "pytorch_libtorch"' in cluster
+    for config in (local, cluster):
+        assert "dynamic_batching" in config and "max_batch_size: 1024" in config and "model_warmup" in config
+    assert {"model.pt", "model.py"} <= {p.name for p in (model_dir / "1").iterdir()}
+
+
+def test_ranker_beats_retrieval_order_on_held_out_interactions(artifacts):
+    metrics = read_manifest(latest_version(artifacts / "bundles"))["metrics"]
+    assert metrics["ranker_ndcg@10"] > metrics["retrieval_ndcg@10"] > 0
