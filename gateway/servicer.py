@@ -105,7 +105,9 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         )
         answered = [c.response for c in calls if c.ok]
         failed = [f"shard {n}: {c.error}" for n, c in enumerate(calls) if not c.ok]
-        report = response.stages.add(stage="retrieval", latency_ms=max(c.latency_ms for c in calls))
+        report = response.stages.add(
+            stage="retrieval", latency_ms=max(c.latency_ms for c in calls), items_in=len(safety.catalog)
+        )
         report.version = ",".join(sorted({r.index_version for r in answered}))
         candidates = merge_candidates(answered, s.ann_candidates, s.popular_candidates)
         if answered and not failed:

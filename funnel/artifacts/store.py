@@ -7,8 +7,10 @@ directory without a manifest is incomplete and ignored. Version names sort by cr
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 MANIFEST = "manifest.json"
+log = logging.getLogger("funnel.artifacts")
 
 
 class ArtifactError(RuntimeError):
@@ -74,6 +77,14 @@ def latest_version(root: Path) -> Path | None:
         return None
     complete = sorted(p for p in root.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
     return complete[-1] if complete else None
+
+
+async def wait_for_latest(root: Path, poll_s: float) -> Path:
+    """The newest complete version under `root`, waiting (NOT_SERVING meanwhile) until one exists."""
+    while (version := latest_version(root)) is None:
+        log.info("waiting for an artifact", extra={"path": str(root)})
+        await asyncio.sleep(poll_s)
+    return version
 
 
 def save_array(directory: Path, name: str, array: np.ndarray) -> None:

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 
 from funnel.artifacts.catalog import Catalog, Embeddings, Users
-from funnel.artifacts.store import latest_version, read_manifest
+from funnel.artifacts.store import read_manifest, wait_for_latest
 from funnel.features import FeatureStore
 from funnel.runtime.errors import InvalidArgument, Unavailable
 from funnel.runtime.metrics import ARTIFACT_INFO
@@ -47,9 +47,7 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
 
     async def start(self) -> None:
         bundles = Path(self.settings.artifact_dir) / "bundles"
-        while (bundle := latest_version(bundles)) is None:
-            log.info("waiting for a bundle", extra={"path": str(bundles)})
-            await asyncio.sleep(self.settings.artifact_poll_seconds)
+        bundle = await wait_for_latest(bundles, self.settings.artifact_poll_seconds)
         self.features = await self.runtime.run_cpu(LoadedFeatures, bundle)
         ARTIFACT_INFO.labels("bundle", self.features.version).set(1)
         log.info("features loaded", extra={"version": self.features.version})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import grpc
 import numpy as np
 
 from funnel.artifacts.catalog import Catalog, Users
-from funnel.artifacts.store import latest_version
+from funnel.artifacts.store import wait_for_latest
 from funnel.policy.document import load_policy
 from funnel.runtime.errors import InvalidArgument, Unavailable
 from funnel.runtime.metrics import ARTIFACT_INFO
@@ -35,9 +34,7 @@ class RerankingService(reranking_pb2_grpc.RerankingServicer):
     async def start(self) -> None:
         policy = load_policy(Path(self.settings.policy_path))  # a bad policy fails start-up loudly
         bundles = Path(self.settings.artifact_dir) / "bundles"
-        while (bundle := latest_version(bundles)) is None:
-            log.info("waiting for a bundle", extra={"path": str(bundles)})
-            await asyncio.sleep(self.settings.artifact_poll_seconds)
+        bundle = await wait_for_latest(bundles, self.settings.artifact_poll_seconds)
         catalog, users = await self.runtime.run_cpu(lambda: (Catalog.load(bundle), Users.load(bundle)))
         self.engine = PolicyEngine(catalog, users, policy)
         ARTIFACT_INFO.labels("policy", policy.version).set(1)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
 import faiss
 import grpc
 
-from funnel.artifacts.store import latest_version
+from funnel.artifacts.store import wait_for_latest
 from funnel.runtime.errors import InvalidArgument, Unavailable
 from funnel.runtime.metrics import ARTIFACT_INFO
 from funnel.runtime.server import Runtime
@@ -38,9 +37,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         # One query per thread: parallelism comes from concurrent requests, not OpenMP.
         faiss.omp_set_num_threads(1)
         bundles = Path(self.settings.artifact_dir) / "bundles"
-        while (bundle := latest_version(bundles)) is None:
-            log.info("waiting for a bundle", extra={"path": str(bundles)})
-            await asyncio.sleep(self.settings.artifact_poll_seconds)
+        bundle = await wait_for_latest(bundles, self.settings.artifact_poll_seconds)
         s = self.settings
         self.index = await self.runtime.run_cpu(ShardIndex, bundle, s.shard_index, s.shard_count, s.index_factory)
         ARTIFACT_INFO.labels("bundle", self.index.version).set(1)
