@@ -52,7 +52,13 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         self.safety = await self.runtime.run_cpu(
             SafetyNet, Path(self.settings.artifact_dir), policy, self.settings.fallback_candidates
         )
-        log.info("gateway ready", extra={"policy_version": policy.version, "shards": len(self.stages.retrieval)})
+        # Stages that are down do not stop the gateway (it degrades), but warm connections to the
+        # others keep connection set-up off the first requests' budgets.
+        unreachable = await self.stages.connect(timeout_s=2.0)
+        log.info(
+            "gateway ready",
+            extra={"policy_version": policy.version, "shards": len(self.stages.retrieval), "unreachable": unreachable},
+        )
         await self.runtime.readiness.set(True, "fallback catalog and policy loaded")
 
     async def stop(self) -> None:
@@ -66,6 +72,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         check_count(request.num_results, "num_results", s.max_results)
         check_context(request.context)
         check_ids(request.exclude_item_ids, "exclude_item_ids", s.max_excluded)
+        check_ids(request.recent_item_ids, "recent_item_ids", s.max_recent_items)
         safety = self.safety
         if safety is None:
             raise Unavailable("gateway is still loading")
@@ -93,6 +100,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             context=request.context,
             num_candidates=max(s.ann_candidates, s.popular_candidates),
             exclude_item_ids=request.exclude_item_ids,
+            recent_item_ids=request.recent_item_ids,
         )
         timeout = budget.stage_timeout(s.retrieval_budget_ms / 1000, reserve)
         calls: list[StageCall[retrieval_pb2.RetrieveResponse]] = await asyncio.gather(

@@ -37,6 +37,7 @@ class GatewaySettings(ServerSettings):
     )
     max_results: int = setting(100, help="largest num_results a client may ask for", checks=[positive])
     max_excluded: int = setting(1000, help="largest exclude_item_ids list a client may send", checks=[positive])
+    max_recent_items: int = setting(100, help="largest recent_item_ids list a client may send", checks=[positive])
 
     def shard_targets(self) -> list[str]:
         return [part.strip() for part in self.retrieval_shards.split(";") if part.strip()]

@@ -69,5 +69,18 @@ class StageClients:
         self.ranking = ranking_pb2_grpc.RankingStub(ranking_channel)
         self.reranking = reranking_pb2_grpc.RerankingStub(reranking_channel)
 
+    async def connect(self, timeout_s: float) -> list[str]:
+        """Open every connection before the first request needs it; returns the unreachable ones."""
+
+        async def ready(channel: grpc.aio.Channel) -> bool:
+            try:
+                await asyncio.wait_for(channel.channel_ready(), timeout_s)
+                return True
+            except TimeoutError:
+                return False
+
+        results = await asyncio.gather(*(ready(channel) for channel in self._channels))
+        return [str(n) for n, ok in enumerate(results) if not ok]
+
     async def close(self) -> None:
         await asyncio.gather(*(channel.close() for channel in self._channels))

@@ -35,7 +35,11 @@ def small_catalog() -> Catalog:
 def users() -> Users:
     # user "u0" has consumed i6
     return Users(
-        np.array(["u0"]), np.array([0, 1], dtype=np.int64), np.array([6], dtype=np.int32), np.zeros((1, 3), np.float32)
+        user_ids=np.array(["u0"]),
+        history_indptr=np.array([0, 1], dtype=np.int64),
+        history_items=np.array([6], dtype=np.int32),
+        category_affinity=np.zeros((1, 3), np.float32),
+        country=np.zeros(1, np.int8),
     )
 
 

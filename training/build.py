@@ -11,6 +11,7 @@ ranker on retrieval's own candidates, evaluate both on the held-out interactions
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -26,10 +27,12 @@ from funnel.artifacts.store import new_version_name, write_manifest
 from funnel.features import NUM_FEATURES, FeatureStore
 from services.ranking.model_repository import TritonModelConfig, next_version, write_model_version
 from training.dataset import Dataset, Interactions, temporal_split
-from training.embeddings import EmbeddingConfig, train_embeddings
 from training.evaluate import ndcg_at_k, recall_at_k
+from training.movielens import load_movielens
 from training.ranker import RankerConfig, build_impressions, export_torchscript, train_ranker
+from training.retrieval_eval import evaluate_retrieval, format_table
 from training.synthetic import SIZES, generate
+from training.two_tower import TwoTowerConfig, compute_embeddings, export_user_tower, train_two_tower
 
 
 def progress(message: str) -> None:
@@ -44,7 +47,7 @@ def users_table(data: Dataset, train: Interactions) -> Users:
     affinity = np.zeros((data.num_users, len(data.category_names)), dtype=np.float32)
     np.add.at(affinity, (train.user, data.category[train.item]), 1.0)
     affinity /= np.maximum(counts, 1)[:, None]
-    return Users(data.user_ids, indptr, items, affinity)
+    return Users(data.user_ids, indptr, items, affinity, data.user_country.astype(np.int8))
 
 
 def top_candidates(embeddings: Embeddings, user_rows: np.ndarray, k: int, seen: Users | None) -> np.ndarray:
@@ -86,51 +89,65 @@ def evaluate(
     }
 
 
-def build(out: Path, size: str, seed: int, epochs: int) -> Path:
+def load_data(size: str, movielens: Path | None, seed: int) -> Dataset:
+    if movielens is not None:
+        progress(f"loading MovieLens interactions from {movielens}")
+        return load_movielens(movielens)
     progress(f"generating the synthetic '{size}' data set")
-    data = generate(SIZES[size], seed=seed)
+    return generate(SIZES[size], seed=seed)
+
+
+def build(out: Path, size: str, seed: int, epochs: int, movielens: Path | None = None) -> Path:
+    data = load_data(size, movielens, seed)
     train, test = temporal_split(data.interactions, holdout=2)
     # The ranker learns from interactions the embeddings never saw, as it will in serving.
     embedding_train, ranker_positives = temporal_split(train, holdout=2)
     progress(f"{data.num_items} items, {data.num_users} users, {len(train)} train / {len(test)} test interactions")
 
-    progress("training user/item embeddings (in-batch softmax)")
-    embeddings, embedding_losses = train_embeddings(
-        embedding_train, data.num_users, data.num_items, EmbeddingConfig(epochs=epochs, seed=seed)
-    )
+    progress("training the two-tower model (InfoNCE over in-batch negatives, logQ-corrected)")
+    tower_config = TwoTowerConfig(epochs=epochs, seed=seed)
+    towers, tower_losses = train_two_tower(data, embedding_train, tower_config)
     popularity = np.bincount(train.item, minlength=data.num_items).astype(np.float32)
     catalog = Catalog(
-        data.item_ids,
-        data.category,
-        data.provider,
-        data.maturity,
-        data.region_mask,
-        data.age_days,
-        popularity,
-        data.category_names,
-        data.provider_names,
-    )
+        data.item_ids, data.category, data.provider, data.maturity, data.region_mask, data.age_days,
+        popularity, data.category_names, data.provider_names,
+    )  # fmt: skip
     users = users_table(data, train)
+    embeddings = compute_embeddings(towers, data, [users.history(u) for u in range(data.num_users)])
     store = FeatureStore(catalog, users, embeddings)
 
+    progress("evaluating retrieval on held-out interactions over the full item set")
+    retrieval_metrics = evaluate_retrieval(test, users, embeddings, popularity, seed)
+    print(format_table(retrieval_metrics), flush=True)
+
     progress("training the ranker on retrieval candidates")
+    # Features as they were before the ranker's positives happened: history, affinity and user
+    # vectors from the embedding-training period only, so no positive leaks into its own features.
     ranker_users = np.unique(ranker_positives.user)
     seen = users_table(data, embedding_train)
-    candidate_rows = np.full((data.num_users, 100), 0, dtype=np.int64)
-    candidate_rows[ranker_users] = top_candidates(embeddings, ranker_users, 100, seen)
-    features, labels = build_impressions(ranker_positives, candidate_rows, store, RankerConfig(seed=seed))
-    ranker, ranker_losses = train_ranker(features, labels, RankerConfig(seed=seed))
+    early_popularity = np.bincount(embedding_train.item, minlength=data.num_items).astype(np.float32)
+    early_embeddings = compute_embeddings(towers, data, [seen.history(u) for u in range(data.num_users)])
+    early_catalog = dataclasses.replace(catalog, popularity=early_popularity)
+    early_store = FeatureStore(early_catalog, seen, early_embeddings)
+    ranker_config = RankerConfig(seed=seed)
+    candidate_rows = np.zeros((data.num_users, ranker_config.candidates), dtype=np.int64)
+    candidate_rows[ranker_users] = top_candidates(early_embeddings, ranker_users, ranker_config.candidates, seen)
+    features, labels = build_impressions(ranker_positives, candidate_rows, early_store, ranker_config)
+    progress(f"{int(labels.sum())} positive and {int((1 - labels).sum())} negative impressions")
+    ranker, ranker_losses = train_ranker(features, labels, ranker_config)
 
     progress("evaluating on held-out interactions")
     metrics = evaluate(test, catalog, users, embeddings, store, ranker)
-    progress("metrics: " + json.dumps(metrics))
+    progress("ranking metrics: " + json.dumps(metrics))
 
-    version = new_version_name(size)
+    version = new_version_name("movielens" if movielens else size)
     bundle = out / "bundles" / version
     bundle.mkdir(parents=True, exist_ok=False)
     catalog.save(bundle)
     users.save(bundle)
     embeddings.save(bundle)
+    export_user_tower(towers, str(bundle / "user_tower.pt"))
+    (bundle / "retrieval_eval.json").write_text(json.dumps(retrieval_metrics, indent=2))
     np.save(bundle / "holdout_users.npy", test.user, allow_pickle=False)
     np.save(bundle / "holdout_items.npy", test.item, allow_pickle=False)
 
@@ -144,10 +161,12 @@ def build(out: Path, size: str, seed: int, epochs: int) -> Path:
         bundle,
         version,
         {
-            "data": {"source": "synthetic", "size": size, "seed": seed},
+            "data": {"source": data.source, "size": size if movielens is None else None, "seed": seed},
             "shapes": {"items": data.num_items, "users": data.num_users, "dim": int(embeddings.items.shape[1])},
+            "user_tower": {"history_length": tower_config.history_length, "dim": tower_config.dim},
             "ranker_model_version": model_version,
-            "training": {"embedding_loss": embedding_losses, "ranker_loss": ranker_losses},
+            "training": {"two_tower_loss": tower_losses, "ranker_loss": ranker_losses},
+            "retrieval_metrics": retrieval_metrics,
             "metrics": metrics,
         },
     )
@@ -160,10 +179,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("artifacts"))
     parser.add_argument("--size", choices=sorted(SIZES), default="demo")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10, help="two-tower training epochs")
+    parser.add_argument("--movielens", type=Path, help="a MovieLens folder to use instead of synthetic data")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    build(args.out, args.size, args.seed, args.epochs)
+    build(args.out, args.size, args.seed, args.epochs, args.movielens)
 
 
 if __name__ == "__main__":

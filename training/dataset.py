@@ -31,7 +31,9 @@ class Dataset:
     category_names: list[str]
     provider_names: list[str]
     user_ids: np.ndarray
+    user_country: np.ndarray  # int8 index into COUNTRIES: the user's home country
     interactions: Interactions
+    source: str = "synthetic"
 
     @property
     def num_items(self) -> int:

@@ -39,10 +39,10 @@ class RankerMLP(torch.nn.Module):
 
 @dataclass(frozen=True)
 class RankerConfig:
-    hard_negatives: int = 6
-    random_negatives: int = 2
-    epochs: int = 6
-    batch_size: int = 512
+    candidates: int = 300  # retrieval list length the impressions are drawn from
+    negatives_per_user: int = 24
+    epochs: int = 8
+    batch_size: int = 256
     learning_rate: float = 3e-3
     seed: int = 7
 
@@ -50,18 +50,23 @@ class RankerConfig:
 def build_impressions(
     positives: Interactions, candidates: np.ndarray, store: FeatureStore, config: RankerConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Feature rows and labels: each positive beside negatives from that user's retrieval list."""
+    """Impressions as production logs them: the items retrieval showed each user, labelled 1 when
+    the user went on to interact with them. Positives outside the retrieval list are not
+    impressions (the ranker never sees them in serving), so they are left out; negatives are a
+    sample of the rest of the list."""
     rng = np.random.default_rng(config.seed)
-    num_items = len(store.catalog)
     features, labels = [], []
     for user in np.unique(positives.user):
-        liked = positives.item[positives.user == user]
-        pool = candidates[user][~np.isin(candidates[user], liked)]
-        hard = rng.choice(pool, min(len(pool), config.hard_negatives * len(liked)), replace=False)
-        random = rng.integers(0, num_items, config.random_negatives * len(liked))
-        rows = np.concatenate([liked, hard, random])
+        shown = candidates[user]
+        clicked = np.isin(shown, positives.item[positives.user == user])
+        if not clicked.any():
+            continue
+        negatives = rng.choice(
+            np.flatnonzero(~clicked), min(int((~clicked).sum()), config.negatives_per_user), replace=False
+        )
+        rows = np.concatenate([shown[clicked], shown[negatives]])
         features.append(store.features(int(user), rows))
-        labels.append(np.concatenate([np.ones(len(liked)), np.zeros(len(hard) + len(random))]))
+        labels.append(np.concatenate([np.ones(int(clicked.sum())), np.zeros(len(negatives))]))
     return np.concatenate(features), np.concatenate(labels).astype(np.float32)
 
 

@@ -69,6 +69,10 @@ def generate(size: SyntheticSize, seed: int = 7) -> Dataset:
     item = _sample_within_groups(category * STYLES_PER_CATEGORY + style, quality, group, rng)
     timestamp = NOW - rng.integers(0, 365 * DAY, len(user))
 
+    # Users only ever see what is available in their country.
+    user_country = rng.integers(0, len(COUNTRIES), size.users).astype(np.int8)
+    available = (region_mask[item] == -1) | ((region_mask[item] >> user_country[user].astype(np.int64)) & 1 == 1)
+    user, item, timestamp = user[available], item[available], timestamp[available]
     keep = _first_occurrence(user, item, timestamp)
     interactions = Interactions(user[keep], item[keep].astype(np.int32), timestamp[keep].astype(np.int64))
     return Dataset(
@@ -81,6 +85,7 @@ def generate(size: SyntheticSize, seed: int = 7) -> Dataset:
         category_names=[f"category-{c:02d}" for c in range(n_cat)],
         provider_names=[f"provider-{p:05d}" for p in range(size.providers)],
         user_ids=np.array([f"u{n:07d}" for n in range(size.users)]),
+        user_country=user_country,
         interactions=interactions,
     )
 

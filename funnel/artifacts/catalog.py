@@ -80,12 +80,16 @@ class Catalog:
         return cls(**columns, category_names=names["categories"], provider_names=names["providers"])
 
 
+USER_COLUMNS = ("user_ids", "history_indptr", "history_items", "category_affinity", "country")
+
+
 @dataclass
 class Users:
     user_ids: np.ndarray
     history_indptr: np.ndarray  # int64 CSR row pointers into history_items
     history_items: np.ndarray  # int32 item rows, oldest first
     category_affinity: np.ndarray  # float32 [users, categories], share of history per category
+    country: np.ndarray  # int8 index into COUNTRIES: the user's home country
 
     def __post_init__(self) -> None:
         self.index = IdIndex(self.user_ids)
@@ -94,17 +98,12 @@ class Users:
         return self.history_items[self.history_indptr[user_row] : self.history_indptr[user_row + 1]]
 
     def save(self, directory: Path) -> None:
-        for name in ("user_ids", "history_indptr", "history_items", "category_affinity"):
+        for name in USER_COLUMNS:
             save_array(directory, f"users_{name}", getattr(self, name))
 
     @classmethod
     def load(cls, directory: Path) -> Users:
-        return cls(
-            **{
-                name: load_array(directory, f"users_{name}")
-                for name in ("user_ids", "history_indptr", "history_items", "category_affinity")
-            }
-        )
+        return cls(**{name: load_array(directory, f"users_{name}") for name in USER_COLUMNS})
 
 
 @dataclass
@@ -119,5 +118,6 @@ class Embeddings:
         save_array(directory, "item_embeddings", self.items)
 
     @classmethod
-    def load(cls, directory: Path) -> Embeddings:
-        return cls(load_array(directory, "user_embeddings"), load_array(directory, "item_embeddings"))
+    def load(cls, directory: Path, mmap: bool = False) -> Embeddings:
+        """`mmap` shares the pages between every process on a node that serves the same bundle."""
+        return cls(load_array(directory, "user_embeddings", mmap), load_array(directory, "item_embeddings", mmap))

@@ -1,4 +1,4 @@
-"""One shard of the catalog: a FAISS inner-product index plus the shard's popularity order."""
+"""One shard of the catalog: a FAISS inner-product index, the user tower, and popularity order."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import read_manifest
+from services.retrieval.user_encoder import UserEncoder
 
 
 def shard_of(item_ids: np.ndarray, shard_count: int) -> np.ndarray:
@@ -24,30 +25,57 @@ class Hits:
     scores: np.ndarray  # float32
 
 
+@dataclass(frozen=True)
+class IndexSpec:
+    factory: str = "Flat"  # FAISS index_factory string, inner product
+    search_params: str = ""  # e.g. "efSearch=128" (HNSW) or "nprobe=16" (IVF)
+
+
+def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec) -> faiss.Index:
+    """An inner-product index over `vectors` that answers with `ids`."""
+    inner = faiss.index_factory(vectors.shape[1], spec.factory, faiss.METRIC_INNER_PRODUCT)
+    if not inner.is_trained:
+        inner.train(vectors)
+    if spec.search_params:
+        faiss.ParameterSpace().set_index_parameters(inner, spec.search_params)
+    index = faiss.IndexIDMap2(inner)
+    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+    return index
+
+
 class ShardIndex:
     """Everything one retrieval process needs to answer, loaded from one bundle version."""
 
-    def __init__(self, bundle: Path, shard_index: int, shard_count: int, index_factory: str) -> None:
+    def __init__(self, bundle: Path, shard_index: int, shard_count: int, spec: IndexSpec) -> None:
         manifest = read_manifest(bundle)
-        self.version = manifest["version"]
+        self.version: str = manifest["version"]
         self.catalog = Catalog.load(bundle)
         self.users = Users.load(bundle)
-        embeddings = Embeddings.load(bundle)
-        self.user_vectors = embeddings.users
+        item_vectors = Embeddings.load(bundle, mmap=True).items
+        self.encoder = UserEncoder(
+            bundle / "user_tower.pt", item_vectors, self.users, manifest["user_tower"]["history_length"]
+        )
+        self._warm_up()
         rows = np.flatnonzero(shard_of(self.catalog.item_ids, shard_count) == shard_index)
-        self.shard_rows = rows
-        self.index = _build_index(embeddings.items[rows], rows, index_factory)
+        self.index = build_index(np.asarray(item_vectors[rows]), rows, spec)
         popularity = self.catalog.popularity[rows]
         self.popular_rows = rows[np.argsort(-popularity, kind="stable")]
         self._log_popularity = np.log1p(self.catalog.popularity).astype(np.float32)
 
-    def user_row(self, user_id: str) -> int:
-        return self.users.index.row(user_id)
+    def _warm_up(self) -> None:
+        # TorchScript profiles and optimises a module on its first calls; pay for that at load
+        # time, not on the first requests after a start or a swap.
+        for _ in range(3):
+            self.encoder.encode(0 if len(self.users.user_ids) else -1, np.zeros(0, dtype=np.int64), "")
+            self.encoder.encode(-1, np.arange(min(3, len(self.catalog))), "US")
 
-    def search(self, user_row: int, k: int, exclude: np.ndarray) -> Hits:
-        """Top-k items of this shard by inner product with the user's vector, minus `exclude`."""
-        query = self.user_vectors[user_row : user_row + 1]
-        scores, rows = self.index.search(query, min(k + len(exclude), self.index.ntotal))
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, query: np.ndarray, k: int, exclude: np.ndarray) -> Hits:
+        """Top-k items of this shard by inner product with `query` [1, dim], minus `exclude`."""
+        scores, rows = self.index.search(query, min(k + len(exclude), self.size))
         keep = (rows[0] >= 0) & ~np.isin(rows[0], exclude)
         return Hits(rows[0][keep][:k], scores[0][keep][:k])
 
@@ -55,12 +83,3 @@ class ShardIndex:
         head = self.popular_rows[: k + len(exclude)]
         head = head[~np.isin(head, exclude)][:k]
         return Hits(head, self._log_popularity[head])
-
-
-def _build_index(vectors: np.ndarray, ids: np.ndarray, factory: str) -> faiss.Index:
-    index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        index.train(vectors)
-    index = faiss.IndexIDMap2(index) if not isinstance(index, faiss.IndexIDMap) else index
-    index.add_with_ids(np.ascontiguousarray(vectors), ids.astype(np.int64))
-    return index

@@ -1,20 +1,24 @@
-"""The Retrieval gRPC service: validates, searches the current shard index off the event loop."""
+"""The Retrieval gRPC service: validates, encodes the user, searches its shard off the event loop,
+and hot-swaps to new artifact versions without dropping a call."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
 import faiss
 import grpc
+import torch
 
-from funnel.artifacts.store import wait_for_latest
-from funnel.runtime.errors import InvalidArgument, Unavailable
+from funnel.artifacts.store import MANIFEST, ArtifactError, latest_version, wait_for_latest
+from funnel.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from funnel.runtime.metrics import ARTIFACT_INFO
 from funnel.runtime.server import Runtime
 from funnel.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from funnel.validation import check_context, check_count, check_id, check_ids
-from services.retrieval.index import Hits, ShardIndex
+from services.retrieval.index import Hits, IndexSpec, ShardIndex
 from services.retrieval.settings import RetrievalSettings
 
 log = logging.getLogger("funnel.retrieval")
@@ -30,36 +34,97 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
     def __init__(self, runtime: Runtime, settings: RetrievalSettings) -> None:
         self.runtime = runtime
         self.settings = settings
+        self.bundles = Path(settings.artifact_dir) / "bundles"
+        self.spec = IndexSpec(settings.index_factory, settings.search_params)
         self.index: ShardIndex | None = None
+        self._swap_lock = asyncio.Lock()
+        self._failed_versions: set[str] = set()
+        self._watch: asyncio.Task[None] | None = None
         retrieval_pb2_grpc.add_RetrievalServicer_to_server(self, runtime.server)
 
     async def start(self) -> None:
-        # One query per thread: parallelism comes from concurrent requests, not OpenMP.
+        # One query per thread: parallelism comes from concurrent requests, not OpenMP or intra-op.
         faiss.omp_set_num_threads(1)
-        bundles = Path(self.settings.artifact_dir) / "bundles"
-        bundle = await wait_for_latest(bundles, self.settings.artifact_poll_seconds)
-        s = self.settings
-        self.index = await self.runtime.run_cpu(ShardIndex, bundle, s.shard_index, s.shard_count, s.index_factory)
-        ARTIFACT_INFO.labels("bundle", self.index.version).set(1)
-        log.info(
-            "index loaded",
-            extra={
-                "version": self.index.version,
-                "shard": f"{s.shard_index}/{s.shard_count}",
-                "items": int(self.index.index.ntotal),
-            },
-        )
+        torch.set_num_threads(1)
+        bundle = await wait_for_latest(self.bundles, self.settings.artifact_poll_seconds)
+        await self.swap_to(bundle)
         await self.runtime.readiness.set(True, "index loaded")
+        if self.settings.reload_poll_seconds > 0:
+            self._watch = asyncio.create_task(self._watch_bundles())
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         self.index = None
+
+    async def swap_to(self, bundle: Path) -> tuple[str, str, bool]:
+        """Load `bundle` beside the current index, then swap; (previous, current, swapped)."""
+        async with self._swap_lock:
+            previous = self.index
+            previous_version = previous.version if previous else ""
+            if previous is not None and previous.version == bundle.name:
+                return previous_version, previous_version, False
+            s = self.settings
+            loaded = await self.runtime.run_cpu(ShardIndex, bundle, s.shard_index, s.shard_count, self.spec)
+            # One reference assignment: a call that already read self.index finishes on the old
+            # index, which is freed when the last such call drops it.
+            self.index = loaded
+            if previous_version:
+                ARTIFACT_INFO.labels("bundle", previous_version).set(0)
+            ARTIFACT_INFO.labels("bundle", loaded.version).set(1)
+            log.info(
+                "index swapped",
+                extra={"from": previous_version, "to": loaded.version, "shard": f"{s.shard_index}/{s.shard_count}",
+                       "items": loaded.size, "factory": self.spec.factory},
+            )  # fmt: skip
+            return previous_version, loaded.version, True
+
+    async def _watch_bundles(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_poll_seconds)
+            newest = latest_version(self.bundles)
+            current = self.index
+            if newest is None or current is None or newest.name <= current.version:
+                continue
+            if newest.name in self._failed_versions:
+                continue
+            try:
+                await self.swap_to(newest)
+            except (ArtifactError, OSError, RuntimeError, KeyError) as exc:
+                self._failed_versions.add(newest.name)
+                log.error(
+                    "new bundle rejected; still serving the old one", extra={"bundle": newest.name, "error": str(exc)}
+                )
+
+    async def Reload(
+        self, request: retrieval_pb2.ReloadRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.ReloadResponse:
+        if request.version:
+            if "/" in request.version or request.version.startswith("."):
+                raise InvalidArgument("version must be a directory name under bundles/")
+            bundle = self.bundles / request.version
+            if not (bundle / MANIFEST).is_file():
+                raise NotFound(f"no complete bundle {request.version!r}")
+        else:
+            bundle = latest_version(self.bundles)
+            if bundle is None:
+                raise NotFound("no complete bundle to load")
+        try:
+            previous, current, swapped = await self.swap_to(bundle)
+        except (ArtifactError, KeyError) as exc:
+            raise FailedPrecondition(f"bundle {bundle.name} cannot be served: {exc}") from exc
+        return retrieval_pb2.ReloadResponse(previous_version=previous, current_version=current, swapped=swapped)
 
     async def Retrieve(
         self, request: retrieval_pb2.RetrieveRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.RetrieveResponse:
+        s = self.settings
         check_id(request.user_id, "user_id")
-        check_count(request.num_candidates, "num_candidates", self.settings.max_candidates)
-        check_ids(request.exclude_item_ids, "exclude_item_ids", self.settings.max_excluded)
+        check_count(request.num_candidates, "num_candidates", s.max_candidates)
+        check_ids(request.exclude_item_ids, "exclude_item_ids", s.max_excluded)
+        check_ids(request.recent_item_ids, "recent_item_ids", s.max_recent_items)
         check_context(request.context)
         unknown = set(request.sources) - set(SOURCES)
         if unknown:
@@ -68,7 +133,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         if index is None:
             raise Unavailable("index not loaded yet")
         sources = list(request.sources) or list(SOURCES)
-        return await self.runtime.run_cpu(_retrieve, index, request, sources, self.settings)
+        return await self.runtime.run_cpu(_retrieve, index, request, sources, s)
 
 
 def _retrieve(
@@ -76,7 +141,8 @@ def _retrieve(
 ) -> retrieval_pb2.RetrieveResponse:
     exclude = index.catalog.index.rows(list(request.exclude_item_ids))
     exclude = exclude[exclude >= 0]
-    user_row = index.user_row(request.user_id)
+    user_row = index.users.index.row(request.user_id)
+    recent = index.catalog.index.rows(list(request.recent_item_ids))
     response = retrieval_pb2.RetrieveResponse(
         index_version=index.version,
         shard_index=settings.shard_index,
@@ -84,8 +150,9 @@ def _retrieve(
         known_user=user_row >= 0,
     )
     k = request.num_candidates
-    if SOURCE_ANN in sources and user_row >= 0:
-        _append(response, index, index.search(user_row, k, exclude), SOURCE_ANN)
+    if SOURCE_ANN in sources:
+        query = index.encoder.encode(user_row, recent[recent >= 0], request.context.country)
+        _append(response, index, index.search(query, k, exclude), SOURCE_ANN)
     if SOURCE_POPULAR in sources:
         _append(response, index, index.popular(k, exclude), SOURCE_POPULAR)
     return response

@@ -15,6 +15,13 @@ class RetrievalSettings(ServerSettings):
     )
     shard_index: int = setting(0, help="which shard of the catalog this process serves", checks=[non_negative])
     shard_count: int = setting(1, help="how many shards the catalog is split into", checks=[positive])
+    search_params: str = setting(
+        "", help="FAISS search parameters for this deployment, e.g. 'efSearch=128' or 'nprobe=16'"
+    )
+    max_recent_items: int = setting(100, help="largest recent_item_ids list accepted", checks=[positive])
+    reload_poll_seconds: float = setting(
+        5.0, help="how often to look for a newer bundle and hot-swap to it; 0 = only on Reload", checks=[non_negative]
+    )
     index_factory: str = setting(
         "Flat", help="FAISS index_factory string (inner product), e.g. Flat, HNSW32", checks=[non_empty]
     )

@@ -1,0 +1,147 @@
+"""Loads real interactions in the MovieLens formats into the same Dataset the synthetic data uses.
+
+Formats, told apart by the files in the folder:
+  ratings.csv + movies.csv   (ml-latest, ml-25m, ...)     userId,movieId,rating,timestamp
+  ratings.dat + movies.dat   (ml-1m)                      UserID::MovieID::Rating::Timestamp
+  u.data + u.item            (ml-100k)                    user<TAB>item<TAB>rating<TAB>timestamp
+
+Ratings at or above `min_rating` become interactions. A movie's first genre is its category.
+MovieLens has no providers, maturity ratings or regions: the provider is the release decade, every
+movie is rated PG and available everywhere, and age is days from release year to the last rating.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+
+from funnel.artifacts.catalog import COUNTRIES
+from training.dataset import Dataset, Interactions
+
+U_ITEM_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
+    "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+_YEAR = re.compile(r"\((\d{4})\)\s*$")
+
+
+class MovieLensError(ValueError):
+    """The folder holds no MovieLens data set, or a file in it is malformed."""
+
+
+def load_movielens(folder: Path, min_rating: float = 3.5) -> Dataset:
+    folder = Path(folder)
+    if (folder / "ratings.csv").exists():
+        ratings = _read_ratings_csv(folder / "ratings.csv")
+        movies = _read_movies_csv(folder / "movies.csv")
+    elif (folder / "ratings.dat").exists():
+        ratings = _read_delimited(folder / "ratings.dat", "::")
+        movies = _read_movies_dat(folder / "movies.dat")
+    elif (folder / "u.data").exists():
+        ratings = _read_delimited(folder / "u.data", "\t")
+        movies = _read_u_item(folder / "u.item")
+    else:
+        raise MovieLensError(f"{folder}: no ratings.csv, ratings.dat or u.data")
+    return _to_dataset(ratings, movies, min_rating, folder.name)
+
+
+def _read_ratings_csv(path: Path) -> list[tuple[str, str, float, int]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:4]] != ["userId", "movieId", "rating", "timestamp"]:
+            raise MovieLensError(f"{path}: expected the header userId,movieId,rating,timestamp")
+        return [_rating(row, path, n) for n, row in enumerate(reader, 2)]
+
+
+def _read_delimited(path: Path, separator: str) -> list[tuple[str, str, float, int]]:
+    with path.open(encoding="latin-1") as handle:
+        return [
+            _rating(line.rstrip("\n").split(separator), path, n) for n, line in enumerate(handle, 1) if line.strip()
+        ]
+
+
+def _rating(fields: list[str], path: Path, line: int) -> tuple[str, str, float, int]:
+    try:
+        return fields[0].strip(), fields[1].strip(), float(fields[2]), int(fields[3])
+    except (IndexError, ValueError):
+        raise MovieLensError(f"{path}:{line}: expected user, item, rating, timestamp") from None
+
+
+def _read_movies_csv(path: Path) -> dict[str, tuple[str, list[str]]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        return {row["movieId"]: (row["title"], row["genres"].split("|")) for row in reader}
+
+
+def _read_movies_dat(path: Path) -> dict[str, tuple[str, list[str]]]:
+    movies = {}
+    with path.open(encoding="latin-1") as handle:
+        for line in handle:
+            if line.strip():
+                movie_id, title, genres = line.rstrip("\n").split("::")
+                movies[movie_id] = (title, genres.split("|"))
+    return movies
+
+
+def _read_u_item(path: Path) -> dict[str, tuple[str, list[str]]]:
+    movies = {}
+    with path.open(encoding="latin-1") as handle:
+        for line in handle:
+            if line.strip():
+                fields = line.rstrip("\n").split("|")
+                flags = fields[5 : 5 + len(U_ITEM_GENRES)]
+                movies[fields[0]] = (
+                    fields[1],
+                    [g for g, flag in zip(U_ITEM_GENRES, flags, strict=False) if flag == "1"],
+                )
+    return movies
+
+
+def _to_dataset(
+    ratings: list[tuple[str, str, float, int]], movies: dict[str, tuple[str, list[str]]], min_rating: float, name: str
+) -> Dataset:
+    kept = [r for r in ratings if r[2] >= min_rating]
+    if not kept:
+        raise MovieLensError(f"no rating reaches min_rating={min_rating}")
+    item_keys = sorted({r[1] for r in kept} | set(movies), key=_numeric_first)
+    user_keys = sorted({r[0] for r in kept}, key=_numeric_first)
+    item_row = {key: n for n, key in enumerate(item_keys)}
+    user_row = {key: n for n, key in enumerate(user_keys)}
+    user = np.array([user_row[r[0]] for r in kept], dtype=np.int32)
+    item = np.array([item_row[r[1]] for r in kept], dtype=np.int32)
+    timestamp = np.array([r[3] for r in kept], dtype=np.int64)
+
+    genre_of = [(movies.get(key, ("", ["unknown"]))[1] or ["unknown"])[0] for key in item_keys]
+    category_names = sorted(set(genre_of))
+    years = [_year(movies.get(key, ("", []))[0]) for key in item_keys]
+    decades = [f"{y // 10 * 10}s" if y else "unknown-decade" for y in years]
+    provider_names = sorted(set(decades))
+    last_day = timestamp.max() / 86_400.0
+    release_day = np.array([((y or 1970) - 1970) * 365.25 for y in years])
+    return Dataset(
+        item_ids=np.array([f"m{key}" for key in item_keys]),
+        category=np.array([category_names.index(g) for g in genre_of], dtype=np.int32),
+        provider=np.array([provider_names.index(d) for d in decades], dtype=np.int32),
+        maturity=np.full(len(item_keys), 2, dtype=np.int8),
+        region_mask=np.full(len(item_keys), -1, dtype=np.int64),
+        age_days=np.maximum(0.0, last_day - release_day).astype(np.float32),
+        category_names=category_names,
+        provider_names=provider_names,
+        user_ids=np.array([f"ml{key}" for key in user_keys]),
+        user_country=np.full(len(user_keys), COUNTRIES.index("US"), dtype=np.int8),
+        interactions=Interactions(user, item, timestamp),
+        source=f"movielens:{name}",
+    )
+
+
+def _numeric_first(key: str) -> tuple[int, str]:
+    return (int(key), "") if key.isdigit() else (1 << 62, key)
+
+
+def _year(title: str) -> int:
+    match = _YEAR.search(title.strip())
+    return int(match.group(1)) if match else 0

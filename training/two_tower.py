@@ -1,0 +1,136 @@
+"""Training the two-tower model with InfoNCE over in-batch negatives, and computing every vector."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from funnel.artifacts.catalog import Embeddings
+from training.dataset import Dataset, Interactions
+from training.losses import in_batch_softmax_loss
+from training.towers import ItemTower, UserTower, age_bucket, country_slot
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    dim: int = 64
+    history_length: int = 20
+    epochs: int = 10
+    batch_size: int = 1024
+    temperature: float = 0.05
+    learning_rate: float = 3e-3
+    user_id_dropout: float = 0.2  # how often training hides the user id, so cold users are learned too
+    seed: int = 7
+
+
+def history_matrix(interactions: Interactions, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Order of interactions by (user, time) and, for each, the item rows of the user's previous
+    `length` interactions (-1 padded)."""
+    order = np.lexsort((interactions.timestamp, interactions.user))
+    users = interactions.user[order]
+    items = interactions.item[order]
+    history = np.full((len(order), length), -1, dtype=np.int64)
+    for back in range(1, length + 1):
+        same_user = np.zeros(len(order), dtype=bool)
+        same_user[back:] = users[back:] == users[:-back]
+        history[back:, back - 1] = np.where(same_user[back:], items[:-back], -1)
+    return order, history
+
+
+class TwoTower:
+    """Both towers and the item features they read, as tensors."""
+
+    def __init__(self, data: Dataset, config: TwoTowerConfig) -> None:
+        torch.manual_seed(config.seed)
+        self.config = config
+        self.items = ItemTower(data.num_items, len(data.category_names), len(data.provider_names), config.dim)
+        self.users = UserTower(data.num_users, config.dim)
+        self.category = torch.from_numpy(data.category.astype(np.int64))
+        self.provider = torch.from_numpy(data.provider.astype(np.int64))
+        self.age = torch.from_numpy(age_bucket(data.age_days))
+        self.country = torch.from_numpy(country_slot(data.user_country.astype(np.int64)))
+
+    def item_vectors(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.items(rows, self.category[rows], self.provider[rows], self.age[rows])
+
+    def user_vectors(self, users: torch.Tensor, history: torch.Tensor, user_index: torch.Tensor) -> torch.Tensor:
+        """history [B, L] item rows (-1 = none); user_index [B] (0 = unknown user)."""
+        valid = history >= 0
+        unique, inverse = torch.unique(history.clamp(min=0), return_inverse=True)
+        vectors = self.item_vectors(unique)[inverse] * valid.unsqueeze(-1)
+        count = valid.sum(dim=1, keepdim=True)
+        pooled = vectors.sum(dim=1) / count.clamp(min=1)
+        return self.users(user_index, pooled, (count > 0).float(), self.country[users])
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.items.parameters(), *self.users.parameters()]
+
+
+def train_two_tower(data: Dataset, train: Interactions, config: TwoTowerConfig) -> tuple[TwoTower, list[float]]:
+    model = TwoTower(data, config)
+    rng = np.random.default_rng(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    order, history = history_matrix(train, config.history_length)
+    users = torch.from_numpy(train.user[order].astype(np.int64))
+    items = torch.from_numpy(train.item[order].astype(np.int64))
+    history_t = torch.from_numpy(history)
+    frequency = np.bincount(train.item, minlength=data.num_items).astype(np.float64) + 1.0
+    log_q = torch.from_numpy(np.log(frequency / frequency.sum())).float()
+
+    losses = []
+    for epoch in range(config.epochs):
+        started, total, batches = time.monotonic(), 0.0, 0
+        for batch in np.array_split(rng.permutation(len(order)), max(1, len(order) // config.batch_size)):
+            b = torch.from_numpy(batch)
+            keep_id = torch.from_numpy(rng.random(len(batch)) >= config.user_id_dropout)
+            user_index = torch.where(keep_id, users[b] + 1, torch.zeros_like(users[b]))
+            loss = in_batch_softmax_loss(
+                model.user_vectors(users[b], history_t[b], user_index),
+                model.item_vectors(items[b]),
+                items[b],
+                log_q,
+                config.temperature,
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            batches += 1
+        losses.append(total / max(1, batches))
+        took = time.monotonic() - started
+        print(f"  two-tower epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f} ({took:.1f} s)", flush=True)
+    return model, losses
+
+
+@torch.no_grad()
+def compute_embeddings(model: TwoTower, data: Dataset, history_of: list[np.ndarray]) -> Embeddings:
+    """Item vectors for every item; user vectors for every known user from their latest history."""
+    model.items.eval()
+    model.users.eval()
+    items = torch.cat([model.item_vectors(chunk) for chunk in torch.arange(data.num_items).split(65_536)])
+    length = model.config.history_length
+    history = np.full((data.num_users, length), -1, dtype=np.int64)
+    for user, rows in enumerate(history_of):
+        recent = rows[-length:]
+        history[user, : len(recent)] = recent
+    users = torch.arange(data.num_users)
+    vectors = torch.cat(
+        [
+            model.user_vectors(chunk, torch.from_numpy(history[chunk.numpy()]), chunk + 1)
+            for chunk in users.split(65_536)
+        ]
+    )
+    return Embeddings(users=vectors.numpy().astype(np.float32), items=items.numpy().astype(np.float32))
+
+
+def export_user_tower(model: TwoTower, path: str) -> None:
+    """TorchScript of the user tower: (user, pooled history, has_history, country) -> vector."""
+    model.users.eval()
+    # TorchScript is deprecated in torch, yet it is what a serving process can load without this code.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(model.users), path)
