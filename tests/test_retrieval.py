@@ -1,0 +1,166 @@
+"""Retrieval: the trained two-tower model, shard merging, hot swap under load, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from funnel.artifacts.catalog import Embeddings
+from funnel.artifacts.store import latest_version, read_manifest, write_manifest
+from funnel.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
+from gateway.merge import merge_candidates
+from services.retrieval.index import IndexSpec, build_index, shard_of
+
+
+def test_two_tower_training_lowers_the_loss_and_beats_popularity(artifacts):
+    manifest = read_manifest(latest_version(artifacts / "bundles"))
+    losses = manifest["training"]["two_tower_loss"]
+    assert losses[-1] < losses[0]
+    metrics = manifest["retrieval_metrics"]
+    assert metrics["two_tower"]["recall@100"] > 1.2 * metrics["popularity"]["recall@100"]
+    assert metrics["popularity"]["recall@100"] > metrics["random"]["recall@100"]
+
+
+@pytest.mark.parametrize("shards", [2, 3])
+def test_sharded_search_merged_equals_one_index_over_every_item(artifacts, shards):
+    vectors = Embeddings.load(latest_version(artifacts / "bundles")).items
+    ids = np.arange(len(vectors))
+    item_ids = np.array([f"i{n:07d}" for n in ids])
+    queries = vectors[[5, 50, 500]] * 0.9 + 0.1  # arbitrary queries near real items
+    whole = build_index(vectors, ids, IndexSpec("Flat"))
+    assignment = shard_of(item_ids, shards)
+    parts = [build_index(vectors[assignment == s], ids[assignment == s], IndexSpec("Flat")) for s in range(shards)]
+    for query in queries:
+        _, expected = whole.search(query[None, :], 100)
+        responses = []
+        for part in parts:
+            scores, rows = part.search(query[None, :], 100)
+            found = [
+                common_pb2.Candidate(item_id=str(r), score=float(s), source="ann")
+                for r, s in zip(rows[0], scores[0], strict=True)
+            ]
+            responses.append(retrieval_pb2.RetrieveResponse(candidates=found))
+        merged = [int(c.item_id) for c in merge_candidates(responses, ann_k=100, other_k=0)]
+        assert merged == expected[0].tolist()
+
+
+def new_version(root: Path, source: Path, name: str, corrupt: bool = False) -> Path:
+    """Publish `source` again as version `name`, the way a training job publishes a new bundle."""
+    target = root / "bundles" / name
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("manifest.json"))
+    metadata = {
+        k: v
+        for k, v in json.loads((source / "manifest.json").read_text()).items()
+        if k not in ("version", "files", "created")
+    }
+    write_manifest(target, name, metadata)
+    if corrupt:
+        with (target / "item_embeddings.npy").open("r+b") as handle:
+            handle.seek(-4, 2)
+            handle.write(b"\xff\xff\xff\xff")
+    return target
+
+
+def test_hot_swap_under_concurrent_requests_fails_none_and_serves_the_new_version(artifacts, start_service, tmp_path):
+    original = latest_version(artifacts / "bundles")
+    root = tmp_path / "root"
+    new_version(root, original, "20990101T000000Z-a")
+    service = start_service("services.retrieval", ["--artifact-dir", str(root), "--reload-poll-seconds", "0.3"])
+    seen: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def hammer(n: int) -> None:
+        with grpc.insecure_channel(service.address) as channel:
+            stub = retrieval_pb2_grpc.RetrievalStub(channel)
+            while not stop.is_set():
+                try:
+                    reply = stub.Retrieve(
+                        retrieval_pb2.RetrieveRequest(user_id=f"u{n:07d}", num_candidates=50), timeout=5
+                    )
+                    seen.append(reply.index_version)
+                except grpc.RpcError as exc:
+                    failures.append(f"{exc.code()}: {exc.details()}")
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    new_version(root, original, "20990102T000000Z-b")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not seen or seen[-1] != "20990102T000000Z-b"):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    stop.set()
+    for thread in threads:
+        thread.join()
+
+    assert not failures
+    assert seen[0] == "20990101T000000Z-a" and seen[-1] == "20990102T000000Z-b"
+    switch = seen.index("20990102T000000Z-b")
+    assert len(seen) > 20 and switch > 0
+    assert set(seen[switch + 8 :]) <= {"20990102T000000Z-b"}, (
+        "after the swap (and calls in flight) only the new version"
+    )
+
+
+def test_reload_admin_call_swaps_to_a_named_version_and_rejects_a_corrupt_one(artifacts, start_service, tmp_path):
+    original = latest_version(artifacts / "bundles")
+    root = tmp_path / "root"
+    new_version(root, original, "20990101T000000Z-a")
+    service = start_service("services.retrieval", ["--artifact-dir", str(root), "--reload-poll-seconds", "0"])
+    new_version(root, original, "20990102T000000Z-b")
+    new_version(root, original, "20990103T000000Z-bad", corrupt=True)
+    with grpc.insecure_channel(service.address) as channel:
+        stub = retrieval_pb2_grpc.RetrievalStub(channel)
+        reply = stub.Reload(retrieval_pb2.ReloadRequest(version="20990102T000000Z-b"), timeout=30)
+        assert (reply.previous_version, reply.current_version, reply.swapped) == (
+            "20990101T000000Z-a",
+            "20990102T000000Z-b",
+            True,
+        )
+        assert not stub.Reload(retrieval_pb2.ReloadRequest(version="20990102T000000Z-b"), timeout=30).swapped
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Reload(retrieval_pb2.ReloadRequest(), timeout=30)  # the newest is the corrupt one
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "checksum" in error.value.details()
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Reload(retrieval_pb2.ReloadRequest(version="no-such-version"), timeout=30)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        answer = stub.Retrieve(retrieval_pb2.RetrieveRequest(user_id="u0000001", num_candidates=5), timeout=5)
+        assert answer.index_version == "20990102T000000Z-b", "the old index keeps serving after a rejected one"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"num_candidates": 5000}, "num_candidates must be <= 1000"),
+        ({"num_candidates": 0}, "num_candidates must be > 0"),
+        ({"num_candidates": 5, "sources": ["ann", "magic"]}, "unknown sources ['magic']"),
+        ({"num_candidates": 5, "context": common_pb2.Context(country="Germany")}, "context.country"),
+        ({"num_candidates": 5, "recent_item_ids": ["i1"] * 500}, "recent_item_ids: 500 ids"),
+    ],
+)
+def test_retrieval_rejects_bad_input_with_invalid_argument(stack, fields, message):
+    with grpc.insecure_channel(stack.address("retrieval-0-0")) as channel, pytest.raises(grpc.RpcError) as error:
+        retrieval_pb2_grpc.RetrievalStub(channel).Retrieve(
+            retrieval_pb2.RetrieveRequest(user_id="u1", **fields), timeout=5
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in error.value.details()
+
+
+def test_retrieval_answers_name_the_shard_and_version(stack):
+    with grpc.insecure_channel(stack.address("retrieval-1-0")) as channel:
+        reply = retrieval_pb2_grpc.RetrievalStub(channel).Retrieve(
+            retrieval_pb2.RetrieveRequest(user_id="u0000001", num_candidates=20), timeout=5
+        )
+    assert (reply.shard_index, reply.shard_count, reply.known_user) == (1, 2, True)
+    assert reply.index_version.endswith("-tiny")
+    assert {c.source for c in reply.candidates} == {"ann", "popular"}
