@@ -18,10 +18,12 @@ STAMP_VENV := $(VENV)/.installed
 STAMP_PROTOS := funnel/v1/__init__.py
 PROTOS := $(wildcard protos/funnel/v1/*.proto)
 
-.PHONY: help install protos artifacts up down demo test lint clean
+MOVIELENS ?= ../shared/data/ml-latest-small
+
+.PHONY: help install protos artifacts artifacts-movielens up down demo test lint clean bench-retrieval
 
 help: ## List every target with one line each
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
 
 $(STAMP_VENV): requirements.lock
 	@echo "==> creating $(VENV) and installing pinned dependencies (about a minute)"
@@ -43,6 +45,9 @@ artifacts: install ## Build the data set, embeddings, ranker and Triton repo (SI
 	@if [ -n "$$(ls -A $(ARTIFACTS)/bundles 2>/dev/null)" ]; then echo "==> artifacts present in $(ARTIFACTS) (make clean to rebuild)"; \
 	else $(PY) -m training.build --out $(ARTIFACTS) --size $(SIZE); fi
 
+artifacts-movielens: install ## Train and evaluate on a MovieLens folder (MOVIELENS=path) into artifacts-movielens/
+	$(PY) -m training.build --out artifacts-movielens --movielens $(MOVIELENS)
+
 up: artifacts ## Start Triton, every stage and the gateway on 127.0.0.1 in the background
 	$(PY) -m funnel.launcher up --artifacts $(ARTIFACTS) --gateway-port $(GATEWAY_PORT) \
 	  --retrieval-shards $(RETRIEVAL_SHARDS) --retrieval-replicas $(RETRIEVAL_REPLICAS) \
@@ -59,6 +64,10 @@ demo: ## From a fresh clone: install, build artifacts, start the stack, show rec
 test: install ## Install what is needed and run the whole test suite (real processes on loopback)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench-retrieval: artifacts ## FAISS settings at 100k/1M items, then the retrieval service at a fixed rate and across a hot swap
+	$(PY) -m benchmarks.ann_indexes --sizes 100000 1000000
+	$(PY) -m benchmarks.retrieval_service --artifacts $(ARTIFACTS) --rate 200 --seconds 10
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .

@@ -98,7 +98,9 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         retrieve = retrieval_pb2.RetrieveRequest(
             user_id=request.user_id,
             context=request.context,
-            num_candidates=max(s.ann_candidates, s.popular_candidates),
+            num_candidates=s.ann_candidates,
+            sources=list(s.source_limits()),
+            source_limits=s.source_limits(),
             exclude_item_ids=request.exclude_item_ids,
             recent_item_ids=request.recent_item_ids,
         )
@@ -117,7 +119,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             stage="retrieval", latency_ms=max(c.latency_ms for c in calls), items_in=len(safety.catalog)
         )
         report.version = ",".join(sorted({r.index_version for r in answered}))
-        candidates = merge_candidates(answered, s.ann_candidates, s.popular_candidates)
+        candidates = merge_candidates(answered, s.source_limits())
         if answered and not failed:
             report.status = OK
         elif answered:

@@ -31,7 +31,24 @@ class GatewaySettings(ServerSettings):
         5.0, help="time always kept back for the gateway's own fallback work and reply", checks=[non_negative]
     )
     ann_candidates: int = setting(300, help="ANN candidates kept after merging shards", checks=[positive])
-    popular_candidates: int = setting(50, help="popular candidates added beside ANN ones", checks=[positive])
+    popular_candidates: int = setting(
+        50, help="globally popular candidates added beside ANN ones", checks=[non_negative]
+    )
+    category_candidates: int = setting(
+        50, help="popular candidates of the user's favourite categories", checks=[non_negative]
+    )
+    fresh_candidates: int = setting(20, help="newest items, so new content gets exposure", checks=[non_negative])
+
+    def source_limits(self) -> dict[str, int]:
+        """Candidates kept per source after merging shards, in merge priority order."""
+        limits = {
+            "ann": self.ann_candidates,
+            "category_popular": self.category_candidates,
+            "popular": self.popular_candidates,
+            "fresh": self.fresh_candidates,
+        }
+        return {source: n for source, n in limits.items() if n > 0}
+
     fallback_candidates: int = setting(
         500, help="popular items the gateway keeps for when retrieval fails", checks=[positive]
     )

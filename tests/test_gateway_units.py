@@ -28,16 +28,19 @@ def test_merged_shards_equal_one_index_over_all_items():
         shards[n % 3].append((ids[n], float(scores[n])))
     # each shard returns its own top 50, best first, as a shard would
     responses = [shard_response(sorted(s, key=lambda p: -p[1])[:50]) for s in shards]
-    merged = merge_candidates(responses, ann_k=50, other_k=0)
+    merged = merge_candidates(responses, {"ann": 50})
     expected = [ids[n] for n in np.argsort(-scores.astype(np.float32), kind="stable")[:50]]
     assert [c.item_id for c in merged] == expected
 
 
-def test_merge_keeps_the_ann_entry_of_an_item_found_by_two_sources():
+def test_merge_takes_each_source_by_its_own_score_and_keeps_an_items_first_entry():
     ann = shard_response([("a", 0.9), ("b", 0.8)])
     popular = shard_response([("b", 5.0), ("c", 4.0), ("d", 3.0)], source="popular")
-    merged = merge_candidates([ann, popular], ann_k=10, other_k=2)
-    assert [(c.item_id, c.source) for c in merged] == [("a", "ann"), ("b", "ann"), ("c", "popular"), ("d", "popular")]
+    fresh = shard_response([("e", 0.99), ("c", 0.5)], source="fresh")
+    merged = merge_candidates([fresh, ann, popular], {"ann": 10, "popular": 2, "fresh": 2})
+    assert [(c.item_id, c.source) for c in merged] == [
+        ("a", "ann"), ("b", "ann"), ("c", "popular"), ("d", "popular"), ("e", "fresh"),
+    ]  # fmt: skip
 
 
 def test_stage_timeout_is_capped_by_what_remains_minus_the_reserve():

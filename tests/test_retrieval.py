@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 
 from funnel.artifacts.catalog import Embeddings
-from funnel.artifacts.store import latest_version, read_manifest, write_manifest
+from funnel.artifacts.store import latest_version, publish_copy, read_manifest
 from funnel.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from gateway.merge import merge_candidates
 from services.retrieval.index import IndexSpec, build_index, shard_of
@@ -47,20 +45,13 @@ def test_sharded_search_merged_equals_one_index_over_every_item(artifacts, shard
                 for r, s in zip(rows[0], scores[0], strict=True)
             ]
             responses.append(retrieval_pb2.RetrieveResponse(candidates=found))
-        merged = [int(c.item_id) for c in merge_candidates(responses, ann_k=100, other_k=0)]
+        merged = [int(c.item_id) for c in merge_candidates(responses, {"ann": 100})]
         assert merged == expected[0].tolist()
 
 
 def new_version(root: Path, source: Path, name: str, corrupt: bool = False) -> Path:
     """Publish `source` again as version `name`, the way a training job publishes a new bundle."""
-    target = root / "bundles" / name
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("manifest.json"))
-    metadata = {
-        k: v
-        for k, v in json.loads((source / "manifest.json").read_text()).items()
-        if k not in ("version", "files", "created")
-    }
-    write_manifest(target, name, metadata)
+    target = publish_copy(source, root / "bundles", name)
     if corrupt:
         with (target / "item_embeddings.npy").open("r+b") as handle:
             handle.seek(-4, 2)
@@ -145,6 +136,8 @@ def test_reload_admin_call_swaps_to_a_named_version_and_rejects_a_corrupt_one(ar
         ({"num_candidates": 5, "sources": ["ann", "magic"]}, "unknown sources ['magic']"),
         ({"num_candidates": 5, "context": common_pb2.Context(country="Germany")}, "context.country"),
         ({"num_candidates": 5, "recent_item_ids": ["i1"] * 500}, "recent_item_ids: 500 ids"),
+        ({"num_candidates": 5, "source_limits": {"popular": -1}}, "source_limits['popular'] must be > 0"),
+        ({"num_candidates": 5, "source_limits": {"trending": 5}}, "unknown sources ['trending']"),
     ],
 )
 def test_retrieval_rejects_bad_input_with_invalid_argument(stack, fields, message):
@@ -163,4 +156,14 @@ def test_retrieval_answers_name_the_shard_and_version(stack):
         )
     assert (reply.shard_index, reply.shard_count, reply.known_user) == (1, 2, True)
     assert reply.index_version.endswith("-tiny")
-    assert {c.source for c in reply.candidates} == {"ann", "popular"}
+    assert {c.source for c in reply.candidates} == {"ann", "popular", "category_popular", "fresh"}
+
+
+def test_source_limits_override_the_candidate_count_per_source(stack):
+    with grpc.insecure_channel(stack.address("retrieval-0-0")) as channel:
+        reply = retrieval_pb2_grpc.RetrievalStub(channel).Retrieve(
+            retrieval_pb2.RetrieveRequest(user_id="u0000001", num_candidates=20, source_limits={"popular": 3}),
+            timeout=5,
+        )
+    sources = [c.source for c in reply.candidates]
+    assert (sources.count("ann"), sources.count("popular")) == (20, 3)

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,16 @@ def latest_version(root: Path) -> Path | None:
         return None
     complete = sorted(p for p in root.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
     return complete[-1] if complete else None
+
+
+def publish_copy(source: Path, root: Path, version: str) -> Path:
+    """Publish the files of version `source` again as `root/version`, manifest last, the way a
+    training job publishes a new version (used to exercise hot swaps)."""
+    target = root / version
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(MANIFEST, "__pycache__"))
+    previous = json.loads((source / MANIFEST).read_text())
+    write_manifest(target, version, {k: v for k, v in previous.items() if k not in ("version", "files", "created")})
+    return target
 
 
 async def wait_for_latest(root: Path, poll_s: float) -> Path:

@@ -11,18 +11,14 @@ import numpy as np
 
 from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import read_manifest
+from services.retrieval.hits import Hits
+from services.retrieval.sources import CategoryPopularSource, FreshSource, PopularSource
 from services.retrieval.user_encoder import UserEncoder
 
 
 def shard_of(item_ids: np.ndarray, shard_count: int) -> np.ndarray:
     """Deterministic shard of each item: crc32 of its id, so shards do not depend on row order."""
     return np.fromiter((zlib.crc32(i.encode()) % shard_count for i in item_ids), dtype=np.int64, count=len(item_ids))
-
-
-@dataclass
-class Hits:
-    rows: np.ndarray  # int64 catalog rows, best first
-    scores: np.ndarray  # float32
 
 
 @dataclass(frozen=True)
@@ -58,9 +54,9 @@ class ShardIndex:
         self._warm_up()
         rows = np.flatnonzero(shard_of(self.catalog.item_ids, shard_count) == shard_index)
         self.index = build_index(np.asarray(item_vectors[rows]), rows, spec)
-        popularity = self.catalog.popularity[rows]
-        self.popular_rows = rows[np.argsort(-popularity, kind="stable")]
-        self._log_popularity = np.log1p(self.catalog.popularity).astype(np.float32)
+        self.popular = PopularSource(self.catalog, rows)
+        self.category_popular = CategoryPopularSource(self.catalog, rows)
+        self.fresh = FreshSource(self.catalog, rows)
 
     def _warm_up(self) -> None:
         # TorchScript profiles and optimises a module on its first calls; pay for that at load
@@ -79,7 +75,11 @@ class ShardIndex:
         keep = (rows[0] >= 0) & ~np.isin(rows[0], exclude)
         return Hits(rows[0][keep][:k], scores[0][keep][:k])
 
-    def popular(self, k: int, exclude: np.ndarray) -> Hits:
-        head = self.popular_rows[: k + len(exclude)]
-        head = head[~np.isin(head, exclude)][:k]
-        return Hits(head, self._log_popularity[head])
+    def user_affinity(self, user_row: int, recent_rows: np.ndarray) -> np.ndarray:
+        """Weight per category: the user's stored history share plus this session's items."""
+        affinity = np.zeros(len(self.catalog.category_names), dtype=np.float32)
+        if user_row >= 0:
+            affinity += self.users.category_affinity[user_row]
+        if len(recent_rows):
+            affinity += np.bincount(self.catalog.category[recent_rows], minlength=len(affinity)) / len(recent_rows)
+        return affinity

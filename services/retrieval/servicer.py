@@ -18,14 +18,14 @@ from funnel.runtime.metrics import ARTIFACT_INFO
 from funnel.runtime.server import Runtime
 from funnel.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from funnel.validation import check_context, check_count, check_id, check_ids
-from services.retrieval.index import Hits, IndexSpec, ShardIndex
+from services.retrieval.hits import Hits
+from services.retrieval.index import IndexSpec, ShardIndex
 from services.retrieval.settings import RetrievalSettings
 
 log = logging.getLogger("funnel.retrieval")
 
 SOURCE_ANN = "ann"
-SOURCE_POPULAR = "popular"
-SOURCES = (SOURCE_ANN, SOURCE_POPULAR)
+SOURCES = (SOURCE_ANN, "popular", "category_popular", "fresh")
 
 
 class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
@@ -126,7 +126,9 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         check_ids(request.exclude_item_ids, "exclude_item_ids", s.max_excluded)
         check_ids(request.recent_item_ids, "recent_item_ids", s.max_recent_items)
         check_context(request.context)
-        unknown = set(request.sources) - set(SOURCES)
+        for source, limit in request.source_limits.items():
+            check_count(limit, f"source_limits[{source!r}]", s.max_candidates)
+        unknown = (set(request.sources) | set(request.source_limits)) - set(SOURCES)
         if unknown:
             raise InvalidArgument(f"unknown sources {sorted(unknown)}; known: {list(SOURCES)}")
         index = self.index  # one reference for the whole call, so a swap never mixes versions
@@ -149,12 +151,17 @@ def _retrieve(
         shard_count=settings.shard_count,
         known_user=user_row >= 0,
     )
-    k = request.num_candidates
-    if SOURCE_ANN in sources:
-        query = index.encoder.encode(user_row, recent[recent >= 0], request.context.country)
-        _append(response, index, index.search(query, k, exclude), SOURCE_ANN)
-    if SOURCE_POPULAR in sources:
-        _append(response, index, index.popular(k, exclude), SOURCE_POPULAR)
+    limits = request.source_limits
+    recent = recent[recent >= 0]
+    for source in sources:
+        k = limits.get(source, request.num_candidates)
+        if source == SOURCE_ANN:
+            hits = index.search(index.encoder.encode(user_row, recent, request.context.country), k, exclude)
+        elif source == "category_popular":
+            hits = index.category_popular.fetch(k, exclude, index.user_affinity(user_row, recent))
+        else:
+            hits = getattr(index, source).fetch(k, exclude)
+        _append(response, index, hits, source)
     return response
 
 

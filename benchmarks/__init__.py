@@ -1,0 +1,1 @@
+"""Benchmarks: each prints the numbers it measured and writes them under results/."""
