@@ -24,13 +24,18 @@ from funnel.launcher.processes import alive, free_port, spawn, stop_group
 from funnel.launcher.stack import REPO_ROOT
 from funnel.v1 import retrieval_pb2, retrieval_pb2_grpc
 
+# What the gateway asks each shard for by default (gateway/settings.py).
+GATEWAY_LIMITS = {"ann": 300, "category_popular": 50, "popular": 50, "fresh": 20}
+
 
 async def run_load(address: str, rate: float, seconds: float, users: int, on_start=None):
     async with grpc.aio.insecure_channel(address) as channel:
         stub = retrieval_pb2_grpc.RetrievalStub(channel)
 
         async def call(n: int) -> str:
-            request = retrieval_pb2.RetrieveRequest(user_id=f"u{n % users:07d}", num_candidates=300)
+            request = retrieval_pb2.RetrieveRequest(
+                user_id=f"u{n % users:07d}", num_candidates=300, source_limits=GATEWAY_LIMITS
+            )
             return (await stub.Retrieve(request, timeout=5)).index_version
 
         if on_start is not None:

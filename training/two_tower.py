@@ -71,6 +71,8 @@ class TwoTower:
 
 
 def train_two_tower(data: Dataset, train: Interactions, config: TwoTowerConfig) -> tuple[TwoTower, list[float]]:
+    # Same seed, same model: parallel CPU kernels may otherwise sum in a different order per run.
+    torch.use_deterministic_algorithms(True)
     model = TwoTower(data, config)
     rng = np.random.default_rng(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)

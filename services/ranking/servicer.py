@@ -16,7 +16,7 @@ from funnel.features import FeatureStore
 from funnel.runtime.errors import InvalidArgument, Unavailable
 from funnel.runtime.metrics import ARTIFACT_INFO
 from funnel.runtime.server import Runtime
-from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
+from funnel.v1 import ranking_pb2, ranking_pb2_grpc
 from funnel.validation import check_context, check_id
 from services.ranking.settings import RankingSettings
 from services.ranking.triton import TritonRanker
@@ -98,8 +98,8 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
         for position in order:
             source = request.candidates[int(position)]
             score = float(scores.values[position])
-            ranked = common_pb2.Candidate(item_id=source.item_id, score=score, source=source.source)
+            ranked = response.candidates.add(item_id=source.item_id, score=score, source=source.source)
             ranked.stage_scores.update(source.stage_scores)
+            ranked.stage_scores.setdefault("retrieval", source.score)
             ranked.stage_scores["ranking"] = score
-            response.candidates.append(ranked)
         return response

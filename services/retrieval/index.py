@@ -47,6 +47,7 @@ class ShardIndex:
         self.version: str = manifest["version"]
         self.catalog = Catalog.load(bundle)
         self.users = Users.load(bundle)
+        self.item_id_list: list[str] = self.catalog.item_ids.tolist()
         item_vectors = Embeddings.load(bundle, mmap=True).items
         self.encoder = UserEncoder(
             bundle / "user_tower.pt", item_vectors, self.users, manifest["user_tower"]["history_length"]
