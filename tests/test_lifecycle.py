@@ -190,24 +190,29 @@ def test_make_up_and_down_leave_no_process_behind(artifacts, tmp_path):
     )
     assert up.returncode == 0, up.stdout + up.stderr
     state = json.loads((run_dir / "stack.json").read_text())
+    try:
+        _check_running_stack(launcher, env, state, run_dir, port)
+    finally:
+        down = subprocess.run([*launcher, "down"], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=120)
+    assert down.returncode == 0 and "stopped 6 processes" in down.stdout
+    assert not (run_dir / "stack.json").exists()
+    assert not [p for p in state if alive(p["pid"])]
+    assert not _processes_using(Path(artifacts)), "no tritonserver or python backend stub left behind"
+
+
+def _check_running_stack(launcher: list[str], env: dict[str, str], state: list[dict], run_dir: Path, port: int) -> None:
     assert [p["name"] for p in state] == ["triton", "retrieval-0-0", "ranking-0", "ranking-1", "reranking-0", "gateway"]
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         for n in range(12):
             response = recommender_pb2_grpc.RecommenderStub(channel).Recommend(
                 recommender_pb2.RecommendRequest(user_id=f"u{n:07d}", num_results=3), timeout=10
             )
-            assert len(response.items) == 3 and not response.degraded
+            assert len(response.items) == 3 and not response.degraded, response.stages
     for replica in ("ranking-0", "ranking-1"):
         served = (run_dir / "logs" / f"{replica}.log").read_text().count("/funnel.v1.Ranking/Rank")
         assert served > 0, f"the gateway balances across ranking replicas; {replica} served none"
     status = subprocess.run([*launcher, "status"], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=60)
     assert status.stdout.count("SERVING") == 5, status.stdout
-
-    down = subprocess.run([*launcher, "down"], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=120)
-    assert down.returncode == 0 and "stopped 6 processes" in down.stdout
-    assert not (run_dir / "stack.json").exists()
-    assert not [p for p in state if alive(p["pid"])]
-    assert not _processes_using(Path(artifacts)), "no tritonserver or python backend stub left behind"
 
 
 def _processes_using(artifacts: Path) -> list[str]:

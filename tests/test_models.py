@@ -8,21 +8,27 @@ import tritonclient.grpc as triton
 
 from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import latest_version, read_manifest
-from funnel.features import NUM_FEATURES, FeatureStore
+from funnel.features import NUM_CATEGORICAL, NUM_DENSE, FeatureStore
 
 
 def test_triton_scores_equal_in_process_torch_for_the_same_features(stack, artifacts):
     bundle = latest_version(artifacts / "bundles")
     store = FeatureStore(Catalog.load(bundle), Users.load(bundle), Embeddings.load(bundle))
-    features = np.concatenate([store.features(3, np.arange(300)), store.features(-1, np.arange(300, 420))])
+    known, cold = store.features(3, np.arange(300)), store.features(-1, np.arange(300, 420), country=2)
+    dense = np.concatenate([known.dense, cold.dense])
+    categorical = np.concatenate([known.categorical, cold.categorical])
     model = torch.jit.load(str(artifacts / "model_repository" / "ranker" / "1" / "model.pt"))
     with torch.no_grad():
-        expected = model(torch.from_numpy(features)).numpy().ravel()
+        expected = model(torch.from_numpy(dense), torch.from_numpy(categorical)).numpy().ravel()
 
     client = triton.InferenceServerClient(stack.triton.grpc_url)
-    tensor = triton.InferInput("features", [len(features), NUM_FEATURES], "FP32")
-    tensor.set_data_from_numpy(features)
-    result = client.infer("ranker", [tensor])
+    inputs = [
+        triton.InferInput("dense", [len(dense), NUM_DENSE], "FP32"),
+        triton.InferInput("categorical", [len(dense), NUM_CATEGORICAL], "INT64"),
+    ]
+    inputs[0].set_data_from_numpy(dense)
+    inputs[1].set_data_from_numpy(categorical)
+    result = client.infer("ranker", inputs)
     np.testing.assert_allclose(result.as_numpy("score").ravel(), expected, rtol=1e-5, atol=1e-6)
     assert result.get_response().model_version == "1"
 
@@ -38,5 +44,6 @@ def test_model_repository_is_standard_with_dynamic_batching_and_both_configs(art
 
 
 def test_ranker_beats_retrieval_order_on_held_out_interactions(artifacts):
-    metrics = read_manifest(latest_version(artifacts / "bundles"))["metrics"]
-    assert metrics["ranker_ndcg@10"] > metrics["retrieval_ndcg@10"] > 0
+    metrics = read_manifest(latest_version(artifacts / "bundles"))["ranking_metrics"]
+    assert metrics["ranker"]["ndcg@10"] > metrics["retrieval_order"]["ndcg@10"] > 0
+    assert metrics["ranker"]["auc"] > metrics["retrieval_order"]["auc"] > 0.5

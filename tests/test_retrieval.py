@@ -83,15 +83,17 @@ def test_hot_swap_under_concurrent_requests_fails_none_and_serves_the_new_versio
     threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)
-    new_version(root, original, "20990102T000000Z-b")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (not seen or seen[-1] != "20990102T000000Z-b"):
-        time.sleep(0.1)
-    time.sleep(0.5)
-    stop.set()
-    for thread in threads:
-        thread.join()
+    try:
+        time.sleep(0.5)
+        new_version(root, original, "20990102T000000Z-b")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not seen or seen[-1] != "20990102T000000Z-b"):
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
     assert not failures
     assert seen[0] == "20990101T000000Z-a" and seen[-1] == "20990102T000000Z-b"

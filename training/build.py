@@ -24,12 +24,12 @@ import numpy as np
 
 from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import new_version_name, write_manifest
-from funnel.features import NUM_FEATURES, FeatureStore
+from funnel.features import FeatureStore
 from services.ranking.model_repository import TritonModelConfig, next_version, write_model_version
 from training.dataset import Dataset, Interactions, temporal_split
-from training.evaluate import ndcg_at_k, recall_at_k
 from training.movielens import load_movielens
 from training.ranker import RankerConfig, build_impressions, export_torchscript, train_ranker
+from training.ranking_eval import evaluate_ranking, format_ranking_table
 from training.retrieval_eval import evaluate_retrieval, format_table
 from training.synthetic import SIZES, generate
 from training.two_tower import TwoTowerConfig, compute_embeddings, export_user_tower, train_two_tower
@@ -50,43 +50,20 @@ def users_table(data: Dataset, train: Interactions) -> Users:
     return Users(data.user_ids, indptr, items, affinity, data.user_country.astype(np.int8))
 
 
-def top_candidates(embeddings: Embeddings, user_rows: np.ndarray, k: int, seen: Users | None) -> np.ndarray:
-    """Exact inner-product top-k items per user, skipping items in the user's history."""
+def top_candidates(
+    embeddings: Embeddings, user_rows: np.ndarray, k: int, seen: Users | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k items (and scores) per user, skipping items in the user's history."""
     index = faiss.IndexFlatIP(embeddings.items.shape[1])
     index.add(embeddings.items)
     extra = int(np.diff(seen.history_indptr).max()) if seen is not None else 0
-    _, found = index.search(embeddings.users[user_rows], k + extra)
-    out = np.empty((len(user_rows), k), dtype=np.int64)
+    scores, found = index.search(embeddings.users[user_rows], k + extra)
+    rows = np.empty((len(user_rows), k), dtype=np.int64)
+    kept_scores = np.empty((len(user_rows), k), dtype=np.float32)
     for n, user in enumerate(user_rows):
-        row = found[n]
-        if seen is not None:
-            row = row[~np.isin(row, seen.history(int(user)))]
-        out[n] = row[:k]
-    return out
-
-
-def evaluate(
-    test: Interactions, catalog: Catalog, users: Users, embeddings: Embeddings, store: FeatureStore, ranker
-) -> dict:
-    import torch
-
-    test_users = np.unique(test.user)
-    candidates = top_candidates(embeddings, test_users, 200, users)
-    popular = np.argsort(-catalog.popularity)
-    metrics = {"retrieval_recall@100": [], "popularity_recall@100": [], "retrieval_ndcg@10": [], "ranker_ndcg@10": []}
-    for n, user in enumerate(test_users):
-        relevant = set(test.item[test.user == user].tolist())
-        head = popular[: 100 + len(users.history(int(user)))]
-        unseen_popular = head[~np.isin(head, users.history(int(user)))]
-        metrics["retrieval_recall@100"].append(recall_at_k(candidates[n], relevant, 100))
-        metrics["popularity_recall@100"].append(recall_at_k(unseen_popular, relevant, 100))
-        metrics["retrieval_ndcg@10"].append(ndcg_at_k(candidates[n], relevant, 10))
-        with torch.no_grad():
-            scores = ranker(torch.from_numpy(store.features(int(user), candidates[n]))).numpy().ravel()
-        metrics["ranker_ndcg@10"].append(ndcg_at_k(candidates[n][np.argsort(-scores, kind="stable")], relevant, 10))
-    return {name: round(float(np.mean(values)), 4) for name, values in metrics.items()} | {
-        "test_users": len(test_users)
-    }
+        keep = ~np.isin(found[n], seen.history(int(user))) if seen is not None else np.ones(len(found[n]), bool)
+        rows[n], kept_scores[n] = found[n][keep][:k], scores[n][keep][:k]
+    return rows, kept_scores
 
 
 def load_data(size: str, movielens: Path | None, seed: int) -> Dataset:
@@ -131,14 +108,16 @@ def build(out: Path, size: str, seed: int, epochs: int, movielens: Path | None =
     early_store = FeatureStore(early_catalog, seen, early_embeddings)
     ranker_config = RankerConfig(seed=seed)
     candidate_rows = np.zeros((data.num_users, ranker_config.candidates), dtype=np.int64)
-    candidate_rows[ranker_users] = top_candidates(early_embeddings, ranker_users, ranker_config.candidates, seen)
+    candidate_rows[ranker_users] = top_candidates(early_embeddings, ranker_users, ranker_config.candidates, seen)[0]
     features, labels = build_impressions(ranker_positives, candidate_rows, early_store, ranker_config)
-    progress(f"{int(labels.sum())} positive and {int((1 - labels).sum())} negative impressions")
-    ranker, ranker_losses = train_ranker(features, labels, ranker_config)
+    progress(f"DCN-v2 ranker on {int(labels.sum())} positive and {int((1 - labels).sum())} negative impressions")
+    ranker, ranker_losses = train_ranker(features, labels, store.cardinalities(), ranker_config)
 
-    progress("evaluating on held-out interactions")
-    metrics = evaluate(test, catalog, users, embeddings, store, ranker)
-    progress("ranking metrics: " + json.dumps(metrics))
+    progress("evaluating the ranker against retrieval order on held-out users' candidates")
+    test_users = np.unique(test.user)
+    test_candidates, test_scores = top_candidates(embeddings, test_users, 200, users)
+    metrics = evaluate_ranking(test, test_candidates, test_scores, test_users, store, ranker)
+    print(format_ranking_table(metrics), flush=True)
 
     version = new_version_name("movielens" if movielens else size)
     bundle = out / "bundles" / version
@@ -156,7 +135,7 @@ def build(out: Path, size: str, seed: int, epochs: int, movielens: Path | None =
     with tempfile.TemporaryDirectory() as tmp:
         scripted = Path(tmp) / "model.pt"
         export_torchscript(ranker, str(scripted))
-        write_model_version(repository, scripted, model_version, TritonModelConfig(num_features=NUM_FEATURES))
+        write_model_version(repository, scripted, model_version, TritonModelConfig())
     write_manifest(
         bundle,
         version,
@@ -167,7 +146,7 @@ def build(out: Path, size: str, seed: int, epochs: int, movielens: Path | None =
             "ranker_model_version": model_version,
             "training": {"two_tower_loss": tower_losses, "ranker_loss": ranker_losses},
             "retrieval_metrics": retrieval_metrics,
-            "metrics": metrics,
+            "ranking_metrics": metrics,
         },
     )
     progress(f"wrote bundle {bundle} and ranker version {model_version} in {repository}")

@@ -1,40 +1,48 @@
-"""The ranker: an MLP over the shared ranker features, trained on retrieval's own candidates.
+"""The ranker: a DCN-v2 network over the shared ranker features, trained on retrieval's candidates.
 
-Positives are interactions the retrieval embeddings never saw; negatives are drawn mostly from what
-retrieval returns for that user (plus a few random items), so the ranker learns to reorder
+Dense features and embedded categorical features form x0; explicit cross layers
+(x_{l+1} = x0 * (W x_l + b) + x_l) learn feature interactions beside a deep MLP; a linear head on
+both gives the engagement probability. Impressions come from what retrieval returns for each user,
+labelled by interactions the retrieval model never saw, so the ranker learns to reorder
 retrieval's candidates rather than to tell good items from random ones.
 """
 
 from __future__ import annotations
 
-import logging
+import time
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from funnel.features import NUM_FEATURES, FeatureStore
+from funnel.features import NUM_DENSE, FeatureBatch, FeatureStore
 from training.dataset import Interactions
 
-log = logging.getLogger("funnel.training")
 
+class DCNRanker(torch.nn.Module):
+    """(dense [N, D] float32, categorical [N, C] int64) -> probability of engagement [N, 1]."""
 
-class RankerMLP(torch.nn.Module):
-    """features [N, F] -> probability of engagement [N, 1] (the shape Triton's config declares)."""
-
-    def __init__(self, num_features: int = NUM_FEATURES, hidden: int = 64) -> None:
+    def __init__(self, cardinalities: list[int], num_dense: int = NUM_DENSE, embed_dim: int = 4,
+                 cross_layers: int = 2, hidden: int = 64) -> None:  # fmt: skip
         super().__init__()
-        self.layers = torch.nn.Sequential(
-            torch.nn.Linear(num_features, hidden),
-            torch.nn.ReLU(),
-            torch.nn.Linear(hidden, hidden // 2),
-            torch.nn.ReLU(),
-            torch.nn.Linear(hidden // 2, 1),
+        self.embeddings = torch.nn.ModuleList(torch.nn.Embedding(n, embed_dim) for n in cardinalities)
+        width = num_dense + embed_dim * len(cardinalities)
+        self.cross = torch.nn.ModuleList(torch.nn.Linear(width, width) for _ in range(cross_layers))
+        self.deep = torch.nn.Sequential(
+            torch.nn.Linear(width, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden // 2), torch.nn.ReLU()
         )
+        self.head = torch.nn.Linear(width + hidden // 2, 1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.layers(features))
+    def forward(self, dense: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        parts = [dense]
+        for position, table in enumerate(self.embeddings):
+            parts.append(table(categorical[:, position]))
+        x0 = torch.cat(parts, dim=1)
+        x = x0
+        for layer in self.cross:
+            x = x0 * layer(x) + x
+        return torch.sigmoid(self.head(torch.cat([x, self.deep(x0)], dim=1)))
 
 
 @dataclass(frozen=True)
@@ -44,56 +52,69 @@ class RankerConfig:
     epochs: int = 8
     batch_size: int = 256
     learning_rate: float = 3e-3
+    # A few thousand positive impressions against per-provider embeddings overfit without it.
+    weight_decay: float = 1e-3
     seed: int = 7
 
 
 def build_impressions(
     positives: Interactions, candidates: np.ndarray, store: FeatureStore, config: RankerConfig
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[FeatureBatch, np.ndarray]:
     """Impressions as production logs them: the items retrieval showed each user, labelled 1 when
     the user went on to interact with them. Positives outside the retrieval list are not
     impressions (the ranker never sees them in serving), so they are left out; negatives are a
     sample of the rest of the list."""
     rng = np.random.default_rng(config.seed)
-    features, labels = [], []
+    batches, labels = [], []
     for user in np.unique(positives.user):
         shown = candidates[user]
         clicked = np.isin(shown, positives.item[positives.user == user])
         if not clicked.any():
             continue
-        negatives = rng.choice(
-            np.flatnonzero(~clicked), min(int((~clicked).sum()), config.negatives_per_user), replace=False
-        )
-        rows = np.concatenate([shown[clicked], shown[negatives]])
-        features.append(store.features(int(user), rows))
+        count = min(int((~clicked).sum()), config.negatives_per_user)
+        negatives = rng.choice(np.flatnonzero(~clicked), count, replace=False)
+        batches.append(store.features(int(user), np.concatenate([shown[clicked], shown[negatives]])))
         labels.append(np.concatenate([np.ones(int(clicked.sum())), np.zeros(len(negatives))]))
-    return np.concatenate(features), np.concatenate(labels).astype(np.float32)
+    merged = FeatureBatch(np.concatenate([b.dense for b in batches]), np.concatenate([b.categorical for b in batches]))
+    return merged, np.concatenate(labels).astype(np.float32)
 
 
-def train_ranker(features: np.ndarray, labels: np.ndarray, config: RankerConfig) -> tuple[RankerMLP, list[float]]:
+def train_ranker(
+    features: FeatureBatch, labels: np.ndarray, cardinalities: list[int], config: RankerConfig
+) -> tuple[DCNRanker, list[float]]:
     torch.manual_seed(config.seed)
-    model = RankerMLP()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    x, y = torch.from_numpy(features), torch.from_numpy(labels)
+    torch.use_deterministic_algorithms(True)
+    model = DCNRanker(cardinalities)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    dense, categorical, y = (torch.from_numpy(a) for a in (features.dense, features.categorical, labels))
+    generator = torch.Generator().manual_seed(config.seed)
     losses = []
     for epoch in range(config.epochs):
-        order = torch.randperm(len(x))
-        total, batches = 0.0, 0
-        for start in range(0, len(x), config.batch_size):
+        started, total, batches = time.monotonic(), 0.0, 0
+        order = torch.randperm(len(y), generator=generator)
+        for start in range(0, len(y), config.batch_size):
             batch = order[start : start + config.batch_size]
-            loss = torch.nn.functional.binary_cross_entropy(model(x[batch]).squeeze(-1), y[batch])
+            loss = torch.nn.functional.binary_cross_entropy(
+                model(dense[batch], categorical[batch]).squeeze(-1), y[batch]
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += loss.item()
             batches += 1
         losses.append(total / max(1, batches))
-        log.info("ranker epoch", extra={"epoch": epoch + 1, "of": config.epochs, "loss": round(losses[-1], 4)})
+        took = time.monotonic() - started
+        print(f"  ranker epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f} ({took:.1f} s)", flush=True)
     model.eval()
     return model, losses
 
 
-def export_torchscript(model: RankerMLP, path: str) -> None:
+@torch.no_grad()
+def score(model: torch.nn.Module, features: FeatureBatch) -> np.ndarray:
+    return model(torch.from_numpy(features.dense), torch.from_numpy(features.categorical)).numpy().ravel()
+
+
+def export_torchscript(model: DCNRanker, path: str) -> None:
     # TorchScript is deprecated in torch, but it is the format Triton's pytorch_libtorch backend
     # loads, so the warning is expected here.
     with warnings.catch_warnings():

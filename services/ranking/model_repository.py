@@ -13,14 +13,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-INPUT_NAME = "features"
+from funnel.features import NUM_CATEGORICAL, NUM_DENSE
+
+INPUTS = (("dense", "TYPE_FP32", NUM_DENSE), ("categorical", "TYPE_INT64", NUM_CATEGORICAL))
 OUTPUT_NAME = "score"
 
 
 @dataclass(frozen=True)
 class TritonModelConfig:
     name: str = "ranker"
-    num_features: int = 6
     max_batch_size: int = 1024
     max_queue_delay_us: int = 500
     instances: int = 1
@@ -29,30 +30,33 @@ class TritonModelConfig:
 
 def config_pbtxt(config: TritonModelConfig, backend: str) -> str:
     """The model configuration; `backend` is "python" or "pytorch_libtorch"."""
-    if backend == "python":
-        head = f'name: "{config.name}"\nbackend: "python"\n'
-        input_name, output_name = INPUT_NAME, OUTPUT_NAME
-    else:
-        # libtorch binds tensors by position; the `__N` suffix is its naming convention.
-        head = f'name: "{config.name}"\nplatform: "pytorch_libtorch"\n'
-        input_name, output_name = f"{INPUT_NAME}__0", f"{OUTPUT_NAME}__0"
+    libtorch = backend != "python"
+    # libtorch binds tensors by position; the `__N` suffix is its naming convention.
+    names = [f"{name}__{n}" if libtorch else name for n, (name, _, _) in enumerate(INPUTS)]
+    output = f"{OUTPUT_NAME}__0" if libtorch else OUTPUT_NAME
+    head = 'platform: "pytorch_libtorch"' if libtorch else 'backend: "python"'
+    inputs = ",\n".join(
+        f'  {{ name: "{name}" data_type: {dtype} dims: [ {width} ] }}'
+        for name, (_, dtype, width) in zip(names, INPUTS, strict=True)
+    )
+    warmup_inputs = "\n".join(
+        f'    inputs {{ key: "{name}" value: {{ data_type: {dtype} dims: [ {width} ] zero_data: true }} }}'
+        for name, (_, dtype, width) in zip(names, INPUTS, strict=True)
+    )
     batching = (
         f"dynamic_batching {{\n  max_queue_delay_microseconds: {config.max_queue_delay_us}\n}}\n"
         if config.dynamic_batching
         else ""
     )
     return (
-        head
-        + f"max_batch_size: {config.max_batch_size}\n"
-        + "version_policy: { latest: { num_versions: 1 } }\n"
-        + f'input [\n  {{ name: "{input_name}" data_type: TYPE_FP32 dims: [ {config.num_features} ] }}\n]\n'
-        + f'output [\n  {{ name: "{output_name}" data_type: TYPE_FP32 dims: [ 1 ] }}\n]\n'
-        + batching
-        + f"instance_group [\n  {{ kind: KIND_CPU count: {config.instances} }}\n]\n"
-        + 'model_warmup [\n  {\n    name: "warmup"\n    batch_size: 64\n'
-        + f'    inputs {{ key: "{input_name}" value: {{ data_type: TYPE_FP32 '
-        + f"dims: [ {config.num_features} ] random_data: true }} }}\n"
-        + "  }\n]\n"
+        f'name: "{config.name}"\n{head}\n'
+        f"max_batch_size: {config.max_batch_size}\n"
+        "version_policy: { latest: { num_versions: 1 } }\n"
+        f"input [\n{inputs}\n]\n"
+        f'output [\n  {{ name: "{output}" data_type: TYPE_FP32 dims: [ 1 ] }}\n]\n'
+        f"{batching}"
+        f"instance_group [\n  {{ kind: KIND_CPU count: {config.instances} }}\n]\n"
+        f'model_warmup [\n  {{\n    name: "warmup"\n    batch_size: 64\n{warmup_inputs}\n  }}\n]\n'
     )
 
 

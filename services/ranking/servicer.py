@@ -12,7 +12,7 @@ import numpy as np
 
 from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import read_manifest, wait_for_latest
-from funnel.features import FeatureStore
+from funnel.features import FeatureStore, country_slot
 from funnel.runtime.errors import InvalidArgument, Unavailable
 from funnel.runtime.metrics import ARTIFACT_INFO
 from funnel.runtime.server import Runtime
@@ -67,6 +67,13 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
                 await self._watch
         await self.triton.close()
 
+    async def ReloadModel(
+        self, request: ranking_pb2.ReloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> ranking_pb2.ReloadModelResponse:
+        versions = await self.triton.reload()
+        log.info("model reloaded", extra={"model": self.settings.model_name, "ready_versions": versions})
+        return ranking_pb2.ReloadModelResponse(model_name=self.settings.model_name, ready_versions=versions)
+
     async def Rank(
         self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext
     ) -> ranking_pb2.RankResponse:
@@ -87,7 +94,8 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
             unknown = [item_ids[i] for i in np.flatnonzero(rows < 0)[:5]]
             raise InvalidArgument(f"{int((rows < 0).sum())} candidate item ids are not in the catalog, e.g. {unknown}")
         user_row = loaded.store.users.index.row(request.user_id)
-        features = await self.runtime.run_cpu(loaded.store.features, user_row, rows)
+        country = country_slot(request.context.country) if request.context.country else -1
+        features = await self.runtime.run_cpu(loaded.store.features, user_row, rows, country)
 
         remaining = context.time_remaining()
         timeout = (DEFAULT_TIMEOUT_S if remaining is None else remaining) - RESPONSE_MARGIN_S

@@ -9,8 +9,9 @@ import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
+from funnel.features import FeatureBatch
 from funnel.runtime.errors import DeadlineExceeded, Unavailable
-from services.ranking.model_repository import INPUT_NAME, OUTPUT_NAME
+from services.ranking.model_repository import OUTPUT_NAME
 
 
 @dataclass
@@ -32,24 +33,28 @@ class TritonRanker:
         except InferenceServerException:
             return False
 
-    async def score(self, features: np.ndarray, timeout_s: float) -> Scores:
+    async def score(self, features: FeatureBatch, timeout_s: float) -> Scores:
         """Score every row: one Triton request, split only above the model's max batch."""
         if timeout_s <= 0:
             raise DeadlineExceeded("no time left to call Triton")
-        chunks = [features[i : i + self.max_batch] for i in range(0, len(features), self.max_batch)]
-        results = await asyncio.gather(*(self._infer(chunk, timeout_s) for chunk in chunks))
+        step = self.max_batch
+        chunks = [
+            (features.dense[i : i + step], features.categorical[i : i + step]) for i in range(0, len(features), step)
+        ]
+        results = await asyncio.gather(*(self._infer(dense, categorical, timeout_s) for dense, categorical in chunks))
         versions = {version for _, version in results}
         return Scores(np.concatenate([values for values, _ in results]), ",".join(sorted(versions)))
 
-    async def _infer(self, rows: np.ndarray, timeout_s: float) -> tuple[np.ndarray, str]:
-        tensor = triton.InferInput(INPUT_NAME, list(rows.shape), "FP32")
-        tensor.set_data_from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+    async def _infer(self, dense: np.ndarray, categorical: np.ndarray, timeout_s: float) -> tuple[np.ndarray, str]:
+        inputs = [
+            triton.InferInput("dense", list(dense.shape), "FP32"),
+            triton.InferInput("categorical", list(categorical.shape), "INT64"),
+        ]
+        inputs[0].set_data_from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+        inputs[1].set_data_from_numpy(np.ascontiguousarray(categorical, dtype=np.int64))
         try:
             result = await self._client.infer(
-                self.model_name,
-                [tensor],
-                outputs=[triton.InferRequestedOutput(OUTPUT_NAME)],
-                client_timeout=timeout_s,
+                self.model_name, inputs, outputs=[triton.InferRequestedOutput(OUTPUT_NAME)], client_timeout=timeout_s
             )
         except InferenceServerException as exc:
             status = str(exc.status() or "")
@@ -57,6 +62,16 @@ class TritonRanker:
                 raise DeadlineExceeded(f"Triton did not answer within {timeout_s * 1000:.0f} ms") from exc
             raise Unavailable(f"Triton {self.url} model {self.model_name}: {exc.message()}") from exc
         return result.as_numpy(OUTPUT_NAME).reshape(-1), result.get_response().model_version
+
+    async def reload(self, timeout_s: float = 120.0) -> list[str]:
+        """Load the newest version of the model through the model-control API; its ready versions."""
+        try:
+            await self._client.load_model(self.model_name, client_timeout=timeout_s)
+            index = await self._client.get_model_repository_index(as_json=True, client_timeout=5.0)
+        except InferenceServerException as exc:
+            raise Unavailable(f"Triton {self.url} could not load {self.model_name}: {exc.message()}") from exc
+        models = index.get("models", [])
+        return sorted(m["version"] for m in models if m.get("name") == self.model_name and m.get("state") == "READY")
 
     async def close(self) -> None:
         await self._client.close()

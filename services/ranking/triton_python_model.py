@@ -27,10 +27,12 @@ class TritonPythonModel:
         self.model.eval()
 
     def execute(self, requests):
-        inputs = [pb_utils.get_input_tensor_by_name(r, "features").as_numpy() for r in requests]
-        sizes = [len(x) for x in inputs]
+        dense = [pb_utils.get_input_tensor_by_name(r, "dense").as_numpy() for r in requests]
+        categorical = [pb_utils.get_input_tensor_by_name(r, "categorical").as_numpy() for r in requests]
+        sizes = [len(x) for x in dense]
         with torch.inference_mode():
-            scores = self.model(torch.from_numpy(np.concatenate(inputs))).numpy().astype(np.float32)
+            scores = self.model(torch.from_numpy(np.concatenate(dense)), torch.from_numpy(np.concatenate(categorical)))
+        scores = scores.numpy().astype(np.float32)
         responses, start = [], 0
         for size in sizes:
             part = scores[start : start + size].reshape(-1, 1)

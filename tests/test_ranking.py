@@ -1,0 +1,168 @@
+"""Ranking against a real Triton: answers, bad input, hot model reload, Triton down or slow."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from funnel.launcher.health import health_status
+from funnel.launcher.processes import free_port
+from funnel.launcher.triton import TritonServer
+from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
+
+SLOW_MODEL = '''
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """Fault injection: a ranker that takes two seconds to answer."""
+
+    def execute(self, requests):
+        time.sleep(2.0)
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor(
+                "score", np.zeros((len(pb_utils.get_input_tensor_by_name(r, "dense").as_numpy()), 1), np.float32)
+            )])
+            for r in requests
+        ]
+'''
+
+
+def rank_request(count: int = 50, user: str = "u0000001") -> ranking_pb2.RankRequest:
+    return ranking_pb2.RankRequest(
+        user_id=user,
+        candidates=[
+            common_pb2.Candidate(item_id=f"i{n:07d}", score=1.0 - n / 1000, source="ann") for n in range(count)
+        ],
+    )
+
+
+@pytest.fixture
+def own_triton(artifacts: Path, tmp_path: Path):
+    """A Triton of the test's own on a copy of the model repository, stopped afterwards."""
+    repository = tmp_path / "model_repository"
+    shutil.copytree(artifacts / "model_repository", repository, ignore=shutil.ignore_patterns("__pycache__"))
+    server = TritonServer(repository, free_port(), free_port(), free_port(), tmp_path / "triton.log")
+    yield server
+    server.stop()
+
+
+def start_ranking(start_service, artifacts: Path, triton: TritonServer):
+    return start_service(
+        "services.ranking",
+        ["--artifact-dir", str(artifacts), "--triton-url", triton.grpc_url, "--readiness-poll-seconds", "0.2"],
+    )
+
+
+def test_rank_scores_every_candidate_best_first_and_names_the_model_version(stack):
+    with grpc.insecure_channel(stack.address("ranking-0")) as channel:
+        reply = ranking_pb2_grpc.RankingStub(channel).Rank(rank_request(300), timeout=5)
+    scores = [c.score for c in reply.candidates]
+    assert len(scores) == 300 and scores == sorted(scores, reverse=True)
+    assert (reply.model_name, reply.model_version) == ("ranker", "1")
+    assert set(reply.candidates[0].stage_scores) == {"retrieval", "ranking"}
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (ranking_pb2.RankRequest(user_id="u1"), "candidates must not be empty"),
+        (rank_request(2001), "2001 candidates, at most 2000 allowed"),
+        (
+            ranking_pb2.RankRequest(user_id="u1", candidates=[common_pb2.Candidate(item_id="no-such-item")]),
+            "1 candidate item ids are not in the catalog, e.g. ['no-such-item']",
+        ),
+        (ranking_pb2.RankRequest(user_id="", candidates=[common_pb2.Candidate(item_id="i0000001")]), "user_id"),
+    ],
+)
+def test_ranking_rejects_bad_input_with_invalid_argument(stack, request_, message):
+    with grpc.insecure_channel(stack.address("ranking-0")) as channel, pytest.raises(grpc.RpcError) as error:
+        ranking_pb2_grpc.RankingStub(channel).Rank(request_, timeout=5)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in error.value.details()
+
+
+def test_hot_model_reload_under_concurrent_requests_fails_none(artifacts, own_triton, start_service):
+    own_triton.start()
+    own_triton.wait_ready()
+    ranking = start_ranking(start_service, artifacts, own_triton)
+    versions: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with grpc.insecure_channel(ranking.address) as channel:
+            stub = ranking_pb2_grpc.RankingStub(channel)
+            while not stop.is_set():
+                try:
+                    versions.append(stub.Rank(rank_request(200), timeout=5).model_version)
+                except grpc.RpcError as exc:
+                    failures.append(f"{exc.code()}: {exc.details()}")
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        model_dir = own_triton.model_repository / "ranker"
+        shutil.copytree(model_dir / "1", model_dir / "2", ignore=shutil.ignore_patterns("__pycache__"))
+        with grpc.insecure_channel(ranking.address) as channel:
+            reloaded = ranking_pb2_grpc.RankingStub(channel).ReloadModel(ranking_pb2.ReloadModelRequest(), timeout=120)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert list(reloaded.ready_versions) == ["2"]
+    assert not failures
+    assert versions[0] == "1" and versions[-1] == "2"
+    assert health_status(ranking.address) == "SERVING"
+
+
+def test_triton_down_gives_fast_unavailable_and_not_serving_then_recovers(artifacts, own_triton, start_service):
+    own_triton.start()
+    own_triton.wait_ready()
+    ranking = start_ranking(start_service, artifacts, own_triton)
+    own_triton.stop()
+    with grpc.insecure_channel(ranking.address) as channel:
+        stub = ranking_pb2_grpc.RankingStub(channel)
+        started = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Rank(rank_request(), timeout=5)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert time.perf_counter() - started < 1.0, "refused at once, not after a timeout"
+        deadline = time.monotonic() + 10
+        while health_status(ranking.address) != "NOT_SERVING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert health_status(ranking.address) == "NOT_SERVING"
+
+        own_triton.start()
+        own_triton.wait_ready()
+        deadline = time.monotonic() + 20
+        while health_status(ranking.address) != "SERVING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert health_status(ranking.address) == "SERVING", "readiness recovers by itself"
+        assert stub.Rank(rank_request(), timeout=5).model_version == "1"
+
+
+def test_slow_triton_gives_deadline_exceeded_never_a_hang(artifacts, own_triton, start_service):
+    (own_triton.model_repository / "ranker" / "1" / "model.py").write_text(SLOW_MODEL)
+    own_triton.start()
+    own_triton.wait_ready()
+    ranking = start_ranking(start_service, artifacts, own_triton)
+    with grpc.insecure_channel(ranking.address) as channel:
+        started = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as error:
+            # No client deadline: the service's own default bounds the Triton call.
+            ranking_pb2_grpc.RankingStub(channel).Rank(rank_request(), timeout=None)
+        took = time.perf_counter() - started
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "Triton did not answer within" in error.value.details()
+    assert took < 1.8, "cut off at the service's default budget, before the model answers"
