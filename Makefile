@@ -20,7 +20,7 @@ PROTOS := $(wildcard protos/funnel/v1/*.proto)
 
 MOVIELENS ?= ../shared/data/ml-latest-small
 
-.PHONY: help install protos artifacts artifacts-movielens up down demo test lint clean bench-retrieval
+.PHONY: help install protos artifacts artifacts-movielens up down demo test lint clean bench-retrieval bench-ranking
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ test: install ## Install what is needed and run the whole test suite (real proce
 bench-retrieval: artifacts ## FAISS settings at 100k/1M items, then the retrieval service at a fixed rate and across a hot swap
 	$(PY) -m benchmarks.ann_indexes --sizes 100000 1000000
 	$(PY) -m benchmarks.retrieval_service --artifacts $(ARTIFACTS) --rate 200 --seconds 10
+
+bench-ranking: artifacts ## Triton dynamic batching on vs off at 1-16 concurrent clients, and the ranking service overhead
+	$(PY) -m benchmarks.triton_batching --artifacts $(ARTIFACTS)
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .

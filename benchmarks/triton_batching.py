@@ -1,0 +1,163 @@
+"""Triton dynamic batching on and off, same model, same run; and the ranking service's own overhead.
+
+    python -m benchmarks.triton_batching --artifacts artifacts
+
+Two copies of the ranker are served by one Triton: `ranker` with dynamic batching and
+`ranker_nobatch` without. Closed-loop clients (1, 2, 4, 8, 16 concurrent) each send 500-candidate
+requests for a fixed time. Everything shares this 2-core machine, clients included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc.aio as triton
+
+from funnel.artifacts.catalog import Catalog, Embeddings, Users
+from funnel.artifacts.store import latest_version
+from funnel.features import FeatureStore
+from funnel.launcher.processes import free_port
+from funnel.launcher.triton import TritonServer
+from services.ranking.model_repository import TritonModelConfig, write_model_version
+
+CONCURRENCY = (1, 2, 4, 8, 16)
+
+
+async def closed_loop(url: str, model: str, inputs: list, concurrency: int, seconds: float) -> dict:
+    client = triton.InferenceServerClient(url)
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            await client.infer(model, inputs)
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    for _ in range(3):  # warm-up
+        await client.infer(model, inputs)
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return {
+        "model": model, "concurrency": concurrency, "requests": len(latencies),
+        "throughput_rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+    }  # fmt: skip
+
+
+def service_overhead(store: FeatureStore, repeats: int = 300) -> dict:
+    """Per-request cost of what the ranking service adds around Triton: id lookup, features, tensors."""
+    ids = [str(i) for i in store.catalog.item_ids[:500]]
+    timings = {"id_lookup": [], "features": [], "request_tensors": []}
+    for n in range(repeats):
+        t0 = time.perf_counter()
+        rows = store.catalog.index.rows(ids)
+        t1 = time.perf_counter()
+        batch = store.features(n % len(store.users.user_ids), rows)
+        t2 = time.perf_counter()
+        tensors = [
+            triton.InferInput("dense", list(batch.dense.shape), "FP32"),
+            triton.InferInput("categorical", list(batch.categorical.shape), "INT64"),
+        ]
+        tensors[0].set_data_from_numpy(batch.dense)
+        tensors[1].set_data_from_numpy(batch.categorical)
+        t3 = time.perf_counter()
+        for key, (a, b) in zip(timings, ((t0, t1), (t1, t2), (t2, t3)), strict=True):
+            timings[key].append((b - a) * 1000)
+    return {key: round(float(np.median(values)), 3) for key, values in timings.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--queue-delay-us", type=int, default=2000)
+    parser.add_argument("--out", type=Path, default=Path("results/triton_batching.json"))
+    args = parser.parse_args(argv)
+    bundle = latest_version(args.artifacts / "bundles")
+    if bundle is None:
+        print(f"no bundle under {args.artifacts}; run `make artifacts` first", file=sys.stderr)
+        return 1
+    store = FeatureStore(Catalog.load(bundle), Users.load(bundle), Embeddings.load(bundle))
+    batch = store.features(1, np.arange(500))
+    inputs = [
+        triton.InferInput("dense", list(batch.dense.shape), "FP32"),
+        triton.InferInput("categorical", list(batch.categorical.shape), "INT64"),
+    ]
+    inputs[0].set_data_from_numpy(batch.dense)
+    inputs[1].set_data_from_numpy(batch.categorical)
+
+    source = args.artifacts / "model_repository" / "ranker"
+    version = max(int(p.name) for p in source.iterdir() if p.name.isdigit())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repository = Path(tmp)
+        for name, batching in (("ranker", True), ("ranker_nobatch", False)):
+            config = TritonModelConfig(name=name, dynamic_batching=batching, max_queue_delay_us=args.queue_delay_us)
+            write_model_version(repository, source / str(version) / "model.pt", 1, config)
+        server = TritonServer(
+            repository,
+            free_port(),
+            free_port(),
+            free_port(),
+            repository / "triton.log",
+            models=["ranker", "ranker_nobatch"],
+        )
+        server.start()
+        try:
+            server.wait_ready()
+            print(f"{'model':<16}{'clients':>8}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}", flush=True)
+            for concurrency in CONCURRENCY:
+                for model in ("ranker_nobatch", "ranker"):
+                    row = asyncio.run(closed_loop(server.grpc_url, model, inputs, concurrency, args.seconds))
+                    rows.append(row)
+                    print(
+                        f"{model:<16}{concurrency:>8}{row['requests']:>10}{row['throughput_rps']:>9.1f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}",
+                        flush=True,
+                    )
+        finally:
+            server.stop()
+            shutil.rmtree(repository, ignore_errors=True)
+    speedups = {}
+    for concurrency in CONCURRENCY:
+        on = next(r for r in rows if r["model"] == "ranker" and r["concurrency"] == concurrency)
+        off = next(r for r in rows if r["model"] == "ranker_nobatch" and r["concurrency"] == concurrency)
+        speedups[concurrency] = {
+            "throughput_x": round(on["throughput_rps"] / off["throughput_rps"], 2),
+            "p99_on_ms": on["p99_ms"],
+            "p99_off_ms": off["p99_ms"],
+        }
+        gain = speedups[concurrency]["throughput_x"]
+        p99 = f"p99 {on['p99_ms']:.1f} vs {off['p99_ms']:.1f} ms"
+        print(f"concurrency {concurrency:>2}: batching {gain:.2f}x throughput, {p99}")
+    overhead = service_overhead(store)
+    print(f"ranking service overhead per 500-candidate request (median ms): {overhead}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "speedups": speedups,
+                "service_overhead_ms": overhead,
+                "queue_delay_us": args.queue_delay_us,
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
