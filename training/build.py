@@ -1,10 +1,11 @@
 """Build every artifact the stack serves, from a data set to a versioned bundle and a Triton repo.
 
     python -m training.build --out artifacts --size demo
+    python -m training.build --out artifacts-movielens --movielens ../shared/data/ml-latest-small
 
-Steps: generate (or load) interactions, split them in time, train user/item embeddings, train the
-ranker on retrieval's own candidates, evaluate both on the held-out interactions, then write
-`<out>/bundles/<version>/` (catalog, users, embeddings, metrics) and
+Steps: generate (or load) interactions, split them in time, train the two-tower model, train the
+DCN-v2 ranker on retrieval's own candidates, evaluate both on the held-out interactions, then write
+`<out>/bundles/<version>/` (catalog, users, vectors, user tower, metrics) and
 `<out>/model_repository/ranker/<n>/`.
 """
 
