@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -29,6 +31,22 @@ from funnel.launcher.triton import TritonServer
 from services.ranking.model_repository import TritonModelConfig, write_model_version
 
 CONCURRENCY = (1, 2, 4, 8, 16)
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(root_pid: int) -> float:
+    """CPU time of a process and all its descendants (Triton and its python-backend stubs)."""
+    total, pids = 0.0, [root_pid]
+    while pids:
+        pid = pids.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        pids.extend(int(c) for c in children)
+    return total
 
 
 async def closed_loop(url: str, model: str, inputs: list, concurrency: int, seconds: float) -> dict:
@@ -54,6 +72,11 @@ async def closed_loop(url: str, model: str, inputs: list, concurrency: int, seco
         "p50_ms": round(float(np.percentile(latencies, 50)), 2),
         "p99_ms": round(float(np.percentile(latencies, 99)), 2),
     }  # fmt: skip
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def service_overhead(store: FeatureStore, repeats: int = 300) -> dict:
@@ -117,13 +140,19 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         try:
             server.wait_ready()
-            print(f"{'model':<16}{'clients':>8}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}", flush=True)
+            header = f"{'model':<16}{'clients':>8}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+            print(header + f"{'server':>9}{'client':>9}  (cores busy)", flush=True)
             for concurrency in CONCURRENCY:
                 for model in ("ranker_nobatch", "ranker"):
+                    server_before, client_before = cpu_seconds(server.process.pid), _own_cpu()
                     row = asyncio.run(closed_loop(server.grpc_url, model, inputs, concurrency, args.seconds))
+                    # Cores busy during the run: tells whether Triton or the load generator was the limit.
+                    row["server_cores"] = round((cpu_seconds(server.process.pid) - server_before) / args.seconds, 2)
+                    row["client_cores"] = round((_own_cpu() - client_before) / args.seconds, 2)
                     rows.append(row)
                     print(
-                        f"{model:<16}{concurrency:>8}{row['requests']:>10}{row['throughput_rps']:>9.1f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}",
+                        f"{model:<16}{concurrency:>8}{row['requests']:>10}{row['throughput_rps']:>9.1f}"
+                        f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['server_cores']:>9.2f}{row['client_cores']:>9.2f}",
                         flush=True,
                     )
         finally:
