@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -12,6 +13,8 @@ import pytest
 
 from funnel.artifacts.catalog import Embeddings
 from funnel.artifacts.store import latest_version, publish_copy, read_manifest
+from funnel.launcher.health import health_status
+from funnel.launcher.processes import free_port
 from funnel.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from gateway.merge import merge_candidates
 from services.retrieval.index import IndexSpec, build_index, shard_of
@@ -63,10 +66,20 @@ def test_hot_swap_under_concurrent_requests_fails_none_and_serves_the_new_versio
     original = latest_version(artifacts / "bundles")
     root = tmp_path / "root"
     new_version(root, original, "20990101T000000Z-a")
-    service = start_service("services.retrieval", ["--artifact-dir", str(root), "--reload-poll-seconds", "0.3"])
+    metrics_port = free_port()
+    service = start_service(
+        "services.retrieval",
+        ["--artifact-dir", str(root), "--reload-poll-seconds", "0.3", "--metrics-port", str(metrics_port)],
+    )
     seen: list[str] = []
     failures: list[str] = []
+    health: list[str] = []
     stop = threading.Event()
+
+    def watch_health() -> None:
+        while not stop.is_set():
+            health.append(health_status(service.address))
+            time.sleep(0.05)
 
     def hammer(n: int) -> None:
         with grpc.insecure_channel(service.address) as channel:
@@ -80,7 +93,7 @@ def test_hot_swap_under_concurrent_requests_fails_none_and_serves_the_new_versio
                 except grpc.RpcError as exc:
                     failures.append(f"{exc.code()}: {exc.details()}")
 
-    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)] + [threading.Thread(target=watch_health)]
     for thread in threads:
         thread.start()
     try:
@@ -102,6 +115,19 @@ def test_hot_swap_under_concurrent_requests_fails_none_and_serves_the_new_versio
     assert set(seen[switch + 8 :]) <= {"20990102T000000Z-b"}, (
         "after the swap (and calls in flight) only the new version"
     )
+    assert set(health) == {"SERVING"}, "health stays SERVING through the swap"
+    assert _loaded_indexes(metrics_port) == 1.0, "the old index is released once its calls finish"
+
+
+def _loaded_indexes(metrics_port: int) -> float:
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        value = float(next(row for row in text.splitlines() if row.startswith("funnel_loaded_artifacts{")).split()[-1])
+        if value == 1.0 or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
 
 
 def test_reload_admin_call_swaps_to_a_named_version_and_rejects_a_corrupt_one(artifacts, start_service, tmp_path):

@@ -25,6 +25,9 @@ CANDIDATES = Histogram(
     buckets=(0, 1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
 )
 READY = Gauge("funnel_ready", "1 when the process reports SERVING")
+LOADED_ARTIFACTS = Gauge(
+    "funnel_loaded_artifacts", "Artifact versions alive in memory (2 during a swap, then 1 once released)", ["kind"]
+)
 ARTIFACT_INFO = Gauge("funnel_artifact_info", "Versions of the artifacts this process serves", ["kind", "version"])
 
 

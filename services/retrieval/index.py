@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 
 from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import read_manifest
+from funnel.runtime.metrics import LOADED_ARTIFACTS
 from services.retrieval.hits import Hits
 from services.retrieval.sources import CategoryPopularSource, FreshSource, PopularSource
 from services.retrieval.user_encoder import UserEncoder
@@ -45,6 +47,9 @@ class ShardIndex:
     def __init__(self, bundle: Path, shard_index: int, shard_count: int, spec: IndexSpec) -> None:
         manifest = read_manifest(bundle)
         self.version: str = manifest["version"]
+        # Counts live indexes, so a hot swap can be seen to release the old one.
+        LOADED_ARTIFACTS.labels("retrieval_index").inc()
+        weakref.finalize(self, LOADED_ARTIFACTS.labels("retrieval_index").dec)
         self.catalog = Catalog.load(bundle)
         self.users = Users.load(bundle)
         self.item_id_list: list[str] = self.catalog.item_ids.tolist()
