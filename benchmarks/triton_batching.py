@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--queue-delay-us", type=int, default=2000)
+    parser.add_argument(
+        "--max-batch", type=int, default=1024, help="rows per batch Triton may form (the served config)"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/triton_batching.json"))
     args = parser.parse_args(argv)
     bundle = latest_version(args.artifacts / "bundles")
@@ -127,7 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repository = Path(tmp)
         for name, batching in (("ranker", True), ("ranker_nobatch", False)):
-            config = TritonModelConfig(name=name, dynamic_batching=batching, max_queue_delay_us=args.queue_delay_us)
+            config = TritonModelConfig(
+                name=name,
+                dynamic_batching=batching,
+                max_queue_delay_us=args.queue_delay_us,
+                max_batch_size=args.max_batch,
+            )
             write_model_version(repository, source / str(version) / "model.pt", 1, config)
         server = TritonServer(
             repository,
