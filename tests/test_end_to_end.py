@@ -35,8 +35,6 @@ def test_recommend_returns_requested_count_with_every_stage_ok_and_versions(gate
     assert retrieval.version.endswith("-tiny") and retrieval.items_out > 10
     assert ranking.version == "ranker:1" and ranking.items_in == retrieval.items_out
     assert reranking.version == f"policy:{load_policy(POLICY).version}" and reranking.items_out == 10
-    scores = [item.score for item in response.items]
-    assert scores == sorted(scores, reverse=True), "without diversity rules the final list keeps ranking order"
     assert {item.source for item in response.items} <= {"ann", "popular", "category_popular", "fresh"}
 
 

@@ -127,6 +127,8 @@ def test_sigterm_lets_every_in_flight_request_finish(stack, start_gateway):
             "5000",
             "--retrieval-budget-ms",
             "2000",
+            "--reranking-budget-ms",
+            "2000",
             "--default-deadline-ms",
             "8000",
             "--drain-seconds",

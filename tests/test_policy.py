@@ -10,9 +10,9 @@ from funnel.policy.content import ContentFilter
 from funnel.policy.document import ContentRules, PolicyError, parse_policy
 from funnel.v1 import common_pb2
 from services.reranking.engine import PolicyEngine
-from services.reranking.rules import occurrence_rank
 
 US, DE = 1 << COUNTRIES.index("US"), 1 << COUNTRIES.index("DE")
+VECTORS = np.eye(8, dtype=np.float32)  # every item orthogonal to every other
 
 
 @pytest.fixture
@@ -73,11 +73,6 @@ def test_content_filter_uses_the_request_ceiling_and_treats_unknown_regions_stri
     assert nowhere.reasons[2] == "unknown item"
 
 
-def test_occurrence_rank_counts_earlier_equal_values():
-    assert occurrence_rank(np.array([3, 1, 3, 3, 1, 2])).tolist() == [0, 0, 1, 2, 1, 0]
-    assert occurrence_rank(np.array([], dtype=np.int32)).tolist() == []
-
-
 def test_engine_applies_policy_exclusions_consumed_dedupe_and_category_cap(small_catalog, users):
     policy = parse_policy(
         """
@@ -90,7 +85,7 @@ def test_engine_applies_policy_exclusions_consumed_dedupe_and_category_cap(small
             max_per_category: 1
         """
     )
-    engine = PolicyEngine(small_catalog, users, policy)
+    engine = PolicyEngine(small_catalog, users, VECTORS, policy)
     ids = ["i0", "i0", "i2", "i4", "i5", "i6", "i7", "i3"]
     scores = np.array([9, 8, 7, 6, 5, 4, 3, 2], dtype=np.float32)
     result = engine.run("u0", ids, scores, common_pb2.Context(country="DE"), {"i7"}, num_results=10)
@@ -105,7 +100,9 @@ def test_engine_applies_policy_exclusions_consumed_dedupe_and_category_cap(small
 
 
 def test_no_rules_keeps_ranking_order_and_truncates(small_catalog, users):
-    engine = PolicyEngine(small_catalog, users, parse_policy("version: empty\ncontent: {default_max_maturity: NC17}"))
+    engine = PolicyEngine(
+        small_catalog, users, VECTORS, parse_policy("version: empty\ncontent: {default_max_maturity: NC17}")
+    )
     ids = ["i6", "i0", "i1", "i7"]
     result = engine.run("u0", ids, np.array([4, 3, 2, 1], dtype=np.float32), common_pb2.Context(), set(), num_results=3)
     assert [ids[p] for p in result.positions] == ["i6", "i0", "i1"]
@@ -121,6 +118,18 @@ def test_no_rules_keeps_ranking_order_and_truncates(small_catalog, users):
             "max_per_category must be an integer >= 1",
         ),
         ("version: 1\nrules:\n  - name: dedupe\n    threshold: 2\n", "rule dedupe: unknown parameters ['threshold']"),
+        ("version: 1\nrules:\n  - name: dedupe\n  - name: dedupe\n", "rules listed more than once: ['dedupe']"),
+        (
+            "version: 1\nrules:\n  - name: category_cap\n    max_per_category: 3\n    window: 2\n",
+            "window must be larger",
+        ),
+        ("version: 1\nrules:\n  - name: mmr\n    lambda: 1.5\n", "lambda must be in [0, 1]"),
+        ("version: 1\nrules:\n  - name: pin\n    items: {i1: 1, i2: 1}\n", "two items pinned at the same position"),
+        (
+            "version: 1\ncontent: {blocked_item_ids: [i1]}\nrules:\n  - name: pin\n    items: {i1: 1}\n",
+            "contradictory settings: pin places content the policy blocks: ['i1']",
+        ),
+        ("version: 1\nrules:\n  - name: provider_cap\n    max_share: true\n", "max_share has the wrong type"),
         ("version: 1\ncontent: {default_max_maturity: X}\n", "unknown maturity rating 'X'"),
         ("version: 1\ncontent: {blocked_items: [a]}\n", "unknown content keys ['blocked_items']"),
         ("rules: []\n", "'version' is required"),
@@ -129,4 +138,4 @@ def test_no_rules_keeps_ranking_order_and_truncates(small_catalog, users):
 )
 def test_malformed_policies_are_rejected_with_the_offending_entry_named(small_catalog, users, text, message):
     with pytest.raises(PolicyError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        PolicyEngine(small_catalog, users, parse_policy(text))
+        PolicyEngine(small_catalog, users, VECTORS, parse_policy(text))

@@ -28,6 +28,7 @@ READY = Gauge("funnel_ready", "1 when the process reports SERVING")
 LOADED_ARTIFACTS = Gauge(
     "funnel_loaded_artifacts", "Artifact versions alive in memory (2 during a swap, then 1 once released)", ["kind"]
 )
+POLICY_RELOADS = Counter("funnel_policy_reloads_total", "Policy file reloads, by result (loaded/rejected)", ["result"])
 ARTIFACT_INFO = Gauge("funnel_artifact_info", "Versions of the artifacts this process serves", ["kind", "version"])
 
 

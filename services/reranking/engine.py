@@ -1,4 +1,5 @@
-"""The policy engine: content policy and exclusions first, then the configured rules, then top-N."""
+"""The policy engine: content policy and the request's exclusions first, then the policy's rules
+by phase (filters, scorers, reorderers, selectors, pins), then top-N."""
 
 from __future__ import annotations
 
@@ -10,23 +11,26 @@ from funnel.artifacts.catalog import Catalog, Users
 from funnel.policy.content import ContentFilter, exclusion_mask
 from funnel.policy.document import PolicyDocument
 from funnel.v1 import common_pb2
-from services.reranking.rules import Outcome, Slate, build_rules
+from services.reranking.registry import build_rules
+from services.reranking.rules import Outcome, Phase, Slate
+from services.reranking.selection import Pin, fill_top
 
 
 @dataclass
 class RerankResult:
-    positions: np.ndarray  # input positions of the final list, in display order
+    positions: np.ndarray  # input positions of the final list, in display order (pins may add inputs)
     reports: list[tuple[str, Outcome]]
     slate: Slate
 
 
 class PolicyEngine:
-    def __init__(self, catalog: Catalog, users: Users, policy: PolicyDocument) -> None:
+    def __init__(self, catalog: Catalog, users: Users, vectors: np.ndarray, policy: PolicyDocument) -> None:
         self.catalog = catalog
         self.users = users
         self.policy = policy
         self.content = ContentFilter(catalog, policy.content)
-        self.rules = build_rules(policy.rules, catalog, users)
+        self.rules = build_rules(policy.rules, catalog, users, vectors, policy.content)
+        self.pinned = [item for rule in self.rules if isinstance(rule, Pin) for item in rule.positions]
 
     @property
     def version(self) -> str:
@@ -41,29 +45,38 @@ class PolicyEngine:
         exclude_item_ids: set[str],
         num_results: int,
     ) -> RerankResult:
-        ids = np.asarray(item_ids, dtype=str)
+        # Pinned items join the candidates (below every real one) so they meet the same filters.
+        extra = [item for item in self.pinned if item not in set(item_ids)]
+        ids = np.asarray(list(item_ids) + extra, dtype=str)
+        floor = float(scores.min()) - 1.0 if len(scores) else 0.0
+        all_scores = np.concatenate([scores, np.full(len(extra), floor)]).astype(np.float32)
         rows = self.catalog.index.rows(ids)
-        order = np.argsort(-scores, kind="stable")
-        slate = Slate(ids, rows, scores, order, self.users.index.row(user_id))
+        order = np.argsort(-all_scores, kind="stable")
+        slate = Slate(ids, rows, all_scores, order, self.users.index.row(user_id), num_results)
         reports: list[tuple[str, Outcome]] = []
 
         verdict = self.content.apply(rows[slate.order], context)
-        blocked = ~verdict.keep
-        reasons = [verdict.reasons.get(i, "") for i in range(len(slate.order))]
-        for position, reason in zip(slate.order[blocked], np.asarray(reasons, dtype=object)[blocked], strict=True):
-            slate.removed[int(position)] = f"{self.content.name}: {reason}"
-        slate.order = slate.order[~blocked]
-        reports.append((self.content.name, Outcome(removed=int(blocked.sum()))))
-
+        for position, reason in verdict.reasons.items():
+            slate.removed[int(slate.order[position])] = f"{self.content.name}: {reason}"
+        reports.append((self.content.name, Outcome(removed=int((~verdict.keep).sum()))))
+        slate.order = slate.order[verdict.keep]
         excluded = exclusion_mask(list(slate.item_ids[slate.order]), exclude_item_ids)
         reports.append(
             ("exclude_requested", Outcome(removed=slate.drop(excluded, "exclude_requested", "excluded by the request")))
         )
 
-        for rule in self.rules:
+        phased = {phase: [rule for rule in self.rules if rule.phase == phase] for phase in Phase}
+        for rule in phased[Phase.FILTER] + phased[Phase.SCORE] + phased[Phase.REORDER]:
             reports.append((rule.name, rule.apply(slate)))
-
-        cut = max(0, len(slate.order) - num_results)
-        final = slate.order[:num_results]
-        reports.append(("truncate", Outcome(removed=cut)))
-        return RerankResult(final, reports, slate)
+        if phased[Phase.SELECT]:
+            # Pinned items take their positions afterwards; the selection fills the other slots.
+            pinned = np.isin(slate.item_ids[slate.order], self.pinned)
+            pinned_positions = slate.order[pinned]
+            slate.order = slate.order[~pinned]
+            slots = max(0, num_results - len(pinned_positions))
+            reports.extend(fill_top(slate, self.catalog, phased[Phase.SELECT], slots))
+            slate.order = np.concatenate([slate.order[:slots], pinned_positions, slate.order[slots:]])
+        for rule in phased[Phase.PIN]:
+            reports.append((rule.name, rule.apply(slate)))
+        reports.append(("truncate", Outcome(removed=max(0, len(slate.order) - num_results))))
+        return RerankResult(slate.order[:num_results], reports, slate)

@@ -1,18 +1,21 @@
-"""The Reranking gRPC service."""
+"""The Reranking gRPC service: the policy engine off the event loop, with policy hot reload."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import logging
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from funnel.artifacts.catalog import Catalog, Users
+from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import wait_for_latest
-from funnel.policy.document import load_policy
+from funnel.policy.document import PolicyError, load_policy
 from funnel.runtime.errors import InvalidArgument, Unavailable
-from funnel.runtime.metrics import ARTIFACT_INFO
+from funnel.runtime.metrics import ARTIFACT_INFO, POLICY_RELOADS
 from funnel.runtime.server import Runtime
 from funnel.v1 import common_pb2, reranking_pb2, reranking_pb2_grpc
 from funnel.validation import check_context, check_count, check_id, check_ids
@@ -29,21 +32,57 @@ class RerankingService(reranking_pb2_grpc.RerankingServicer):
         self.runtime = runtime
         self.settings = settings
         self.engine: PolicyEngine | None = None
+        self._tables: tuple[Catalog, Users, np.ndarray] | None = None
+        self._policy_digest = ""
+        self._watch: asyncio.Task[None] | None = None
         reranking_pb2_grpc.add_RerankingServicer_to_server(self, runtime.server)
 
     async def start(self) -> None:
-        policy = load_policy(Path(self.settings.policy_path))  # a bad policy fails start-up loudly
-        bundles = Path(self.settings.artifact_dir) / "bundles"
-        bundle = await wait_for_latest(bundles, self.settings.artifact_poll_seconds)
-        catalog, users = await self.runtime.run_cpu(lambda: (Catalog.load(bundle), Users.load(bundle)))
-        self.engine = PolicyEngine(catalog, users, policy)
+        path = Path(self.settings.policy_path)
+        policy = load_policy(path)  # a bad policy fails start-up loudly
+        bundle = await wait_for_latest(
+            Path(self.settings.artifact_dir) / "bundles", self.settings.artifact_poll_seconds
+        )
+        self._tables = await self.runtime.run_cpu(
+            lambda: (Catalog.load(bundle), Users.load(bundle), Embeddings.load(bundle, mmap=True).items)
+        )
+        self.engine = PolicyEngine(*self._tables, policy)
+        self._policy_digest = _digest(path)
         ARTIFACT_INFO.labels("policy", policy.version).set(1)
         log.info(
             "policy loaded", extra={"policy_version": policy.version, "rules": [r.name for r in self.engine.rules]}
         )
         await self.runtime.readiness.set(True, "policy and catalog loaded")
+        if self.settings.policy_poll_seconds > 0:
+            self._watch = asyncio.create_task(self._watch_policy(path))
+
+    async def _watch_policy(self, path: Path) -> None:
+        """Hot reload: a changed file is validated in full before it replaces the policy; a bad one
+        is rejected (logged and counted) and the current policy keeps serving."""
+        while True:
+            await asyncio.sleep(self.settings.policy_poll_seconds)
+            digest = _digest(path)
+            if digest == self._policy_digest:
+                continue
+            self._policy_digest = digest
+            current = self.engine.version if self.engine else ""
+            try:
+                engine = await self.runtime.run_cpu(lambda: PolicyEngine(*self._tables, load_policy(path)))
+            except PolicyError as exc:
+                POLICY_RELOADS.labels("rejected").inc()
+                log.error("policy rejected; the current one stays", extra={"serving": current, "error": str(exc)})
+                continue
+            self.engine = engine  # one reference swap: calls in flight keep the engine they started with
+            POLICY_RELOADS.labels("loaded").inc()
+            ARTIFACT_INFO.labels("policy", current).set(0)
+            ARTIFACT_INFO.labels("policy", engine.version).set(1)
+            log.info("policy reloaded", extra={"from": current, "to": engine.version})
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         self.engine = None
 
     async def Rerank(
@@ -67,6 +106,13 @@ class RerankingService(reranking_pb2_grpc.RerankingServicer):
         return await self.runtime.run_cpu(_rerank, engine, request)
 
 
+def _digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""  # a file being replaced; the next poll sees the new one
+
+
 def _rerank(engine: PolicyEngine, request: reranking_pb2.RerankRequest) -> reranking_pb2.RerankResponse:
     candidates = request.candidates
     result = engine.run(
@@ -81,18 +127,23 @@ def _rerank(engine: PolicyEngine, request: reranking_pb2.RerankRequest) -> reran
     for rule, outcome in result.reports:
         response.rules.append(reranking_pb2.RuleReport(rule=rule, removed=outcome.removed, moved=outcome.moved))
     applied = ", ".join(rule for rule, _ in result.reports)
-    for rank, position in enumerate(result.positions):
-        source = candidates[int(position)]
-        item = common_pb2.Candidate(item_id=source.item_id, score=source.score, source=source.source)
-        item.stage_scores.update(source.stage_scores)
+    for rank, position in enumerate(result.positions.tolist()):
+        if position < len(candidates):
+            source = candidates[position]
+            item = response.candidates.add(item_id=source.item_id, score=source.score, source=source.source)
+            item.stage_scores.update(source.stage_scores)
+        else:  # a pinned item the funnel did not retrieve
+            item = response.candidates.add(item_id=str(result.slate.item_ids[position]), score=0.0, source="pinned")
         if request.debug:
-            item.reasons.extend(_reasons(source, rank, applied, engine))
-        response.candidates.append(item)
+            item.reasons.extend(_reasons(item, rank, applied, engine, result.slate.notes.get(position, [])))
     return response
 
 
-def _reasons(candidate: common_pb2.Candidate, rank: int, applied: str, engine: PolicyEngine) -> list[str]:
+def _reasons(
+    candidate: common_pb2.Candidate, rank: int, applied: str, engine: PolicyEngine, notes: list[str]
+) -> list[str]:
     reasons = [f"found by {candidate.source or 'unknown source'}"]
     reasons.extend(f"{stage} score {score:.4f}" for stage, score in sorted(candidate.stage_scores.items()))
+    reasons.extend(notes)
     reasons.append(f"position {rank + 1} after policy {engine.version} ({applied})")
     return reasons

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from funnel.runtime.config import ServerSettings, non_empty, port_setting, positive, setting
+from funnel.runtime.config import ServerSettings, non_empty, non_negative, port_setting, positive, setting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -14,6 +14,9 @@ class RerankingSettings(ServerSettings):
         help="artifact root; item metadata comes from the newest bundle under <dir>/bundles", checks=[non_empty]
     )
     policy_path: str = setting("config/policy.yaml", help="policy file (YAML)", checks=[non_empty])
+    policy_poll_seconds: float = setting(
+        1.0, help="how often the policy file is checked for changes (hot reload); 0 = never", checks=[non_negative]
+    )
     max_candidates: int = setting(2000, help="largest candidate list a request may carry", checks=[positive])
     max_results: int = setting(200, help="largest num_results a request may ask for", checks=[positive])
     max_excluded: int = setting(1000, help="largest exclude_item_ids list accepted", checks=[positive])

@@ -1,0 +1,161 @@
+"""Selectors and pins: the top-N is filled once, under every cap and quota at the same time.
+
+Filling greedily in score order, a candidate is placed only if it keeps every constraint; one that
+does not waits. Category windows are hard (never exceeded; a list can come out shorter). Provider
+caps and provider quotas are soft: when the remaining candidates cannot satisfy them, the list is
+completed without them rather than left short (caps hold "whenever satisfiable").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from funnel.artifacts.catalog import Catalog, Users
+from services.reranking.rules import NUMBER, Outcome, Phase, Rule, Slate
+
+
+class CategoryCap(Rule):
+    """At most `max_per_category` items of one category in any `window` consecutive positions
+    (no window: in the whole list)."""
+
+    name, phase = "category_cap", Phase.SELECT
+    params = {"max_per_category": int, "window": int}
+
+    def __init__(self, catalog: Catalog, users: Users, vectors: np.ndarray, params: dict[str, Any]) -> None:
+        super().__init__(catalog, users, vectors, params)
+        self.cap = params.get("max_per_category", 3)
+        self.window = params.get("window")
+        self.check(self.cap >= 1, f"max_per_category must be an integer >= 1, got {self.cap!r}")
+        self.check(self.window is None or self.window > self.cap, "window must be larger than max_per_category")
+
+    def allows(self, placed_categories: list[int], category: int) -> bool:
+        recent = placed_categories if self.window is None else placed_categories[-(self.window - 1) :]
+        return recent.count(category) < self.cap
+
+
+class ProviderCap(Rule):
+    """No provider holds more than `max_share` of the top-N."""
+
+    name, phase = "provider_cap", Phase.SELECT
+    params = {"max_share": NUMBER}
+
+    def __init__(self, catalog: Catalog, users: Users, vectors: np.ndarray, params: dict[str, Any]) -> None:
+        super().__init__(catalog, users, vectors, params)
+        self.max_share = float(params.get("max_share", 0.3))
+        self.check(0 < self.max_share <= 1, "max_share must be in (0, 1]")
+
+    def limit(self, n: int) -> int:
+        return max(1, int(self.max_share * n))
+
+
+class ProviderMinShare(Rule):
+    """At least `min_share` of the top-N from small providers (at most `max_catalog_items` items
+    in the catalog), when such candidates exist."""
+
+    name, phase = "provider_min_share", Phase.SELECT
+    params = {"min_share": NUMBER, "max_catalog_items": int}
+
+    def __init__(self, catalog: Catalog, users: Users, vectors: np.ndarray, params: dict[str, Any]) -> None:
+        super().__init__(catalog, users, vectors, params)
+        self.min_share = float(params.get("min_share", 0.1))
+        self.check(0 < self.min_share <= 1, "min_share must be in (0, 1]")
+        size = np.bincount(catalog.provider, minlength=len(catalog.provider_names))
+        self.small = size <= params.get("max_catalog_items", 20)
+
+    def quota(self, n: int) -> int:
+        return int(np.ceil(self.min_share * n))
+
+
+class Pin(Rule):
+    """Business placements: `items` maps an item id to a 1-based position. A pinned item still
+    passes content policy and exclusions; one that was filtered out is not placed."""
+
+    name, phase = "pin", Phase.PIN
+    params = {"items": dict}
+
+    def __init__(self, catalog: Catalog, users: Users, vectors: np.ndarray, params: dict[str, Any]) -> None:
+        super().__init__(catalog, users, vectors, params)
+        self.positions = {str(k): v for k, v in params.get("items", {}).items()}
+        values = list(self.positions.values())
+        self.check(
+            all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values),
+            "positions must be integers >= 1",
+        )
+        self.check(len(set(values)) == len(values), "two items pinned at the same position")
+
+    def apply(self, slate: Slate) -> Outcome:
+        ids = slate.item_ids[slate.order]
+        pinned = np.isin(ids, list(self.positions))
+        unpinned = list(slate.order[~pinned])
+        placements = sorted((self.positions[str(slate.item_ids[p])], int(p)) for p in slate.order[pinned])
+        for position, member in placements:
+            unpinned.insert(min(position - 1, len(unpinned)), member)
+            slate.notes[member].append(f"{self.name}: placed at {position}")
+        return Outcome(moved=slate.reorder(np.array(unpinned, dtype=np.int64)))
+
+
+def fill_top(slate: Slate, catalog: Catalog, selectors: list[Rule], n: int) -> list[tuple[str, Outcome]]:
+    """Reorder the slate so its first `n` entries satisfy every selector. Each report counts the
+    candidates that rule made wait (`moved`)."""
+    if not selectors or len(slate.order) == 0:
+        return [(rule.name, Outcome()) for rule in selectors]
+    caps = [r for r in selectors if isinstance(r, CategoryCap)]
+    provider_caps = [r for r in selectors if isinstance(r, ProviderCap)]
+    quotas = [r for r in selectors if isinstance(r, ProviderMinShare)]
+    categories = catalog.category[slate.rows[slate.order]].tolist()
+    providers = catalog.provider[slate.rows[slate.order]].tolist()
+    small = [q.small[providers].tolist() for q in quotas]
+    needed = [min(q.quota(n), sum(flags)) for q, flags in zip(quotas, small, strict=True)]
+    have = [0] * len(quotas)
+    waited = dict.fromkeys((rule.name for rule in selectors), 0)
+    placed: list[int] = []
+    placed_categories: list[int] = []
+    provider_count: dict[int, int] = {}
+
+    def blocker(i: int, soft: bool) -> str | None:
+        for cap in caps:
+            if not cap.allows(placed_categories, categories[i]):
+                return cap.name
+        if soft:
+            for cap in provider_caps:
+                if provider_count.get(providers[i], 0) >= cap.limit(n):
+                    return cap.name
+            for q, flags, need, got in zip(quotas, small, needed, have, strict=True):
+                if not flags[i] and need - got >= n - len(placed):
+                    return q.name  # the remaining slots are reserved for small providers
+        return None
+
+    def place(i: int) -> None:
+        placed.append(i)
+        placed_categories.append(categories[i])
+        provider_count[providers[i]] = provider_count.get(providers[i], 0) + 1
+        for k, flags in enumerate(small):
+            have[k] += int(flags[i])
+
+    waiting: list[int] = []
+    for i in range(len(slate.order)):
+        if len(placed) == n:
+            waiting.extend(range(i, len(slate.order)))
+            break
+        reason = blocker(i, soft=True)
+        if reason is None:
+            place(i)
+        else:
+            waited[reason] += 1
+            waiting.append(i)
+    # Soft constraints that cannot be met do not leave the list short; category windows can.
+    still_waiting = []
+    for i in waiting:
+        if len(placed) < n and blocker(i, soft=False) is None:
+            place(i)
+        else:
+            still_waiting.append(i)
+    slate.reorder(slate.order[np.array(placed + still_waiting, dtype=np.int64)])
+    if caps and len(placed) < n:
+        # What is left would break a category window anywhere in the top-N: it cannot be shown.
+        cut = np.zeros(len(slate.order), dtype=bool)
+        cut[len(placed) :] = True
+        slate.drop(cut, caps[0].name, "no place left in the top-N without exceeding its category cap")
+    return [(rule.name, Outcome(moved=waited[rule.name])) for rule in selectors]
