@@ -20,7 +20,7 @@ PROTOS := $(wildcard protos/funnel/v1/*.proto)
 
 MOVIELENS ?= ../shared/data/ml-latest-small
 
-.PHONY: help install protos artifacts artifacts-movielens up down demo test lint clean bench-retrieval bench-ranking
+.PHONY: help install protos artifacts artifacts-movielens up down demo test lint clean bench-retrieval bench-ranking bench-reranking
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ bench-retrieval: artifacts ## FAISS settings at 100k/1M items, then the retrieva
 
 bench-ranking: artifacts ## Triton dynamic batching on vs off at 1-16 concurrent clients, and the ranking service overhead
 	$(PY) -m benchmarks.triton_batching --artifacts $(ARTIFACTS)
+
+bench-reranking: artifacts ## The policy engine in-process, 500 candidates to 20 with every rule on
+	$(PY) -m benchmarks.reranking_engine --artifacts $(ARTIFACTS)
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .

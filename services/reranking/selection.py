@@ -114,17 +114,33 @@ def fill_top(slate: Slate, catalog: Catalog, selectors: list[Rule], n: int) -> l
     placed_categories: list[int] = []
     provider_count: dict[int, int] = {}
 
-    def blocker(i: int, soft: bool) -> str | None:
+    provider_limits = [(cap.name, cap.limit(n)) for cap in provider_caps]
+
+    def slot_state() -> tuple[list[tuple[str, dict[int, int], int]], list[tuple[str, list[bool]]]]:
+        """What the next slot allows, computed once per slot rather than once per candidate."""
+        windows = []
         for cap in caps:
-            if not cap.allows(placed_categories, categories[i]):
-                return cap.name
+            recent = placed_categories if cap.window is None else placed_categories[-(cap.window - 1) :]
+            counts: dict[int, int] = {}
+            for category in recent:
+                counts[category] = counts.get(category, 0) + 1
+            windows.append((cap.name, counts, cap.cap))
+        reserved = [(q.name, flags) for q, flags, need, got in zip(quotas, small, needed, have, strict=True)
+                    if need - got >= n - len(placed)]  # fmt: skip
+        return windows, reserved
+
+    def blocker(i: int, soft: bool, state) -> str | None:
+        windows, reserved = state
+        for name, counts, cap in windows:
+            if counts.get(categories[i], 0) >= cap:
+                return name
         if soft:
-            for cap in provider_caps:
-                if provider_count.get(providers[i], 0) >= cap.limit(n):
-                    return cap.name
-            for q, flags, need, got in zip(quotas, small, needed, have, strict=True):
-                if not flags[i] and need - got >= n - len(placed):
-                    return q.name  # the remaining slots are reserved for small providers
+            for name, limit in provider_limits:
+                if provider_count.get(providers[i], 0) >= limit:
+                    return name
+            for name, flags in reserved:
+                if not flags[i]:
+                    return name  # the remaining slots are kept for small providers
         return None
 
     def place(i: int) -> None:
@@ -134,25 +150,27 @@ def fill_top(slate: Slate, catalog: Catalog, selectors: list[Rule], n: int) -> l
         for k, flags in enumerate(small):
             have[k] += int(flags[i])
 
-    waiting: list[int] = []
-    for i in range(len(slate.order)):
-        if len(placed) == n:
-            waiting.extend(range(i, len(slate.order)))
+    # Each slot takes the best remaining candidate that keeps every constraint; soft constraints
+    # that no remaining candidate can meet are relaxed rather than leaving the slot empty.
+    remaining = list(range(len(slate.order)))
+    made_wait: dict[int, str] = {}
+    while len(placed) < n and remaining:
+        state = slot_state()
+        chosen = None
+        for k, i in enumerate(remaining):
+            reason = blocker(i, True, state)
+            if reason is None:
+                chosen = k
+                break
+            made_wait.setdefault(i, reason)
+        if chosen is None:
+            chosen = next((k for k, i in enumerate(remaining) if blocker(i, False, state) is None), None)
+        if chosen is None:
             break
-        reason = blocker(i, soft=True)
-        if reason is None:
-            place(i)
-        else:
-            waited[reason] += 1
-            waiting.append(i)
-    # Soft constraints that cannot be met do not leave the list short; category windows can.
-    still_waiting = []
-    for i in waiting:
-        if len(placed) < n and blocker(i, soft=False) is None:
-            place(i)
-        else:
-            still_waiting.append(i)
-    slate.reorder(slate.order[np.array(placed + still_waiting, dtype=np.int64)])
+        place(remaining.pop(chosen))
+    for reason in made_wait.values():
+        waited[reason] += 1
+    slate.reorder(slate.order[np.array(placed + remaining, dtype=np.int64)])
     if caps and len(placed) < n:
         # What is left would break a category window anywhere in the top-N: it cannot be shown.
         cut = np.zeros(len(slate.order), dtype=bool)
