@@ -55,7 +55,7 @@ def vectors_with_twins() -> np.ndarray:
 def rerank(catalog, users, rules: str, ids, scores, n=10, vectors=None, context=EVERYWHERE):
     policy = parse_policy(f"version: t\ncontent: {{default_max_maturity: NC17}}\nrules:\n{rules}")
     engine = PolicyEngine(catalog, users, vectors if vectors is not None else np.eye(10, dtype=np.float32), policy)
-    result = engine.run("u0", ids, np.asarray(scores, dtype=np.float32), context, set(), n)
+    result = engine.run("u0", ids, np.asarray(scores, dtype=np.float32), context, set(), n, debug=True)
     return [str(result.slate.item_ids[p]) for p in result.positions], result
 
 

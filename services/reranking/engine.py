@@ -44,6 +44,7 @@ class PolicyEngine:
         context: common_pb2.Context,
         exclude_item_ids: set[str],
         num_results: int,
+        debug: bool = False,
     ) -> RerankResult:
         # Pinned items join the candidates (below every real one) so they meet the same filters.
         extra = [item for item in self.pinned if item not in set(item_ids)]
@@ -52,7 +53,7 @@ class PolicyEngine:
         all_scores = np.concatenate([scores, np.full(len(extra), floor)]).astype(np.float32)
         rows = self.catalog.index.rows(ids)
         order = np.argsort(-all_scores, kind="stable")
-        slate = Slate(ids, rows, all_scores, order, self.users.index.row(user_id), num_results)
+        slate = Slate(ids, rows, all_scores, order, self.users.index.row(user_id), num_results, debug)
         reports: list[tuple[str, Outcome]] = []
 
         verdict = self.content.apply(rows[slate.order], context)

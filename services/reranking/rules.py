@@ -35,6 +35,7 @@ class Slate:
     order: np.ndarray  # input positions still in the list, in display order
     user_row: int
     num_results: int
+    debug: bool = False  # notes (reasons for kept items) are only written when asked for
     removed: dict[int, str] = field(default_factory=dict)  # input position -> "rule: reason"
     notes: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
 
@@ -149,8 +150,9 @@ class FreshnessBoost(Rule):
         rows = slate.rows[slate.order]
         boost = self.weight * np.exp2(-self.catalog.age_days[rows] / self.half_life)
         slate.scores[slate.order] += boost.astype(np.float32)
-        for position, value in zip(slate.order[boost > 1e-4], boost[boost > 1e-4], strict=True):
-            slate.notes[int(position)].append(f"{self.name} +{value:.4f}")
+        if slate.debug:
+            for position, value in zip(slate.order[boost > 1e-4], boost[boost > 1e-4], strict=True):
+                slate.notes[int(position)].append(f"{self.name} +{value:.4f}")
         return Outcome(moved=slate.reorder(slate.order[np.argsort(-slate.scores[slate.order], kind="stable")]))
 
 
@@ -180,8 +182,9 @@ class BusinessBoost(Rule):
         rows = slate.rows[slate.order]
         boost = self.item_boost[rows] + self.provider_boost[self.catalog.provider[rows]]
         slate.scores[slate.order] += boost
-        for position, value in zip(slate.order[boost != 0], boost[boost != 0], strict=True):
-            slate.notes[int(position)].append(f"{self.name} {value:+.4f}")
+        if slate.debug:
+            for position, value in zip(slate.order[boost != 0], boost[boost != 0], strict=True):
+                slate.notes[int(position)].append(f"{self.name} {value:+.4f}")
         return Outcome(moved=slate.reorder(slate.order[np.argsort(-slate.scores[slate.order], kind="stable")]))
 
 
@@ -210,7 +213,7 @@ class MaximalMarginalRelevance(Rule):
         placed = np.zeros(len(head), dtype=bool)
         closest = np.full(len(head), -np.inf)
         picks = []
-        for _ in range(min(len(head), slate.num_results * 2)):  # only the top of the list is shown
+        for _ in range(min(len(head), slate.num_results + 10)):  # only the top of the list is shown
             gain = self.trade_off * relevance - (1 - self.trade_off) * np.where(np.isfinite(closest), closest, 0.0)
             gain[placed] = -np.inf
             pick = int(np.argmax(gain))
@@ -219,7 +222,7 @@ class MaximalMarginalRelevance(Rule):
             closest = np.maximum(closest, vectors @ vectors[pick])
         rest = np.flatnonzero(~placed)
         new_head = head[np.concatenate([picks, rest]).astype(np.int64)]
-        for rank, old in enumerate(picks):
+        for rank, old in enumerate(picks if slate.debug else []):
             if old != rank:
                 slate.notes[int(head[old])].append(f"{self.name}: moved from {old + 1} to {rank + 1}")
         return Outcome(moved=slate.reorder(np.concatenate([new_head, slate.order[len(head) :]])))

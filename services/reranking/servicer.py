@@ -122,6 +122,7 @@ def _rerank(engine: PolicyEngine, request: reranking_pb2.RerankRequest) -> reran
         request.context,
         set(request.exclude_item_ids),
         request.num_results,
+        request.debug,
     )
     response = reranking_pb2.RerankResponse(policy_version=engine.version)
     for rule, outcome in result.reports:
