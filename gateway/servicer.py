@@ -180,6 +180,8 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             report.latency_ms = call.latency_ms
             if call.ok:
                 report.status, report.version = OK, f"policy:{call.response.policy_version}"
+                if request.debug:
+                    report.rules.extend(call.response.rules)
                 final = list(call.response.candidates)
                 report.items_out = len(final)
                 CANDIDATES.labels("reranking").observe(len(final))

@@ -95,6 +95,9 @@ def test_debug_attaches_reasons_and_plain_requests_do_not(gateway):
     assert all(not item.reasons for item in plain.items)
     assert all(item.reasons for item in debug.items)
     assert any("ranking score" in reason for reason in debug.items[0].reasons)
+    counted = {rule.rule for rule in debug.stages[2].rules}
+    assert {"content_policy", "exclude_requested", "mmr", "category_cap", "truncate"} <= counted
+    assert not plain.stages[2].rules, "rule counts come with debug only"
 
 
 def test_client_request_id_is_returned_and_propagated_to_every_stage(gateway, stack):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import shutil
 import threading
@@ -118,6 +119,13 @@ def test_provider_cap_and_small_provider_quota_shape_the_top_n(catalog, users):
     quota = "  - name: provider_min_share\n    min_share: 0.5\n    max_catalog_items: 2"  # p1, p2 are small
     shared, _ = rerank(catalog, users, quota, ["i0", "i1", "i2", "i7", "i3", "i5"], [6, 5, 4, 3, 2, 1], n=4)
     assert shared == ["i0", "i1", "i3", "i5"]
+
+
+def test_new_providers_count_for_the_quota_too(catalog, users):
+    young = dataclasses.replace(catalog, age_days=np.where(catalog.provider == 3, 5.0, 1000.0).astype(np.float32))
+    quota = "  - name: provider_min_share\n    min_share: 0.5\n    max_catalog_items: 0\n    new_within_days: 30"
+    out, _ = rerank(young, users, quota, ["i0", "i1", "i2", "i3", "i7", "i8"], [6, 5, 4, 3, 2, 1], n=4)
+    assert out == ["i0", "i1", "i7", "i8"], "p3's items are all new: two of four slots"
 
 
 def test_pins_place_items_even_unretrieved_ones_but_never_unsafe_ones(catalog, users):

@@ -52,17 +52,22 @@ class ProviderCap(Rule):
 
 class ProviderMinShare(Rule):
     """At least `min_share` of the top-N from small providers (at most `max_catalog_items` items
-    in the catalog), when such candidates exist."""
+    in the catalog) or new ones (no item older than `new_within_days`), when such candidates exist."""
 
     name, phase = "provider_min_share", Phase.SELECT
-    params = {"min_share": NUMBER, "max_catalog_items": int}
+    params = {"min_share": NUMBER, "max_catalog_items": int, "new_within_days": NUMBER}
 
     def __init__(self, catalog: Catalog, users: Users, vectors: np.ndarray, params: dict[str, Any]) -> None:
         super().__init__(catalog, users, vectors, params)
         self.min_share = float(params.get("min_share", 0.1))
         self.check(0 < self.min_share <= 1, "min_share must be in (0, 1]")
-        size = np.bincount(catalog.provider, minlength=len(catalog.provider_names))
+        providers = len(catalog.provider_names)
+        size = np.bincount(catalog.provider, minlength=providers)
         self.small = size <= params.get("max_catalog_items", 20)
+        if "new_within_days" in params:
+            oldest = np.zeros(providers, dtype=np.float32)
+            np.maximum.at(oldest, catalog.provider, catalog.age_days)
+            self.small |= (oldest <= float(params["new_within_days"])) & (size > 0)
 
     def quota(self, n: int) -> int:
         return int(np.ceil(self.min_share * n))

@@ -126,7 +126,7 @@ def _rerank(engine: PolicyEngine, request: reranking_pb2.RerankRequest) -> reran
     )
     response = reranking_pb2.RerankResponse(policy_version=engine.version)
     for rule, outcome in result.reports:
-        response.rules.append(reranking_pb2.RuleReport(rule=rule, removed=outcome.removed, moved=outcome.moved))
+        response.rules.append(common_pb2.RuleReport(rule=rule, removed=outcome.removed, moved=outcome.moved))
     applied = ", ".join(rule for rule, _ in result.reports)
     for rank, position in enumerate(result.positions.tolist()):
         if position < len(candidates):
