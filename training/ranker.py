@@ -9,7 +9,6 @@ retrieval's candidates rather than to tell good items from random ones.
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ import torch
 
 from funnel.features import NUM_DENSE, FeatureBatch, FeatureStore
 from training.dataset import Interactions
+from training.epochs import EpochLog
 
 
 class DCNRanker(torch.nn.Module):
@@ -88,25 +88,18 @@ def train_ranker(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     dense, categorical, y = (torch.from_numpy(a) for a in (features.dense, features.categorical, labels))
     generator = torch.Generator().manual_seed(config.seed)
-    losses = []
-    for epoch in range(config.epochs):
-        started, total, batches = time.monotonic(), 0.0, 0
+    progress = EpochLog("ranker", config.epochs)
+    for _ in range(config.epochs):
         order = torch.randperm(len(y), generator=generator)
         for start in range(0, len(y), config.batch_size):
             batch = order[start : start + config.batch_size]
             loss = torch.nn.functional.binary_cross_entropy(
                 model(dense[batch], categorical[batch]).squeeze(-1), y[batch]
             )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            batches += 1
-        losses.append(total / max(1, batches))
-        took = time.monotonic() - started
-        print(f"  ranker epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f} ({took:.1f} s)", flush=True)
+            progress.step(optimizer, loss)
+        progress.end_epoch()
     model.eval()
-    return model, losses
+    return model, progress.losses
 
 
 @torch.no_grad()

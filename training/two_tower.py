@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ import torch
 
 from funnel.artifacts.catalog import Embeddings
 from training.dataset import Dataset, Interactions
+from training.epochs import EpochLog
 from training.losses import in_batch_softmax_loss
 from training.towers import ItemTower, UserTower, age_bucket, country_slot
 
@@ -83,9 +83,8 @@ def train_two_tower(data: Dataset, train: Interactions, config: TwoTowerConfig) 
     frequency = np.bincount(train.item, minlength=data.num_items).astype(np.float64) + 1.0
     log_q = torch.from_numpy(np.log(frequency / frequency.sum())).float()
 
-    losses = []
-    for epoch in range(config.epochs):
-        started, total, batches = time.monotonic(), 0.0, 0
+    progress = EpochLog("two-tower", config.epochs)
+    for _ in range(config.epochs):
         for batch in np.array_split(rng.permutation(len(order)), max(1, len(order) // config.batch_size)):
             b = torch.from_numpy(batch)
             keep_id = torch.from_numpy(rng.random(len(batch)) >= config.user_id_dropout)
@@ -97,15 +96,9 @@ def train_two_tower(data: Dataset, train: Interactions, config: TwoTowerConfig) 
                 log_q,
                 config.temperature,
             )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            batches += 1
-        losses.append(total / max(1, batches))
-        took = time.monotonic() - started
-        print(f"  two-tower epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f} ({took:.1f} s)", flush=True)
-    return model, losses
+            progress.step(optimizer, loss)
+        progress.end_epoch()
+    return model, progress.losses
 
 
 @torch.no_grad()
