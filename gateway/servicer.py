@@ -78,7 +78,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             raise Unavailable("gateway is still loading")
 
         budget = budget_from_grpc(context.time_remaining(), s.default_deadline_ms / 1000)
-        reserve = s.local_reserve_ms / 1000
+        reserve = max(s.local_reserve_ms / 1000, s.local_reserve_fraction * budget.total_s)
         exclude = set(request.exclude_item_ids)
         response = recommender_pb2.RecommendResponse(request_id=REQUEST_ID.get())
 

@@ -28,7 +28,12 @@ class GatewaySettings(ServerSettings):
     ranking_budget_ms: float = setting(80.0, help="most a ranking call may take", checks=[positive])
     reranking_budget_ms: float = setting(40.0, help="most a re-ranking call may take", checks=[positive])
     local_reserve_ms: float = setting(
-        5.0, help="time always kept back for the gateway's own fallback work and reply", checks=[non_negative]
+        5.0, help="least time always kept back for the gateway's own fallback work and reply", checks=[non_negative]
+    )
+    local_reserve_fraction: float = setting(
+        0.1,
+        help="share of the total budget kept back the same way (timers fire late on a busy host)",
+        checks=[non_negative],
     )
     ann_candidates: int = setting(300, help="ANN candidates kept after merging shards", checks=[positive])
     popular_candidates: int = setting(
@@ -65,4 +70,6 @@ class GatewaySettings(ServerSettings):
             problems.append("retrieval_shards names no shard")
         if self.local_reserve_ms >= self.default_deadline_ms:
             problems.append("local_reserve_ms must be smaller than default_deadline_ms")
+        if self.local_reserve_fraction >= 0.5:
+            problems.append("local_reserve_fraction must be below 0.5, or stages get less time than the reserve")
         return problems
