@@ -47,7 +47,8 @@ class PolicyEngine:
         debug: bool = False,
     ) -> RerankResult:
         # Pinned items join the candidates (below every real one) so they meet the same filters.
-        extra = [item for item in self.pinned if item not in set(item_ids)]
+        given = set(item_ids)
+        extra = [item for item in self.pinned if item not in given]
         ids = np.asarray(list(item_ids) + extra, dtype=str)
         floor = float(scores.min()) - 1.0 if len(scores) else 0.0
         all_scores = np.concatenate([scores, np.full(len(extra), floor)]).astype(np.float32)
