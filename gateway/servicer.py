@@ -93,7 +93,15 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         response.degraded = any(stage.status in (DEGRADED_STATUS, FAILED) for stage in response.stages)
         return response
 
-    async def _retrieve(self, request, budget: Budget, reserve: float, safety: SafetyNet, exclude: set[str], response):
+    async def _retrieve(
+        self,
+        request: recommender_pb2.RecommendRequest,
+        budget: Budget,
+        reserve: float,
+        safety: SafetyNet,
+        exclude: set[str],
+        response: recommender_pb2.RecommendResponse,
+    ) -> list[common_pb2.Candidate]:
         s = self.settings
         retrieve = retrieval_pb2.RetrieveRequest(
             user_id=request.user_id,
@@ -137,7 +145,14 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             raise Unavailable("retrieval failed and no fallback candidates are available")
         return candidates
 
-    async def _rank(self, request, candidates, budget: Budget, reserve: float, response):
+    async def _rank(
+        self,
+        request: recommender_pb2.RecommendRequest,
+        candidates: list[common_pb2.Candidate],
+        budget: Budget,
+        reserve: float,
+        response: recommender_pb2.RecommendResponse,
+    ) -> list[common_pb2.Candidate]:
         report = response.stages.add(stage="ranking", items_in=len(candidates))
         if not candidates:
             report.status, report.message = SKIPPED, "no candidates to rank"
@@ -161,8 +176,15 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         return ranked
 
     async def _rerank(
-        self, request, ranked, budget: Budget, reserve: float, safety: SafetyNet, exclude: set[str], response
-    ):
+        self,
+        request: recommender_pb2.RecommendRequest,
+        ranked: list[common_pb2.Candidate],
+        budget: Budget,
+        reserve: float,
+        safety: SafetyNet,
+        exclude: set[str],
+        response: recommender_pb2.RecommendResponse,
+    ) -> list[common_pb2.Candidate]:
         report = response.stages.add(stage="reranking", items_in=len(ranked))
         if ranked:
             rerank = reranking_pb2.RerankRequest(
