@@ -25,6 +25,12 @@ CATEGORICAL_FEATURES = ("item_category", "item_provider", "item_age_bucket", "co
 NUM_DENSE = len(DENSE_FEATURES)
 NUM_CATEGORICAL = len(CATEGORICAL_FEATURES)
 AGE_EDGES_DAYS = np.array([7, 30, 90, 180, 365, 730, 1825], dtype=np.float32)
+NUM_AGE_BUCKETS = len(AGE_EDGES_DAYS) + 1
+
+
+def age_bucket(age_days: np.ndarray) -> np.ndarray:
+    """Item age in days -> bucket index, shared by the two-tower item tower and the ranker."""
+    return np.digitize(age_days, AGE_EDGES_DAYS).astype(np.int64)
 
 
 @dataclass
@@ -53,7 +59,7 @@ class FeatureStore:
         activity = np.log1p(np.diff(users.history_indptr).astype(np.float32))
         self._activity = activity / max(float(activity.max()), 1.0)
         self._item_categorical = np.stack(
-            [catalog.category, catalog.provider, np.digitize(catalog.age_days, AGE_EDGES_DAYS)], axis=1
+            [catalog.category, catalog.provider, age_bucket(catalog.age_days)], axis=1
         ).astype(np.int64)
 
     def cardinalities(self) -> list[int]:
@@ -61,7 +67,7 @@ class FeatureStore:
         return [
             len(self.catalog.category_names),
             len(self.catalog.provider_names),
-            len(AGE_EDGES_DAYS) + 1,
+            NUM_AGE_BUCKETS,
             len(COUNTRIES) + 1,
         ]
 

@@ -42,6 +42,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         self.runtime = runtime
         self.settings = settings
         self.safety: SafetyNet | None = None
+        self.source_limits = settings.source_limits()  # fixed for the process; not rebuilt per request
         self.stages = StageClients(
             settings.shard_targets(), settings.ranking_target, settings.reranking_target, settings.max_message_bytes
         )
@@ -107,8 +108,8 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             user_id=request.user_id,
             context=request.context,
             num_candidates=s.ann_candidates,
-            sources=list(s.source_limits()),
-            source_limits=s.source_limits(),
+            sources=list(self.source_limits),
+            source_limits=self.source_limits,
             exclude_item_ids=request.exclude_item_ids,
             recent_item_ids=request.recent_item_ids,
         )
@@ -127,7 +128,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             stage="retrieval", latency_ms=max(c.latency_ms for c in calls), items_in=len(safety.catalog)
         )
         report.version = ",".join(sorted({r.index_version for r in answered}))
-        candidates = merge_candidates(answered, s.source_limits())
+        candidates = merge_candidates(answered, self.source_limits)
         if answered and not failed:
             report.status = OK
         elif answered:
@@ -169,7 +170,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         else:
             report.status = DEGRADED_STATUS
             report.message = f"ranking failed ({call.error}); kept retrieval order"
-            DEGRADED.labels("ranking", "late" if call.code == grpc.StatusCode.DEADLINE_EXCEEDED else "error").inc()
+            DEGRADED.labels("ranking", call.cause).inc()
             ranked = candidates
         report.items_out = len(ranked)
         CANDIDATES.labels("ranking").observe(len(ranked))
@@ -209,7 +210,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
                 CANDIDATES.labels("reranking").observe(len(final))
                 return final
             error = call.error
-            DEGRADED.labels("reranking", "late" if call.code == grpc.StatusCode.DEADLINE_EXCEEDED else "error").inc()
+            DEGRADED.labels("reranking", call.cause).inc()
         else:
             error = "no candidates"
         # Content policy is never skipped: the gateway applies the same hard filters itself.

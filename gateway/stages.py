@@ -31,6 +31,11 @@ class StageCall(Generic[T]):
     def ok(self) -> bool:
         return self.response is not None
 
+    @property
+    def cause(self) -> str:
+        """The metrics label of a failure: cut off at its budget, or an error."""
+        return "late" if self.code == grpc.StatusCode.DEADLINE_EXCEEDED else "error"
+
 
 async def call_stage(stage: str, invoke: Callable[[float, tuple], Awaitable[T]], timeout_s: float) -> StageCall[T]:
     """Run one call with its timeout; never raises for a stage failure, only reports it."""
@@ -44,7 +49,8 @@ async def call_stage(stage: str, invoke: Callable[[float, tuple], Awaitable[T]],
         code = exc.code()
         late = code == grpc.StatusCode.DEADLINE_EXCEEDED
         message = f"cut off after {timeout_s * 1000:.0f} ms budget" if late else f"{code.name}: {exc.details()}"
-        outcome, result = ("late" if late else "error"), StageCall(None, _ms(started), message, code)
+        result = StageCall(None, _ms(started), message, code)
+        outcome = result.cause
     except asyncio.CancelledError:
         raise
     STAGE_LATENCY.labels(stage, outcome).observe(result.latency_ms / 1000)

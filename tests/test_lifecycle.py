@@ -67,39 +67,27 @@ def test_ranking_serves_once_triton_model_is_ready(stack):
     assert stack.triton is not None and stack.triton.models_ready()
 
 
-def test_invalid_configuration_exits_before_serving_with_every_problem_named(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "services.retrieval", "--shard-index", "2", "--shard-count", "2", "--port", "70000"],
+def run_retrieval(*args: str) -> subprocess.CompletedProcess:
+    """Start a retrieval process that is expected to refuse its configuration and exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "services.retrieval", *args],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         timeout=60,
     )
+
+
+def test_invalid_configuration_exits_before_serving_with_every_problem_named(tmp_path):
+    result = run_retrieval("--shard-index", "2", "--shard-count", "2", "--port", "70000")
     assert result.returncode == 2
     assert "artifact_dir: required" in result.stderr
 
 
 def test_cross_field_configuration_errors_are_reported(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "services.retrieval",
-            "--shard-index",
-            "2",
-            "--shard-count",
-            "2",
-            "--port",
-            "70000",
-            "--artifact-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        timeout=60,
+    result = run_retrieval(
+        "--shard-index", "2", "--shard-count", "2", "--port", "70000", "--artifact-dir", str(tmp_path)
     )
     assert result.returncode == 2
     assert "port=70000 must be a port number" in result.stderr

@@ -15,14 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from funnel.artifacts.catalog import COUNTRIES
+from funnel.features import NUM_AGE_BUCKETS
 
-AGE_EDGES_DAYS = np.array([7, 30, 90, 180, 365, 730, 1825], dtype=np.float32)
-NUM_AGE_BUCKETS = len(AGE_EDGES_DAYS) + 1
 NUM_COUNTRY_SLOTS = len(COUNTRIES) + 1  # slot 0 = unknown country
-
-
-def age_bucket(age_days: np.ndarray) -> np.ndarray:
-    return np.digitize(age_days, AGE_EDGES_DAYS).astype(np.int64)
 
 
 def country_slot(country_index: np.ndarray) -> np.ndarray:

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 
 from funnel.artifacts.catalog import Embeddings
+from funnel.features import age_bucket
 from training.dataset import Dataset, Interactions
 from training.epochs import EpochLog
 from training.losses import in_batch_softmax_loss
-from training.towers import ItemTower, UserTower, age_bucket, country_slot
+from training.towers import ItemTower, UserTower, country_slot
 
 
 @dataclass(frozen=True)

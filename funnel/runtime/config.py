@@ -27,10 +27,7 @@ Check = Callable[[Any], str | None]
 
 def setting(default: Any = _MISSING, *, help: str, checks: Sequence[Check] = ()) -> Any:
     """Declare one setting. No default means required."""
-    metadata = {"help": help, "checks": tuple(checks)}
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+    return dataclasses.field(default=default, metadata={"help": help, "checks": tuple(checks)})
 
 
 def positive(value: float) -> str | None:
@@ -76,8 +73,6 @@ def _parse(raw: str, kind: Any) -> Any:
         if lowered in ("0", "false", "no", "off", ""):
             return False
         raise ValueError(f"not a boolean: {raw!r}")
-    if typing.get_origin(kind) is list:
-        return [part.strip() for part in raw.split(";" if ";" in raw else ",") if part.strip()]
     return kind(raw)
 
 

@@ -46,6 +46,10 @@ class Slate:
         self.order = self.order[~drop_mask]
         return int(drop_mask.sum())
 
+    def resort(self) -> int:
+        """Order by the (boosted) scores again; returns how many positions changed."""
+        return self.reorder(self.order[np.argsort(-self.scores[self.order], kind="stable")])
+
     def reorder(self, new_order: np.ndarray) -> int:
         """Replace the order (same members); returns how many positions changed."""
         moved = int((new_order != self.order).sum()) if len(new_order) == len(self.order) else len(new_order)
@@ -153,7 +157,7 @@ class FreshnessBoost(Rule):
         if slate.debug:
             for position, value in zip(slate.order[boost > 1e-4], boost[boost > 1e-4], strict=True):
                 slate.notes[int(position)].append(f"{self.name} +{value:.4f}")
-        return Outcome(moved=slate.reorder(slate.order[np.argsort(-slate.scores[slate.order], kind="stable")]))
+        return Outcome(moved=slate.resort())
 
 
 class BusinessBoost(Rule):
@@ -185,7 +189,7 @@ class BusinessBoost(Rule):
         if slate.debug:
             for position, value in zip(slate.order[boost != 0], boost[boost != 0], strict=True):
                 slate.notes[int(position)].append(f"{self.name} {value:+.4f}")
-        return Outcome(moved=slate.reorder(slate.order[np.argsort(-slate.scores[slate.order], kind="stable")]))
+        return Outcome(moved=slate.resort())
 
 
 class MaximalMarginalRelevance(Rule):

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from funnel.artifacts.catalog import COUNTRIES, Users
+from funnel.artifacts.catalog import Users
+from funnel.features import country_slot
 
 
 class UserEncoder:
@@ -23,10 +24,9 @@ class UserEncoder:
         history = np.concatenate([stored, recent_rows])[-self.history_length :]
         dim = self.item_vectors.shape[1]
         pooled = self.item_vectors[history].mean(axis=0) if len(history) else np.zeros(dim, dtype=np.float32)
-        if country in COUNTRIES:
-            slot = COUNTRIES.index(country) + 1
-        else:  # no country in the request: a known user's home country, else "unknown"
-            slot = int(self.users.country[user_row]) + 1 if user_row >= 0 else 0
+        slot = country_slot(country)
+        if slot == 0 and user_row >= 0:  # no country in the request: the user's home country
+            slot = int(self.users.country[user_row]) + 1
         with torch.inference_mode():
             vector = self.tower(
                 torch.tensor([user_row + 1], dtype=torch.int64),
