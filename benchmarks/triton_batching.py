@@ -29,6 +29,7 @@ from funnel.features import FeatureStore
 from funnel.launcher.processes import free_port
 from funnel.launcher.triton import TritonServer
 from services.ranking.model_repository import TritonModelConfig, write_model_version
+from services.ranking.triton import request_tensors
 
 CONCURRENCY = (1, 2, 4, 8, 16)
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -89,12 +90,7 @@ def service_overhead(store: FeatureStore, repeats: int = 300) -> dict:
         t1 = time.perf_counter()
         batch = store.features(n % len(store.users.user_ids), rows)
         t2 = time.perf_counter()
-        tensors = [
-            triton.InferInput("dense", list(batch.dense.shape), "FP32"),
-            triton.InferInput("categorical", list(batch.categorical.shape), "INT64"),
-        ]
-        tensors[0].set_data_from_numpy(batch.dense)
-        tensors[1].set_data_from_numpy(batch.categorical)
+        request_tensors(batch.dense, batch.categorical)
         t3 = time.perf_counter()
         for key, (a, b) in zip(timings, ((t0, t1), (t1, t2), (t2, t3)), strict=True):
             timings[key].append((b - a) * 1000)
@@ -117,12 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     store = FeatureStore(Catalog.load(bundle), Users.load(bundle), Embeddings.load(bundle))
     batch = store.features(1, np.arange(500))
-    inputs = [
-        triton.InferInput("dense", list(batch.dense.shape), "FP32"),
-        triton.InferInput("categorical", list(batch.categorical.shape), "INT64"),
-    ]
-    inputs[0].set_data_from_numpy(batch.dense)
-    inputs[1].set_data_from_numpy(batch.categorical)
+    inputs = request_tensors(batch.dense, batch.categorical)
 
     source = args.artifacts / "model_repository" / "ranker"
     version = max(int(p.name) for p in source.iterdir() if p.name.isdigit())

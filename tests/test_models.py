@@ -8,7 +8,9 @@ import tritonclient.grpc as triton
 
 from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import latest_version, read_manifest
-from funnel.features import NUM_CATEGORICAL, NUM_DENSE, FeatureStore
+from funnel.features import FeatureStore
+from services.ranking.model_repository import SCORE_OUTPUT
+from services.ranking.triton import request_tensors
 
 
 def test_triton_scores_equal_in_process_torch_for_the_same_features(stack, artifacts):
@@ -22,14 +24,8 @@ def test_triton_scores_equal_in_process_torch_for_the_same_features(stack, artif
         expected = model(torch.from_numpy(dense), torch.from_numpy(categorical)).numpy().ravel()
 
     client = triton.InferenceServerClient(stack.triton.grpc_url)
-    inputs = [
-        triton.InferInput("dense", [len(dense), NUM_DENSE], "FP32"),
-        triton.InferInput("categorical", [len(dense), NUM_CATEGORICAL], "INT64"),
-    ]
-    inputs[0].set_data_from_numpy(dense)
-    inputs[1].set_data_from_numpy(categorical)
-    result = client.infer("ranker", inputs)
-    np.testing.assert_allclose(result.as_numpy("score").ravel(), expected, rtol=1e-5, atol=1e-6)
+    result = client.infer("ranker", request_tensors(dense, categorical))
+    np.testing.assert_allclose(result.as_numpy(SCORE_OUTPUT).ravel(), expected, rtol=1e-5, atol=1e-6)
     assert result.get_response().model_version == "1"
 
 

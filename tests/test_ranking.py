@@ -28,7 +28,7 @@ class TritonPythonModel:
         time.sleep(2.0)
         return [
             pb_utils.InferenceResponse([pb_utils.Tensor(
-                "score", np.zeros((len(pb_utils.get_input_tensor_by_name(r, "dense").as_numpy()), 1), np.float32)
+                "score__0", np.zeros((len(pb_utils.get_input_tensor_by_name(r, "dense__0").as_numpy()), 1), np.float32)
             )])
             for r in requests
         ]

@@ -28,16 +28,18 @@ def grpc_target(spec: str) -> str:
     return "ipv4:" + ",".join(addresses)
 
 
+def channel_options(max_message_bytes: int = 4 * 1024 * 1024) -> list[tuple[str, int | str]]:
+    """Options of every channel Funnel opens, Triton's included."""
+    return [
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        ("grpc.enable_retries", 0),
+    ]
+
+
 def open_channel(spec: str, max_message_bytes: int = 4 * 1024 * 1024) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        grpc_target(spec),
-        options=[
-            ("grpc.service_config", _SERVICE_CONFIG),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-            ("grpc.enable_retries", 0),
-        ],
-    )
+    return grpc.aio.insecure_channel(grpc_target(spec), options=channel_options(max_message_bytes))

@@ -153,3 +153,9 @@ class ServerSettings:
     )
     access_log: bool = setting(True, help="write one JSON log line per served call")
     max_message_bytes: int = setting(4 * 1024 * 1024, help="largest gRPC message accepted", checks=[positive])
+    max_connection_age_seconds: float = setting(
+        0.0,
+        help="close client connections after this long (0 = never), so clients re-resolve DNS and "
+        "spread onto replicas an autoscaler added; set in Kubernetes",
+        checks=[non_negative],
+    )

@@ -14,7 +14,7 @@ import grpc
 
 from funnel.runtime.errors import FunnelError
 from funnel.runtime.logs import REQUEST_ID
-from funnel.runtime.metrics import RPC_LATENCY, RPC_REQUESTS
+from funnel.runtime.metrics import IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
 
 REQUEST_ID_KEY = "x-request-id"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -78,6 +78,7 @@ def _wrap(
         code = grpc.StatusCode.OK
         trailer = ((REQUEST_ID_KEY, request_id),)
         context.set_trailing_metadata(trailer)
+        IN_FLIGHT.inc()
         try:
             return await behavior(request, context)
         except FunnelError as exc:
@@ -96,6 +97,7 @@ def _wrap(
             await context.abort(code, f"internal error (request id {request_id})", trailer)
         finally:
             elapsed = time.perf_counter() - started
+            IN_FLIGHT.dec()
             RPC_REQUESTS.labels(method, code.name).inc()
             RPC_LATENCY.labels(method).observe(elapsed)
             if access_log:

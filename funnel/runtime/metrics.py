@@ -24,6 +24,9 @@ CANDIDATES = Histogram(
     ["stage"],
     buckets=(0, 1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
 )
+# Calls being served right now, health and reflection included: what an autoscaler should follow
+# for a stage that mostly waits on another (ranking waits on Triton; its CPU stays low).
+IN_FLIGHT = Gauge("funnel_rpc_in_flight", "gRPC calls being handled now")
 READY = Gauge("funnel_ready", "1 when the process reports SERVING")
 LOADED_ARTIFACTS = Gauge(
     "funnel_loaded_artifacts", "Artifact versions alive in memory (2 during a swap, then 1 once released)", ["kind"]

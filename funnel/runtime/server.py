@@ -28,6 +28,9 @@ from funnel.runtime.logs import configure_logging
 from funnel.runtime.metrics import READY, start_metrics_server
 
 log = logging.getLogger("funnel.server")
+# Health service name that answers SERVING while the process runs, whatever its readiness: the
+# liveness probe asks for it, so a pod still loading its index is not restarted for being unready.
+LIVENESS_SERVICE = "liveness"
 T = TypeVar("T")
 
 
@@ -89,6 +92,9 @@ async def serve(name: str, settings: ServerSettings, build: Callable[[Runtime], 
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    if settings.max_connection_age_seconds > 0:
+        age_ms = int(settings.max_connection_age_seconds * 1000)
+        options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)]
     server = grpc.aio.server(interceptors=[ServerInterceptor(settings.access_log)], options=options)
     executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix=f"{name}-cpu")
     runtime = Runtime(server, settings, executor)
@@ -99,6 +105,7 @@ async def serve(name: str, settings: ServerSettings, build: Callable[[Runtime], 
     runtime.readiness = Readiness(health, service.service_names)
     for service_name in ["", *service.service_names]:
         await health.set(service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         [*service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,

@@ -1,8 +1,9 @@
 """Writes the ranker into a standard Triton model repository.
 
 <repository>/<model>/config.pbtxt            python backend (the bundled local server)
-<repository>/<model>/configs/libtorch.pbtxt  pytorch_libtorch (the official image in a cluster,
-                                             selected there with --model-config-name=libtorch)
+<repository>/<model>/configs/libtorch.pbtxt  pytorch_libtorch on CPU (the official image in a
+                                             cluster, selected with --model-config-name=libtorch)
+<repository>/<model>/configs/libtorch-gpu.pbtxt  the same on a GPU (k8s/components/gpu)
 <repository>/<model>/<version>/model.pt      the TorchScript ranker, shared by both
 <repository>/<model>/<version>/model.py      python-backend entry point
 """
@@ -15,8 +16,15 @@ from pathlib import Path
 
 from funnel.features import NUM_CATEGORICAL, NUM_DENSE
 
-INPUTS = (("dense", "TYPE_FP32", NUM_DENSE), ("categorical", "TYPE_INT64", NUM_CATEGORICAL))
-OUTPUT_NAME = "score"
+# libtorch binds tensors by position and names them `<name>__<index>`; the python config uses the
+# same names so that the ranking service sends one set of tensors whichever backend Triton runs.
+DENSE_INPUT = "dense__0"
+CATEGORICAL_INPUT = "categorical__1"
+SCORE_OUTPUT = "score__0"
+INPUTS = ((DENSE_INPUT, "TYPE_FP32", NUM_DENSE), (CATEGORICAL_INPUT, "TYPE_INT64", NUM_CATEGORICAL))
+
+# Named configurations under <model>/configs/ for the official image: name -> instance kind.
+CLUSTER_CONFIGS = {"libtorch": "KIND_CPU", "libtorch-gpu": "KIND_GPU"}
 
 
 @dataclass(frozen=True)
@@ -28,20 +36,13 @@ class TritonModelConfig:
     dynamic_batching: bool = True
 
 
-def config_pbtxt(config: TritonModelConfig, backend: str) -> str:
+def config_pbtxt(config: TritonModelConfig, backend: str, instance_kind: str = "KIND_CPU") -> str:
     """The model configuration; `backend` is "python" or "pytorch_libtorch"."""
-    libtorch = backend != "python"
-    # libtorch binds tensors by position; the `__N` suffix is its naming convention.
-    names = [f"{name}__{n}" if libtorch else name for n, (name, _, _) in enumerate(INPUTS)]
-    output = f"{OUTPUT_NAME}__0" if libtorch else OUTPUT_NAME
-    head = 'platform: "pytorch_libtorch"' if libtorch else 'backend: "python"'
-    inputs = ",\n".join(
-        f'  {{ name: "{name}" data_type: {dtype} dims: [ {width} ] }}'
-        for name, (_, dtype, width) in zip(names, INPUTS, strict=True)
-    )
+    head = 'backend: "python"' if backend == "python" else f'platform: "{backend}"'
+    inputs = ",\n".join(f'  {{ name: "{name}" data_type: {dtype} dims: [ {width} ] }}' for name, dtype, width in INPUTS)
     warmup_inputs = "\n".join(
         f'    inputs {{ key: "{name}" value: {{ data_type: {dtype} dims: [ {width} ] zero_data: true }} }}'
-        for name, (_, dtype, width) in zip(names, INPUTS, strict=True)
+        for name, dtype, width in INPUTS
     )
     batching = (
         f"dynamic_batching {{\n  max_queue_delay_microseconds: {config.max_queue_delay_us}\n}}\n"
@@ -53,9 +54,9 @@ def config_pbtxt(config: TritonModelConfig, backend: str) -> str:
         f"max_batch_size: {config.max_batch_size}\n"
         "version_policy: { latest: { num_versions: 1 } }\n"
         f"input [\n{inputs}\n]\n"
-        f'output [\n  {{ name: "{output}" data_type: TYPE_FP32 dims: [ 1 ] }}\n]\n'
+        f'output [\n  {{ name: "{SCORE_OUTPUT}" data_type: TYPE_FP32 dims: [ 1 ] }}\n]\n'
         f"{batching}"
-        f"instance_group [\n  {{ kind: KIND_CPU count: {config.instances} }}\n]\n"
+        f"instance_group [\n  {{ kind: {instance_kind} count: {config.instances} }}\n]\n"
         f'model_warmup [\n  {{\n    name: "warmup"\n    batch_size: 64\n{warmup_inputs}\n  }}\n]\n'
     )
 
@@ -69,7 +70,8 @@ def write_model_version(repository: Path, torchscript: Path, version: int, confi
     shutil.copyfile(Path(__file__).with_name("triton_python_model.py"), version_dir / "model.py")
     (model_dir / "config.pbtxt").write_text(config_pbtxt(config, "python"))
     (model_dir / "configs").mkdir(exist_ok=True)
-    (model_dir / "configs" / "libtorch.pbtxt").write_text(config_pbtxt(config, "pytorch_libtorch"))
+    for name, kind in CLUSTER_CONFIGS.items():
+        (model_dir / "configs" / f"{name}.pbtxt").write_text(config_pbtxt(config, "pytorch_libtorch", kind))
     return version_dir
 
 

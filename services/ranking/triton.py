@@ -10,8 +10,9 @@ import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
 from funnel.features import FeatureBatch
+from funnel.runtime.channels import channel_options
 from funnel.runtime.errors import DeadlineExceeded, Unavailable
-from services.ranking.model_repository import OUTPUT_NAME
+from services.ranking.model_repository import CATEGORICAL_INPUT, DENSE_INPUT, SCORE_OUTPUT
 
 
 @dataclass
@@ -20,12 +21,24 @@ class Scores:
     model_version: str
 
 
+def request_tensors(dense: np.ndarray, categorical: np.ndarray) -> list[triton.InferInput]:
+    """The ranker's input tensors, named as the model repository writer names them."""
+    tensors = [
+        triton.InferInput(DENSE_INPUT, list(dense.shape), "FP32"),
+        triton.InferInput(CATEGORICAL_INPUT, list(categorical.shape), "INT64"),
+    ]
+    tensors[0].set_data_from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+    tensors[1].set_data_from_numpy(np.ascontiguousarray(categorical, dtype=np.int64))
+    return tensors
+
+
 class TritonRanker:
     def __init__(self, url: str, model_name: str, max_batch: int) -> None:
         self.url = url
         self.model_name = model_name
         self.max_batch = max_batch
-        self._client = triton.InferenceServerClient(url)
+        # Round-robin over every Triton pod behind a headless Service (`dns:///triton:8001`).
+        self._client = triton.InferenceServerClient(url, channel_args=channel_options(64 * 1024 * 1024))
 
     async def model_ready(self, timeout_s: float = 1.0) -> bool:
         try:
@@ -46,22 +59,17 @@ class TritonRanker:
         return Scores(np.concatenate([values for values, _ in results]), ",".join(sorted(versions)))
 
     async def _infer(self, dense: np.ndarray, categorical: np.ndarray, timeout_s: float) -> tuple[np.ndarray, str]:
-        inputs = [
-            triton.InferInput("dense", list(dense.shape), "FP32"),
-            triton.InferInput("categorical", list(categorical.shape), "INT64"),
-        ]
-        inputs[0].set_data_from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
-        inputs[1].set_data_from_numpy(np.ascontiguousarray(categorical, dtype=np.int64))
+        inputs = request_tensors(dense, categorical)
         try:
             result = await self._client.infer(
-                self.model_name, inputs, outputs=[triton.InferRequestedOutput(OUTPUT_NAME)], client_timeout=timeout_s
+                self.model_name, inputs, outputs=[triton.InferRequestedOutput(SCORE_OUTPUT)], client_timeout=timeout_s
             )
         except InferenceServerException as exc:
             status = str(exc.status() or "")
             if "DEADLINE_EXCEEDED" in status:
                 raise DeadlineExceeded(f"Triton did not answer within {timeout_s * 1000:.0f} ms") from exc
             raise Unavailable(f"Triton {self.url} model {self.model_name}: {exc.message()}") from exc
-        return result.as_numpy(OUTPUT_NAME).reshape(-1), result.get_response().model_version
+        return result.as_numpy(SCORE_OUTPUT).reshape(-1), result.get_response().model_version
 
     async def reload(self, timeout_s: float = 120.0) -> list[str]:
         """Load the newest version of the model through the model-control API; its ready versions."""

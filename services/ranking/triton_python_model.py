@@ -5,6 +5,7 @@ python backend; in a cluster the same `model.pt` is served by the `pytorch_libto
 Requests the dynamic batcher grouped are scored in one torch call.
 """
 
+import json
 import os
 import sys
 
@@ -25,10 +26,14 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.model = torch.jit.load(os.path.join(version_dir, "model.pt"), map_location="cpu")
         self.model.eval()
+        # Tensor names come from the config, which the model repository writer owns.
+        config = json.loads(args["model_config"])
+        self.dense_name, self.categorical_name = (tensor["name"] for tensor in config["input"])
+        self.score_name = config["output"][0]["name"]
 
     def execute(self, requests):
-        dense = [pb_utils.get_input_tensor_by_name(r, "dense").as_numpy() for r in requests]
-        categorical = [pb_utils.get_input_tensor_by_name(r, "categorical").as_numpy() for r in requests]
+        dense = [pb_utils.get_input_tensor_by_name(r, self.dense_name).as_numpy() for r in requests]
+        categorical = [pb_utils.get_input_tensor_by_name(r, self.categorical_name).as_numpy() for r in requests]
         sizes = [len(x) for x in dense]
         with torch.inference_mode():
             scores = self.model(torch.from_numpy(np.concatenate(dense)), torch.from_numpy(np.concatenate(categorical)))
@@ -36,6 +41,6 @@ class TritonPythonModel:
         responses, start = [], 0
         for size in sizes:
             part = scores[start : start + size].reshape(-1, 1)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("score", part)]))
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.score_name, part)]))
             start += size
         return responses
