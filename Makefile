@@ -35,9 +35,7 @@ install: $(STAMP_VENV) $(STAMP_PROTOS) ## Create the virtual environment and gen
 
 $(STAMP_PROTOS): $(PROTOS) $(STAMP_VENV)
 	@echo "==> generating gRPC code from protos/"
-	rm -rf funnel/v1 && mkdir -p funnel/v1
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
-	touch $@
+	sh protos/generate.sh $(PY)
 
 protos: $(STAMP_PROTOS) ## Regenerate funnel/v1 from protos/ (never edit funnel/v1 by hand)
 

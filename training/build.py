@@ -154,14 +154,19 @@ def build(out: Path, size: str, seed: int, epochs: int, movielens: Path | None =
     return bundle
 
 
-def main(argv: list[str] | None = None) -> None:
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line (also read by the manifest checks, for the build-artifacts Job's args)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("artifacts"))
     parser.add_argument("--size", choices=sorted(SIZES), default="demo")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=10, help="two-tower training epochs")
     parser.add_argument("--movielens", type=Path, help="a MovieLens folder to use instead of synthetic data")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = argument_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     build(args.out, args.size, args.seed, args.epochs, args.movielens)
 

@@ -1,0 +1,1 @@
+"""Deploying Funnel on Kubernetes: render the kustomize overlays, check them, apply them, watch them."""

@@ -1,0 +1,273 @@
+"""Do the manifests say what the services read and listen on?
+
+Each Funnel container is traced to its image's Dockerfile, from there to the entry module and its
+settings class; the container's environment and arguments are loaded by the very function the
+process uses at start (`load_settings`), and the result is compared with the container's ports,
+probes, volumes and the Services and other stages that point at it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+from funnel.deploy.images import DOCKERFILES, image_basename, parse
+from funnel.deploy.imports import REPO_ROOT
+from funnel.deploy.manifests import Container, Manifests
+from funnel.deploy.render import Object, object_id
+from funnel.runtime.config import ServerSettings, env_name, load_settings
+from funnel.runtime.errors import ConfigError
+from funnel.runtime.server import LIVENESS_SERVICE
+from gateway.settings import GatewaySettings
+from services.ranking.model_repository import CLUSTER_CONFIGS
+from services.ranking.settings import RankingSettings
+from services.retrieval.settings import RetrievalSettings
+
+
+def settings_class(entry_module: str) -> type[ServerSettings]:
+    """The settings dataclass an entry module's process loads (`<module>.settings`)."""
+    module = importlib.import_module(f"{entry_module}.settings")
+    for value in vars(module).values():
+        if isinstance(value, type) and issubclass(value, ServerSettings) and value is not ServerSettings:
+            return value
+    raise LookupError(f"{entry_module}.settings defines no ServerSettings subclass")
+
+
+def container_env(manifests: Manifests, container: Container) -> tuple[dict[str, str], list[str]]:
+    """The environment the container starts with (envFrom first, env over it), and what is unresolvable."""
+    env: dict[str, str] = {}
+    problems = []
+    for source in container.spec.get("envFrom", []):
+        name = source.get("configMapRef", {}).get("name", "")
+        data = manifests.config_map_data(name)
+        if data is None:
+            problems.append(f"{container.name}: envFrom ConfigMap {name!r} does not exist")
+        else:
+            env.update(data)
+    for variable in container.spec.get("env", []):
+        if "value" in variable:
+            env[variable["name"]] = str(variable["value"])
+        elif variable["name"].startswith("FUNNEL_"):
+            problems.append(f"{container.name}: {variable['name']} must be a literal value")
+    return env, problems
+
+
+def funnel_containers(manifests: Manifests) -> list[tuple[Container, str]]:
+    """Containers running a Funnel image, with the entry module their Dockerfile runs."""
+    found = []
+    for container in manifests.containers():
+        basename = image_basename(container.spec.get("image", ""))
+        if basename in DOCKERFILES:
+            found.append((container, parse(REPO_ROOT / DOCKERFILES[basename]).entry_module))
+    return found
+
+
+def wiring_problems(manifests: Manifests) -> list[str]:
+    problems: list[str] = []
+    loaded: dict[str, tuple[Container, ServerSettings]] = {}
+    for container, module in funnel_containers(manifests):
+        if module == "training.build":
+            problems += _job_problems(container)
+            continue
+        settings, found = _load(manifests, container, module)
+        problems += found
+        if settings is not None:
+            problems += _listening_problems(manifests, container, settings)
+            problems += _file_problems(manifests, container, settings)
+            loaded[container.name] = (container, settings)
+    if not any(isinstance(settings, GatewaySettings) for _, settings in loaded.values()):
+        problems.append("no gateway Deployment")
+    for container, settings in loaded.values():
+        if isinstance(settings, GatewaySettings):
+            problems += _gateway_problems(manifests, container, settings)
+        if isinstance(settings, RankingSettings):
+            problems += _triton_problems(manifests, container, settings)
+    return problems
+
+
+def _load(manifests: Manifests, container: Container, module: str) -> tuple[ServerSettings | None, list[str]]:
+    env, problems = container_env(manifests, container)
+    cls = settings_class(module)
+    known = {env_name(field.name) for field in dataclasses.fields(cls)}
+    for name in sorted(env):
+        if name.startswith("FUNNEL_") and name not in known:
+            problems.append(f"{container.name}: {name} is not a setting of {module} (it would be ignored)")
+    try:
+        settings = load_settings(cls, container.spec.get("args", []), env)
+    except ConfigError as exc:
+        return None, [*problems, f"{container.name}: {module} would refuse to start: {exc}"]
+    except SystemExit:
+        return None, [*problems, f"{container.name}: {module} does not accept args {container.spec.get('args')}"]
+    return settings, problems
+
+
+def _listening_problems(manifests: Manifests, container: Container, settings: ServerSettings) -> list[str]:
+    name, problems = container.name, []
+    if settings.host != "0.0.0.0":
+        problems.append(f"{name}: listens on {settings.host}, unreachable from other pods (set FUNNEL_HOST=0.0.0.0)")
+    if container.port("grpc") != settings.port:
+        problems.append(
+            f"{name}: the port named grpc is {container.port('grpc')}, the service listens on {settings.port}"
+        )
+    if not settings.metrics_port or container.port(settings.metrics_port) is None:
+        problems.append(f"{name}: metrics port {settings.metrics_port} is not a container port")
+    for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container.spec.get(probe_name, {})
+        if "grpc" not in probe:
+            problems.append(f"{name}: {probe_name} must be a native gRPC probe")
+            continue
+        if probe["grpc"]["port"] != settings.port:
+            problems.append(f"{name}: {probe_name} checks port {probe['grpc']['port']}, not {settings.port}")
+        service = probe["grpc"].get("service", "")
+        if service not in ("", LIVENESS_SERVICE):
+            problems.append(f"{name}: {probe_name} asks for health service {service!r}, which is never set")
+    if container.spec.get("livenessProbe", {}).get("grpc", {}).get("service") != LIVENESS_SERVICE:
+        problems.append(f"{name}: livenessProbe must ask for {LIVENESS_SERVICE!r}, or a pod that is loading is killed")
+    grace = container.pod.get("terminationGracePeriodSeconds", 30)
+    if settings.drain_seconds + settings.grace_seconds >= grace:
+        problems.append(
+            f"{name}: drain {settings.drain_seconds} s + grace {settings.grace_seconds} s must be shorter than "
+            f"terminationGracePeriodSeconds {grace}"
+        )
+    for service in manifests.services_for(container.workload):
+        for port in service["spec"]["ports"]:
+            if container.port(port.get("targetPort", port["port"])) == settings.port and port["port"] != settings.port:
+                problems.append(f"{object_id(service)}: exposes the gRPC port as {port['port']}, not {settings.port}")
+    return problems
+
+
+def _file_problems(manifests: Manifests, container: Container, settings: ServerSettings) -> list[str]:
+    problems = []
+    for field in ("artifact_dir", "policy_path"):
+        path = getattr(settings, field, None)
+        if path is None:
+            continue
+        found = container.mount_for(path)
+        if found is None or found["volume"] is None:
+            problems.append(f"{container.name}: {field}={path} is on no mounted volume")
+            continue
+        config_map = (found["volume"].get("configMap") or {}).get("name")
+        if config_map:
+            key = path[len(found["mount"]["mountPath"].rstrip("/")) + 1 :]
+            if key not in (manifests.config_map_data(config_map) or {}):
+                problems.append(f"{container.name}: {field}={path} but ConfigMap {config_map} has no key {key!r}")
+            if found["mount"].get("subPath"):
+                problems.append(f"{container.name}: {field} is mounted with subPath, so ConfigMap edits never arrive")
+    return problems
+
+
+def _service_target(manifests: Manifests, target: str) -> tuple[Object | None, int | None, str]:
+    """(Service, port, problem) for a `dns:///name:port` target."""
+    if not target.startswith("dns:///"):
+        return None, None, f"target {target!r} must be dns:///<headless service>:<port> to balance over pods"
+    host, _, port = target[len("dns:///") :].rpartition(":")
+    service = manifests.get("Service", host.split(".")[0])
+    if service is None:
+        return None, None, f"target {target!r} names no Service"
+    if service["spec"].get("clusterIP") != "None":
+        return service, int(port), f"{object_id(service)} must be headless (clusterIP: None) for per-pod balancing"
+    if int(port) not in [p["port"] for p in service["spec"]["ports"]]:
+        return service, int(port), f"target {target!r}: {object_id(service)} has no port {port}"
+    return service, int(port), ""
+
+
+def _gateway_problems(manifests: Manifests, gateway: Container, settings: GatewaySettings) -> list[str]:
+    problems = []
+    shard_targets = settings.shard_targets()
+    expected = {
+        **{f"retrieval shard {n}": (t, "retrieval", n) for n, t in enumerate(shard_targets)},
+        "ranking": (settings.ranking_target, "ranking", None),
+        "reranking": (settings.reranking_target, "reranking", None),
+    }
+    retrieval_deployments = {
+        object_id(c.workload) for c, _ in funnel_containers(manifests) if image_basename(c.spec["image"]) == "retrieval"
+    }
+    reached = set()
+    for role, (target, image, shard) in expected.items():
+        service, port, problem = _service_target(manifests, target)
+        if problem:
+            problems.append(f"{gateway.name}: {role}: {problem}")
+        if service is None:
+            continue
+        backends = [
+            (c, m)
+            for c, m in funnel_containers(manifests)
+            if c.workload in manifests.pods_selected_by(service["spec"]["selector"])
+        ]
+        if not backends or any(image_basename(c.spec["image"]) != image for c, _ in backends):
+            problems.append(f"{gateway.name}: {role} goes to {object_id(service)}, which does not select {image} pods")
+            continue
+        for container, module in backends:
+            env, _ = container_env(manifests, container)
+            try:
+                backend = load_settings(settings_class(module), container.spec.get("args", []), env)
+            except ConfigError:
+                continue  # reported with the backend itself
+            if port is not None and backend.port != port:
+                problems.append(f"{gateway.name}: {role} calls port {port}, {container.name} listens on {backend.port}")
+            if shard is not None and isinstance(backend, RetrievalSettings):
+                reached.add(object_id(container.workload))
+                if (backend.shard_index, backend.shard_count) != (shard, len(shard_targets)):
+                    problems.append(
+                        f"{gateway.name}: {role} is {container.name}, which serves shard "
+                        f"{backend.shard_index} of {backend.shard_count}, not {shard} of {len(shard_targets)}"
+                    )
+    for missing in sorted(retrieval_deployments - reached):
+        problems.append(f"{gateway.name}: FUNNEL_RETRIEVAL_SHARDS never calls {missing}")
+    return problems
+
+
+def _triton_problems(manifests: Manifests, ranking: Container, settings: RankingSettings) -> list[str]:
+    service, port, problem = _service_target(manifests, settings.triton_url)
+    if problem or service is None:
+        return [f"{ranking.name}: FUNNEL_TRITON_URL: {problem}"]
+    tritons = manifests.pods_selected_by(service["spec"]["selector"])
+    if not tritons:
+        return [f"{ranking.name}: {object_id(service)} selects no Triton pods"]
+    problems = []
+    for workload in tritons:
+        container = Container(workload, workload["spec"]["template"]["spec"]["containers"][0])
+        flags = _flags(container.spec.get("args", []))
+        service_port = next(p for p in service["spec"]["ports"] if p["port"] == port)
+        if container.port(service_port.get("targetPort", port)) != int(flags.get("--grpc-port", "8001")):
+            problems.append(f"{object_id(service)}: port {port} does not reach Triton's --grpc-port")
+        if flags.get("--load-model") != settings.model_name:
+            problems.append(
+                f"{container.name}: loads {flags.get('--load-model')!r}, ranking calls {settings.model_name!r}"
+            )
+        if flags.get("--model-control-mode") != "explicit":
+            problems.append(f"{container.name}: --model-control-mode must be explicit for ReloadModel")
+        config = flags.get("--model-config-name", "")
+        if config not in CLUSTER_CONFIGS:
+            problems.append(
+                f"{container.name}: --model-config-name={config!r}; the repository has {sorted(CLUSTER_CONFIGS)}"
+            )
+        gpus = container.spec.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
+        if (CLUSTER_CONFIGS.get(config) == "KIND_GPU") != bool(gpus):
+            problems.append(f"{container.name}: model config {config!r} and the GPU limit {gpus!r} disagree")
+        repository = flags.get("--model-repository", "")
+        if container.mount_for(repository) is None:
+            problems.append(f"{container.name}: --model-repository={repository} is on no mounted volume")
+        http_port = int(flags.get("--http-port", "8000"))
+        for probe_name, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
+            probe = container.spec.get(probe_name, {}).get("httpGet", {})
+            if probe.get("path") != path or container.port(probe.get("port", -1)) != http_port:
+                problems.append(f"{container.name}: {probe_name} must GET {path} on the HTTP port {http_port}")
+    return problems
+
+
+def _job_problems(container: Container) -> list[str]:
+    from training.build import argument_parser  # imports torch: only when a Job is there to check
+
+    try:
+        args = argument_parser().parse_args(container.spec.get("args", []))
+    except SystemExit:
+        return [f"{container.name}: training.build does not accept args {container.spec.get('args')}"]
+    found = container.mount_for(str(args.out))
+    if found is None or found["mount"].get("readOnly"):
+        return [f"{container.name}: --out {args.out} is not on a writable volume"]
+    return []
+
+
+def _flags(args: list[str]) -> dict[str, str]:
+    return dict(arg.split("=", 1) for arg in args if arg.startswith("--") and "=" in arg)

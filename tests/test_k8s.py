@@ -1,0 +1,279 @@
+"""The Kubernetes deployment, checked offline: rendering, strict schemas, wiring, hardening, network.
+
+Every check is shown to pass on both overlays and to fail on a manifest broken the way real ones
+break (a typo in a variable, a probe on the wrong port, a shard told the wrong index...).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+
+from funnel.deploy.manifests import Manifests
+from funnel.deploy.render import OVERLAYS, render
+from funnel.deploy.schema_checks import VERSIONS
+from funnel.deploy.validate import manifest_problems
+from funnel.deploy.wiring_checks import container_env, funnel_containers
+from funnel.launcher.health import health_status, wait_serving
+from funnel.launcher.processes import alive, free_port, spawn, stop_group, tail
+from funnel.launcher.stack import REPO_ROOT
+
+Objects = list[dict]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, Objects]:
+    return {overlay: render(overlay) for overlay in OVERLAYS}
+
+
+def problems_of(objects: Objects) -> list[str]:
+    return [problem for found in manifest_problems(objects).values() for problem in found]
+
+
+def find(objects: Objects, kind: str, name: str) -> dict:
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def container(objects: Objects, name: str) -> dict:
+    return find(objects, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+
+
+def env_var(objects: Objects, deployment: str, variable: str) -> dict:
+    return next(e for e in container(objects, deployment)["env"] if e["name"] == variable)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_passes_every_check(rendered, overlay):
+    objects = rendered[overlay]
+    kinds = {o["kind"] for o in objects}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    assert {"ServiceAccount", "ConfigMap", "PersistentVolumeClaim", "Namespace"} <= kinds
+    assert VERSIONS[0] == "1.30.0" and VERSIONS[1] >= "1.37.0"
+    assert problems_of(objects) == []
+
+
+def test_every_stage_and_shard_scales_on_its_own(rendered):
+    for overlay, objects in rendered.items():
+        deployments = {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"}
+        assert deployments == {"gateway", "retrieval-0", "retrieval-1", "ranking", "reranking", "triton"}, overlay
+        targets = {o["spec"]["scaleTargetRef"]["name"] for o in objects if o["kind"] == "HorizontalPodAutoscaler"}
+        assert targets == deployments
+    prod = rendered["prod"]
+    assert find(prod, "Deployment", "retrieval-1")["spec"]["replicas"] == 3
+    assert find(prod, "HorizontalPodAutoscaler", "gateway")["spec"]["maxReplicas"] == 20
+    assert "podAntiAffinity" in find(prod, "Deployment", "ranking")["spec"]["template"]["spec"]["affinity"]
+    assert find(rendered["dev"], "Deployment", "ranking")["spec"]["replicas"] == 1
+    # Only prod runs Triton on a GPU, with the GPU model configuration.
+    assert "--model-config-name=libtorch-gpu" in container(prod, "triton")["args"]
+    assert container(prod, "triton")["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "--model-config-name=libtorch" in container(rendered["dev"], "triton")["args"]
+
+
+def test_the_policy_config_map_is_the_repository_policy_file(rendered):
+    policy = (REPO_ROOT / "config" / "policy.yaml").read_text()
+    for objects in rendered.values():
+        assert find(objects, "ConfigMap", "funnel-policy")["data"]["policy.yaml"] == policy
+
+
+def _set(path: list, value: object) -> Callable[[Objects], None]:
+    def mutate(objects: Objects) -> None:
+        target = find(objects, path[0], path[1])
+        for key in path[2:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return mutate
+
+
+def _env(deployment: str, variable: str, value: str) -> Callable[[Objects], None]:
+    def mutate(objects: Objects) -> None:
+        env_var(objects, deployment, variable)["value"] = value
+
+    return mutate
+
+
+def _container(deployment: str, edit: Callable[[dict], None]) -> Callable[[Objects], None]:
+    def mutate(objects: Objects) -> None:
+        edit(container(objects, deployment))
+
+    return mutate
+
+
+def _remove(kind: str, name: str) -> Callable[[Objects], None]:
+    def mutate(objects: Objects) -> None:
+        objects.remove(find(objects, kind, name))
+
+    return mutate
+
+
+def _rename_env(deployment: str, old: str, new: str) -> Callable[[Objects], None]:
+    def mutate(objects: Objects) -> None:
+        env_var(objects, deployment, old)["name"] = new
+
+    return mutate
+
+
+def _triton_arg(old: str, new: str) -> Callable[[Objects], None]:
+    def mutate(objects: Objects) -> None:
+        args = container(objects, "triton")["args"]
+        args[args.index(old)] = new
+
+    return mutate
+
+
+def _open_triton(objects: Objects) -> None:
+    """Triton takes calls from anyone and no policy limits where pods may call."""
+    find(objects, "NetworkPolicy", "triton")["spec"]["ingress"][0].pop("from")
+    for name in ("funnel-default-deny", "funnel-allow-dns"):
+        objects.remove(find(objects, "NetworkPolicy", name))
+
+
+def _job_out_read_only(objects: Objects) -> None:
+    job = find(objects, "Job", "build-artifacts")["spec"]["template"]["spec"]["containers"][0]
+    job["volumeMounts"][0]["readOnly"] = True
+
+
+BROKEN = {
+    "a misspelt variable": (
+        _rename_env("gateway", "FUNNEL_RANKING_TARGET", "FUNNEL_RANKING_TARGT"),
+        "FUNNEL_RANKING_TARGT is not a setting of gateway",
+    ),
+    "the gRPC port": (
+        _container("retrieval-1", lambda c: c["ports"][-1].update(containerPort=50062)),
+        "the port named grpc is 50062",
+    ),
+    "a probe port": (
+        _container("reranking", lambda c: c["readinessProbe"]["grpc"].update(port=50082)),
+        "readinessProbe checks port 50082",
+    ),
+    "liveness on readiness": (
+        _container("ranking", lambda c: c["livenessProbe"]["grpc"].pop("service")),
+        "livenessProbe must ask for 'liveness'",
+    ),
+    "an unknown health service": (
+        _container("gateway", lambda c: c["readinessProbe"]["grpc"].update(service="funnel.v1.Gateway")),
+        "which is never set",
+    ),
+    "missing limits": (_container("ranking", lambda c: c["resources"].pop("limits")), "no cpu limit"),
+    "a writable root": (
+        _container("gateway", lambda c: c["securityContext"].update(readOnlyRootFilesystem=False)),
+        "readOnlyRootFilesystem must be true",
+    ),
+    "capabilities kept": (
+        _container("triton", lambda c: c["securityContext"]["capabilities"].update(drop=["NET_RAW"])),
+        "capabilities.drop must be [ALL]",
+    ),
+    "no startup probe": (_container("retrieval-0", lambda c: c.pop("startupProbe")), "no startupProbe"),
+    "no autoscaler": (_remove("HorizontalPodAutoscaler", "reranking"), "needs exactly one HorizontalPodAutoscaler"),
+    "a budget over two shards": (
+        _set(
+            ["PodDisruptionBudget", "retrieval-0", "spec", "selector", "matchLabels"],
+            {"app.kubernetes.io/name": "retrieval"},
+        ),
+        "also selects Deployment/retrieval-1",
+    ),
+    "two shards with one index": (_env("retrieval-1", "FUNNEL_SHARD_INDEX", "0"), "serves shard 0 of 2, not 1 of 2"),
+    "a shard the gateway never calls": (
+        _env("gateway", "FUNNEL_RETRIEVAL_SHARDS", "dns:///retrieval-0:50061"),
+        "never calls Deployment/retrieval-1",
+    ),
+    "a shard index out of range": (_env("retrieval-1", "FUNNEL_SHARD_INDEX", "2"), "would refuse to start"),
+    "an unknown Triton config": (
+        _triton_arg("--model-config-name=libtorch", "--model-config-name=onnx"),
+        "--model-config-name='onnx'",
+    ),
+    "a GPU config without a GPU": (
+        _triton_arg("--model-config-name=libtorch", "--model-config-name=libtorch-gpu"),
+        "and the GPU limit None disagree",
+    ),
+    "Triton behind a ClusterIP": (_env("ranking", "FUNNEL_TRITON_URL", "triton:8001"), "must be dns:///"),
+    "a stage behind a ClusterIP": (_set(["Service", "reranking", "spec", "clusterIP"], "10.0.0.7"), "must be headless"),
+    "a policy path off the volume": (
+        _env("reranking", "FUNNEL_POLICY_PATH", "/etc/funnel/policy.yaml"),
+        "policy_path=/etc/funnel/policy.yaml is on no mounted volume",
+    ),
+    "a drain longer than the grace period": (_env("gateway", "FUNNEL_DRAIN_SECONDS", "40"), "must be shorter than"),
+    "a service listening on loopback": (_env("ranking", "FUNNEL_HOST", "127.0.0.1"), "listens on 127.0.0.1"),
+    "ranking cut off from Triton": (_remove("NetworkPolicy", "ranking-to-triton"), "ranking -> triton:8001 is blocked"),
+    "Triton open to every pod": (_open_triton, "retrieval -> triton:8001 is open"),
+    "an unknown field": (_container("gateway", lambda c: c.update(bogus=1)), "'bogus' was unexpected"),
+    "an unpinned image": (_container("gateway", lambda c: c.update(image="funnel/gateway:latest")), "no pinned tag"),
+    "a Job writing to a read-only volume": (_job_out_read_only, "is not on a writable volume"),
+    "no metrics port": (
+        _container("ranking", lambda c: c["ports"].pop(0)),
+        "metrics port 9090 is not a container port",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_each_check_catches_what_it_is_for(rendered, case):
+    mutate, expected = BROKEN[case]
+    objects = copy.deepcopy(rendered["dev"])
+    mutate(objects)
+    problems = problems_of(objects)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_a_budget_the_gateway_refuses_is_caught(rendered):
+    objects = copy.deepcopy(rendered["dev"])
+    budgets = next(
+        o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("funnel-budgets")
+    )
+    budgets["data"]["FUNNEL_RANKING_BUDGET_MS"] = "-5"
+    assert any("ranking_budget_ms=-5.0 must be > 0" in p for p in problems_of(objects))
+
+
+def test_each_stage_starts_from_its_rendered_environment_and_answers_its_probes(rendered, artifacts, tmp_path):
+    """The dev overlay's containers, run as local processes with the environment the manifests give
+    them: only the address, ports and file locations are moved onto this machine."""
+    manifests = Manifests(rendered["dev"])
+    started = []
+    try:
+        for spec, module in funnel_containers(manifests):
+            if module == "training.build":
+                continue
+            env, problems = container_env(manifests, spec)
+            assert problems == []
+            port, metrics_port = free_port(), free_port()
+            env.update(
+                FUNNEL_HOST="127.0.0.1",
+                FUNNEL_PORT=str(port),
+                FUNNEL_METRICS_PORT=str(metrics_port),
+                FUNNEL_ARTIFACT_DIR=str(artifacts),
+                FUNNEL_DRAIN_SECONDS="0",
+            )
+            if "FUNNEL_POLICY_PATH" in env:
+                env["FUNNEL_POLICY_PATH"] = str(REPO_ROOT / "config" / "policy.yaml")
+            base = {k: v for k, v in os.environ.items() if not k.startswith("FUNNEL_")}
+            log = tmp_path / f"{spec.workload['metadata']['name']}.log"
+            process = spawn(
+                [sys.executable, "-m", module], log, env={**base, **env, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT
+            )
+            started.append((spec, process, port, metrics_port, log))
+
+        for spec, process, port, metrics_port, log in started:
+            address = f"127.0.0.1:{port}"
+            name = spec.workload["metadata"]["name"]
+            probes = {kind: spec.spec[kind]["grpc"].get("service", "") for kind in ("readinessProbe", "livenessProbe")}
+            deadline = time.monotonic() + 90
+            while health_status(address, probes["livenessProbe"]) != "SERVING":
+                assert alive(process.pid) and time.monotonic() < deadline, f"{name} never came up\n{tail(log)}"
+                time.sleep(0.2)
+            if name == "ranking":
+                # No Triton at dns:///triton:8001 here: alive, but rightly not ready.
+                assert health_status(address, probes["readinessProbe"]) == "NOT_SERVING"
+            else:
+                wait_serving(address, 90, lambda p=process: alive(p.pid))
+                assert health_status(address, probes["readinessProbe"]) == "SERVING"
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+                assert b"funnel_rpc_in_flight" in reply.read()
+    finally:
+        for _, process, *_ in started:
+            stop_group(process.pid)
