@@ -20,10 +20,13 @@ PROTOS := $(wildcard protos/funnel/v1/*.proto)
 
 MOVIELENS ?= ../shared/data/ml-latest-small
 
-.PHONY: help install protos artifacts artifacts-movielens up down demo test lint clean bench-retrieval bench-ranking bench-reranking
+OVERLAY ?= dev
+
+.PHONY: help install protos artifacts artifacts-movielens up down demo test lint clean bench-retrieval bench-ranking bench-reranking \
+	k8s-render k8s-validate images
 
 help: ## List every target with one line each
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
 
 $(STAMP_VENV): requirements.lock
 	@echo "==> creating $(VENV) and installing pinned dependencies (about a minute)"
@@ -72,6 +75,15 @@ bench-ranking: artifacts ## Triton dynamic batching on vs off at 1-16 concurrent
 
 bench-reranking: artifacts ## The policy engine in-process, 500 candidates to 20 with every rule on
 	$(PY) -m benchmarks.reranking_engine --artifacts $(ARTIFACTS)
+
+k8s-render: install ## Print the Kubernetes objects of an overlay (OVERLAY=dev|prod)
+	@$(PY) -m funnel.deploy render --overlay $(OVERLAY)
+
+k8s-validate: install ## Offline: render every overlay; strict schemas (1.30, newest); wiring, hardening, network; Dockerfiles
+	$(PY) -m funnel.deploy validate
+
+images: install ## Build one image per service with Docker (says so and stops where no engine runs)
+	$(PY) -m funnel.deploy images
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .

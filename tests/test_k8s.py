@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
 import sys
 import time
 import urllib.request
@@ -71,7 +72,7 @@ def test_every_stage_and_shard_scales_on_its_own(rendered):
     assert find(rendered["dev"], "Deployment", "ranking")["spec"]["replicas"] == 1
     # Only prod runs Triton on a GPU, with the GPU model configuration.
     assert "--model-config-name=libtorch-gpu" in container(prod, "triton")["args"]
-    assert container(prod, "triton")["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container(prod, "triton")["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert "--model-config-name=libtorch" in container(rendered["dev"], "triton")["args"]
 
 
@@ -277,3 +278,34 @@ def test_each_stage_starts_from_its_rendered_environment_and_answers_its_probes(
     finally:
         for _, process, *_ in started:
             stop_group(process.pid)
+
+
+def test_overlays_deploy_the_images_of_this_version(rendered):
+    from funnel.deploy.__main__ import project_version
+
+    for objects in rendered.values():
+        manifests = Manifests(objects)
+        tags = {spec.spec["image"].rsplit(":", 1)[1] for spec, _ in funnel_containers(manifests)}
+        assert tags == {project_version()}
+
+
+def test_make_k8s_validate_passes():
+    result = subprocess.run(
+        ["make", "--no-print-directory", "k8s-validate"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("  ok   ") == 8 and "FAIL" not in result.stdout
+    assert "images: ok" in result.stdout
+
+
+def test_images_without_a_docker_engine_say_so_and_build_nothing(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "funnel.deploy", "images"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)},  # no docker on this PATH
+    )
+    assert result.returncode == 2
+    assert "no Docker engine reachable" in result.stderr
+    assert "docker build -f services/retrieval/Dockerfile -t funnel/retrieval:" in result.stderr
