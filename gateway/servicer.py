@@ -124,8 +124,9 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         )
         answered = [c.response for c in calls if c.ok]
         failed = [f"shard {n}: {c.error}" for n, c in enumerate(calls) if not c.ok]
+        slowest = max(calls, key=lambda c: c.latency_ms)  # the shards run in parallel: it sets the pace
         report = response.stages.add(
-            stage="retrieval", latency_ms=max(c.latency_ms for c in calls), items_in=len(safety.catalog)
+            stage="retrieval", latency_ms=slowest.latency_ms, server_ms=slowest.server_ms, items_in=len(safety.catalog)
         )
         report.version = ",".join(sorted({r.index_version for r in answered}))
         candidates = merge_candidates(answered, self.source_limits)
@@ -163,7 +164,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         call = await call_stage(
             "ranking", lambda t, md: self.stages.ranking.Rank(rank, timeout=t, metadata=md), timeout
         )
-        report.latency_ms = call.latency_ms
+        report.latency_ms, report.server_ms = call.latency_ms, call.server_ms
         if call.ok:
             report.status, report.version = OK, f"ranker:{call.response.model_version}"
             ranked = list(call.response.candidates)
@@ -200,7 +201,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             call = await call_stage(
                 "reranking", lambda t, md: self.stages.reranking.Rerank(rerank, timeout=t, metadata=md), timeout
             )
-            report.latency_ms = call.latency_ms
+            report.latency_ms, report.server_ms = call.latency_ms, call.server_ms
             if call.ok:
                 report.status, report.version = OK, f"policy:{call.response.policy_version}"
                 if request.debug:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import grpc
 
 from funnel.runtime.channels import open_channel
-from funnel.runtime.interceptors import outgoing_metadata
+from funnel.runtime.interceptors import SERVER_TIME_KEY, outgoing_metadata
 from funnel.runtime.metrics import STAGE_LATENCY
 from funnel.v1 import ranking_pb2_grpc, reranking_pb2_grpc, retrieval_pb2_grpc
 
@@ -26,6 +26,7 @@ class StageCall(Generic[T]):
     latency_ms: float
     error: str = ""
     code: grpc.StatusCode | None = None
+    server_ms: float = 0.0  # the stage server's own time, from its trailer
 
     @property
     def ok(self) -> bool:
@@ -37,14 +38,20 @@ class StageCall(Generic[T]):
         return "late" if self.code == grpc.StatusCode.DEADLINE_EXCEEDED else "error"
 
 
-async def call_stage(stage: str, invoke: Callable[[float, tuple], Awaitable[T]], timeout_s: float) -> StageCall[T]:
+async def call_stage(
+    stage: str, invoke: Callable[[float, tuple], grpc.aio.UnaryUnaryCall], timeout_s: float
+) -> StageCall[T]:
     """Run one call with its timeout; never raises for a stage failure, only reports it."""
     started = time.perf_counter()
     if timeout_s <= 0.0005:
         return StageCall(None, 0.0, "no budget left", grpc.StatusCode.DEADLINE_EXCEEDED)
     try:
-        response = await invoke(timeout_s, outgoing_metadata())
-        outcome, result = "ok", StageCall(response, _ms(started))
+        call = invoke(timeout_s, outgoing_metadata())
+        response = await call
+        latency_ms = _ms(started)
+        trailers = dict(await call.trailing_metadata() or ())
+        server_ms = float(trailers.get(SERVER_TIME_KEY, 0.0))
+        outcome, result = "ok", StageCall(response, latency_ms, server_ms=server_ms)
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
         late = code == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -36,6 +36,8 @@ def test_recommend_returns_requested_count_with_every_stage_ok_and_versions(gate
     assert ranking.version == "ranker:1" and ranking.items_in == retrieval.items_out
     assert reranking.version == f"policy:{load_policy(POLICY).version}" and reranking.items_out == 10
     assert {item.source for item in response.items} <= {"ann", "popular", "category_popular", "fresh"}
+    for stage in response.stages:  # the stage server's own time is part of what the gateway waited
+        assert 0 < stage.server_ms < stage.latency_ms, stage
 
 
 def test_known_user_gets_personal_ann_candidates(gateway):

@@ -17,6 +17,8 @@ from funnel.runtime.logs import REQUEST_ID
 from funnel.runtime.metrics import IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
 
 REQUEST_ID_KEY = "x-request-id"
+# Trailer with the server's own time on the call, so a caller can tell its wait from the work.
+SERVER_TIME_KEY = "x-server-ms"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 log = logging.getLogger("funnel.rpc")
@@ -80,7 +82,10 @@ def _wrap(
         context.set_trailing_metadata(trailer)
         IN_FLIGHT.inc()
         try:
-            return await behavior(request, context)
+            reply = await behavior(request, context)
+            server_ms = f"{(time.perf_counter() - started) * 1000:.3f}"
+            context.set_trailing_metadata((*trailer, (SERVER_TIME_KEY, server_ms)))
+            return reply
         except FunnelError as exc:
             code = exc.code
             log.info("rpc refused", extra={"method": method, "code": code.name, "detail": exc.message})
