@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import grpc
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from funnel.runtime.channels import open_channel
 from funnel.runtime.interceptors import SERVER_TIME_KEY, outgoing_metadata
 from funnel.runtime.metrics import STAGE_LATENCY
+from funnel.runtime.tracing import tracer
 from funnel.v1 import ranking_pb2_grpc, reranking_pb2_grpc, retrieval_pb2_grpc
 
 T = TypeVar("T")
@@ -42,9 +44,21 @@ async def call_stage(
     stage: str, invoke: Callable[[float, tuple], grpc.aio.UnaryUnaryCall], timeout_s: float
 ) -> StageCall[T]:
     """Run one call with its timeout; never raises for a stage failure, only reports it."""
+    with tracer.start_as_current_span(stage, kind=SpanKind.CLIENT) as span:
+        result, outcome = await _call(invoke, timeout_s)
+        span.set_attribute("funnel.stage", stage)
+        span.set_attribute("funnel.outcome", outcome)
+        span.set_attribute("funnel.timeout_ms", round(timeout_s * 1000, 1))
+        if not result.ok:
+            span.set_status(Status(StatusCode.ERROR, result.error))
+    STAGE_LATENCY.labels(stage, outcome).observe(result.latency_ms / 1000)
+    return result
+
+
+async def _call(invoke: Callable[[float, tuple], grpc.aio.UnaryUnaryCall], timeout_s: float) -> tuple[StageCall, str]:
     started = time.perf_counter()
     if timeout_s <= 0.0005:
-        return StageCall(None, 0.0, "no budget left", grpc.StatusCode.DEADLINE_EXCEEDED)
+        return StageCall(None, 0.0, "no budget left", grpc.StatusCode.DEADLINE_EXCEEDED), "late"
     try:
         call = invoke(timeout_s, outgoing_metadata())
         response = await call
@@ -60,8 +74,7 @@ async def call_stage(
         outcome = result.cause
     except asyncio.CancelledError:
         raise
-    STAGE_LATENCY.labels(stage, outcome).observe(result.latency_ms / 1000)
-    return result
+    return result, outcome
 
 
 def _ms(started: float) -> float:

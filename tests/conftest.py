@@ -57,11 +57,14 @@ def gateway(stack: Stack) -> Iterator[recommender_pb2_grpc.RecommenderStub]:
 class ServiceProcess:
     """One service started by a test, stopped (SIGTERM, then SIGKILL) when the test ends."""
 
-    def __init__(self, module: str, args: list[str], log: Path, wait: bool = True) -> None:
+    def __init__(
+        self, module: str, args: list[str], log: Path, wait: bool = True, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.log = log
         command = [sys.executable, "-m", module, "--port", str(self.port), *args]
-        self.process = spawn(command, log, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT)
+        environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+        self.process = spawn(command, log, env=environment, cwd=REPO_ROOT)
         if wait:
             try:
                 wait_serving(self.address, 60, lambda: alive(self.process.pid))
@@ -82,8 +85,8 @@ class ServiceProcess:
 def start_service(tmp_path: Path) -> Iterator:
     started: list[ServiceProcess] = []
 
-    def start(module: str, args: list[str], wait: bool = True) -> ServiceProcess:
-        service = ServiceProcess(module, args, tmp_path / f"{module}-{len(started)}.log", wait)
+    def start(module: str, args: list[str], wait: bool = True, env: dict[str, str] | None = None) -> ServiceProcess:
+        service = ServiceProcess(module, args, tmp_path / f"{module}-{len(started)}.log", wait, env)
         started.append(service)
         return service
 
@@ -96,7 +99,9 @@ def start_service(tmp_path: Path) -> Iterator:
 def start_gateway(start_service, artifacts: Path):
     """A gateway process pointed at the given stage addresses."""
 
-    def start(retrieval: str, ranking: str, reranking: str, *extra: str, wait: bool = True) -> ServiceProcess:
+    def start(
+        retrieval: str, ranking: str, reranking: str, *extra: str, wait: bool = True, env: dict[str, str] | None = None
+    ) -> ServiceProcess:
         return start_service(
             "gateway",
             [
@@ -113,6 +118,7 @@ def start_gateway(start_service, artifacts: Path):
                 *extra,
             ],
             wait,
+            env,
         )
 
     return start

@@ -7,6 +7,7 @@ building the image. Imports inside functions count too: an image must have what 
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import re
 import sys
@@ -50,7 +51,7 @@ def _imported_modules(source: Path) -> set[str]:
 
 def closure(entry_module: str, root: Path = REPO_ROOT) -> Closure:
     """Every repository file reachable from `entry_module` and every distribution those files import."""
-    top_levels: set[str] = set()
+    external: set[str] = set()
     files: set[Path] = set()
     pending = [entry_module, f"{entry_module}.__main__"]
     seen: set[str] = set()
@@ -61,7 +62,7 @@ def closure(entry_module: str, root: Path = REPO_ROOT) -> Closure:
         seen.add(module)
         top = module.split(".")[0]
         if top not in REPO_PACKAGES:
-            top_levels.add(top)
+            external.add(module)
             continue
         path = module_file(module, root)
         if path is None:
@@ -71,13 +72,41 @@ def closure(entry_module: str, root: Path = REPO_ROOT) -> Closure:
         # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
         pending.extend(".".join(parts[:n]) for n in range(1, len(parts)))
         pending.extend(_imported_modules(path))
-    return Closure(frozenset(files), frozenset(_distributions(top_levels)))
+    return Closure(frozenset(files), frozenset(_distributions(external)))
 
 
-def _distributions(top_levels: set[str]) -> set[str]:
-    providers = importlib.metadata.packages_distributions()
+def _distributions(modules: set[str]) -> set[str]:
+    """The distribution that installs each module, by its longest dotted prefix that one installs.
+
+    Namespace packages (`google`, `opentelemetry`) are shared by many distributions, so the
+    top-level name alone would claim them all.
+    """
+    owners = _module_owners()
     found = set()
-    for name in top_levels - set(sys.stdlib_module_names) - {"__future__"}:
-        for distribution in providers.get(name, []):
-            found.add(normalise(distribution))
+    for module in modules:
+        if module.split(".")[0] in sys.stdlib_module_names or module == "__future__":
+            continue
+        parts = module.split(".")
+        for n in range(len(parts), 0, -1):
+            owner = owners.get(".".join(parts[:n]))
+            if owner:
+                found.add(owner)
+                break
     return found
+
+
+@functools.cache
+def _module_owners() -> dict[str, str]:
+    """Dotted module name -> normalised distribution name, from every installed distribution's files."""
+    owners: dict[str, str] = {}
+    for distribution in importlib.metadata.distributions():
+        name = normalise(distribution.metadata["Name"])
+        for file in distribution.files or ():
+            if file.suffix not in (".py", ".so", ".pyd") or ".." in file.parts:
+                continue
+            module_parts = [*file.parts[:-1], file.name.split(".")[0]]
+            if module_parts[-1] == "__init__":
+                module_parts.pop()
+            if module_parts:
+                owners.setdefault(".".join(module_parts), name)
+    return owners

@@ -11,10 +11,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from opentelemetry.trace import SpanKind
 
 from funnel.runtime.errors import FunnelError
 from funnel.runtime.logs import REQUEST_ID
 from funnel.runtime.metrics import IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
+from funnel.runtime.tracing import context_from, trace_metadata, tracer
 
 REQUEST_ID_KEY = "x-request-id"
 # Trailer with the server's own time on the call, so a caller can tell its wait from the work.
@@ -35,9 +37,9 @@ def request_id_from(metadata: tuple[tuple[str, Any], ...] | None) -> str:
 
 
 def outgoing_metadata() -> tuple[tuple[str, str], ...]:
-    """Metadata for a downstream call that carries the current request id."""
+    """Metadata for a downstream call: the current request id, and the trace context when tracing."""
     request_id = REQUEST_ID.get()
-    return ((REQUEST_ID_KEY, request_id),) if request_id else ()
+    return (((REQUEST_ID_KEY, request_id),) if request_id else ()) + trace_metadata()
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -63,12 +65,30 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method
-        request_id = request_id_from(handler_call_details.invocation_metadata)
+        metadata = handler_call_details.invocation_metadata
+        request_id = request_id_from(metadata)
+        quiet = method.startswith(_QUIET)
+        behavior = handler.unary_unary if quiet else _traced(handler.unary_unary, method, metadata)
         return grpc.unary_unary_rpc_method_handler(
-            _wrap(handler.unary_unary, method, request_id, self.access_log and not method.startswith(_QUIET)),
+            _wrap(behavior, method, request_id, self.access_log and not quiet),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _traced(
+    behavior: Callable[..., Awaitable[Any]], method: str, metadata: tuple[tuple[str, Any], ...] | None
+) -> Callable[..., Awaitable[Any]]:
+    """One SERVER span per call, a child of the caller's span when its metadata carries one."""
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        parent = context_from(metadata)
+        with tracer.start_as_current_span(method.lstrip("/"), context=parent, kind=SpanKind.SERVER) as span:
+            span.set_attribute("rpc.system", "grpc")
+            span.set_attribute("funnel.request_id", REQUEST_ID.get())
+            return await behavior(request, context)
+
+    return handle
 
 
 def _wrap(

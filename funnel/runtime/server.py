@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
@@ -23,9 +24,11 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from funnel.runtime.config import ServerSettings
+from funnel.runtime.errors import ConfigError
 from funnel.runtime.interceptors import ServerInterceptor
 from funnel.runtime.logs import configure_logging
 from funnel.runtime.metrics import READY, start_metrics_server
+from funnel.runtime.tracing import configure_tracing, shutdown_tracing
 
 log = logging.getLogger("funnel.server")
 # Health service name that answers SERVING while the process runs, whatever its readiness: the
@@ -81,8 +84,16 @@ class Service(Protocol):
 def run(name: str, settings: ServerSettings, build: Callable[[Runtime], Service]) -> None:
     """Entry point of every process: serve until SIGTERM or SIGINT, then shut down gracefully."""
     configure_logging(name, settings.log_level)
-    if not asyncio.run(serve(name, settings, build)):
-        raise SystemExit(1)
+    try:
+        configure_tracing(name)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        if not asyncio.run(serve(name, settings, build)):
+            raise SystemExit(1)
+    finally:
+        shutdown_tracing()
 
 
 async def serve(name: str, settings: ServerSettings, build: Callable[[Runtime], Service]) -> bool:

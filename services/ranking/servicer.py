@@ -43,6 +43,7 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
         self.features: LoadedFeatures | None = None
         self.triton = TritonRanker(settings.triton_url, settings.model_name, settings.triton_max_batch)
         self._watch: asyncio.Task[None] | None = None
+        self._model_version = ""  # the last version Triton answered with, for the info metric
         ranking_pb2_grpc.add_RankingServicer_to_server(self, runtime.server)
 
     async def start(self) -> None:
@@ -100,6 +101,11 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
         remaining = context.time_remaining()
         timeout = (DEFAULT_TIMEOUT_S if remaining is None else remaining) - RESPONSE_MARGIN_S
         scores = await self.triton.score(features, timeout)
+        if scores.model_version != self._model_version:
+            if self._model_version:
+                ARTIFACT_INFO.labels("model", self._model_version).set(0)
+            ARTIFACT_INFO.labels("model", scores.model_version).set(1)
+            self._model_version = scores.model_version
 
         order = np.argsort(-scores.values, kind="stable")
         response = ranking_pb2.RankResponse(model_name=self.settings.model_name, model_version=scores.model_version)
