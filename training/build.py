@@ -35,6 +35,11 @@ from training.retrieval_eval import evaluate_retrieval, format_table
 from training.synthetic import SIZES, generate
 from training.two_tower import TwoTowerConfig, compute_embeddings, export_user_tower, train_two_tower
 
+# Users sampled for the held-out evaluations and for ranker impressions at large sizes: enough for
+# stable means, and the exact full-catalog searches stay affordable at a million items.
+MAX_EVAL_USERS = 5000
+MAX_RANKER_USERS = 20000
+
 
 def progress(message: str) -> None:
     print(f"[build {time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -95,13 +100,16 @@ def build(out: Path, size: str, seed: int, epochs: int, movielens: Path | None =
     store = FeatureStore(catalog, users, embeddings)
 
     progress("evaluating retrieval on held-out interactions over the full item set")
-    retrieval_metrics = evaluate_retrieval(test, users, embeddings, popularity, seed)
+    retrieval_metrics = evaluate_retrieval(test, users, embeddings, popularity, seed, MAX_EVAL_USERS)
     print(format_table(retrieval_metrics), flush=True)
 
     progress("training the ranker on retrieval candidates")
     # Features as they were before the ranker's positives happened: history, affinity and user
     # vectors from the embedding-training period only, so no positive leaks into its own features.
     ranker_users = np.unique(ranker_positives.user)
+    if len(ranker_users) > MAX_RANKER_USERS:
+        ranker_users = np.sort(np.random.default_rng(seed).choice(ranker_users, MAX_RANKER_USERS, replace=False))
+        ranker_positives = ranker_positives.take(np.isin(ranker_positives.user, ranker_users))
     seen = users_table(data, embedding_train)
     early_popularity = np.bincount(embedding_train.item, minlength=data.num_items).astype(np.float32)
     early_embeddings = compute_embeddings(towers, data, [seen.history(u) for u in range(data.num_users)])
@@ -116,6 +124,8 @@ def build(out: Path, size: str, seed: int, epochs: int, movielens: Path | None =
 
     progress("evaluating the ranker against retrieval order on held-out users' candidates")
     test_users = np.unique(test.user)
+    if len(test_users) > MAX_EVAL_USERS:
+        test_users = np.sort(np.random.default_rng(seed).choice(test_users, MAX_EVAL_USERS, replace=False))
     test_candidates, test_scores = top_candidates(embeddings, test_users, 200, users)
     metrics = evaluate_ranking(test, test_candidates, test_scores, test_users, store, ranker)
     print(format_ranking_table(metrics), flush=True)

@@ -66,9 +66,9 @@ def build_impressions(
     sample of the rest of the list."""
     rng = np.random.default_rng(config.seed)
     batches, labels = [], []
-    for user in np.unique(positives.user):
+    for user, items in positives.items_by_user().items():
         shown = candidates[user]
-        clicked = np.isin(shown, positives.item[positives.user == user])
+        clicked = np.isin(shown, items)
         if not clicked.any():
             continue
         count = min(int((~clicked).sum()), config.negatives_per_user)

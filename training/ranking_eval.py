@@ -38,8 +38,9 @@ def evaluate_ranking(
 ) -> dict[str, dict[str, float]]:  # fmt: skip
     per_order: dict[str, dict[str, list[float]]] = {"retrieval_order": {}, "ranker": {}}
     all_labels, ranker_scores, base_scores = [], [], []
+    by_user = test.items_by_user()
     for n, user in enumerate(test_users):
-        relevant = set(test.item[test.user == user].tolist())
+        relevant = set(by_user[int(user)].tolist())
         predicted = score(ranker, store.features(int(user), candidates[n]))
         orders = {"retrieval_order": candidates[n], "ranker": candidates[n][np.argsort(-predicted, kind="stable")]}
         for name, ranked in orders.items():
