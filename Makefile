@@ -19,11 +19,14 @@ STAMP_PROTOS := funnel/v1/__init__.py
 PROTOS := $(wildcard protos/funnel/v1/*.proto)
 
 MOVIELENS ?= ../shared/data/ml-latest-small
+BENCH_OUT ?= results/bench
+BENCH_SECONDS ?= 10
+BENCH_USERS ?= 200
 
 OVERLAY ?= dev
 
 .PHONY: help install protos artifacts artifacts-movielens up down demo test lint clean bench-retrieval bench-ranking bench-reranking \
-	k8s-render k8s-validate images
+	k8s-render k8s-validate images bench bench-artifacts
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -65,6 +68,16 @@ demo: ## From a fresh clone: install, build artifacts, start the stack, show rec
 test: install ## Install what is needed and run the whole test suite (real processes on loopback)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+artifacts-100k/bundles artifacts-1m/bundles: $(STAMP_PROTOS)
+	$(PY) -m training.build --out $(@D) --size $(subst artifacts-,,$(@D)) --epochs $(if $(findstring 1m,$(@D)),2,3)
+
+bench-artifacts: artifacts artifacts-100k/bundles artifacts-1m/bundles ## Train the 100k and 1M-item bundles make bench needs (about 25 min, once)
+
+bench: bench-artifacts ## Load sweep per scenario, funnel vs full ranking at 100k/1M, report with plots in results/bench
+	$(PY) -m benchmarks.e2e_load --artifacts $(ARTIFACTS) --artifacts-1m artifacts-1m --seconds $(BENCH_SECONDS) --out $(BENCH_OUT)
+	$(PY) -m benchmarks.full_ranking --artifacts artifacts-100k artifacts-1m --users $(BENCH_USERS) --out $(BENCH_OUT)
+	$(PY) -m benchmarks.report $(BENCH_OUT)
 
 bench-retrieval: artifacts ## FAISS settings at 100k/1M items, then the retrieval service at a fixed rate and across a hot swap
 	$(PY) -m benchmarks.ann_indexes --sizes 100000 1000000

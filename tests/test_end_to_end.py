@@ -183,6 +183,22 @@ def test_gateway_metrics_count_stage_latencies_after_traffic(gateway, stack):
         )
         assert float(line.split()[-1]) > 0
 
+    def scrape(port: int) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            return reply.read().decode()
+
+    # Versions as info metrics; Triton's own metrics on its metrics port.
+    ranking = scrape(stack.get("ranking-0").metrics_port)
+    assert 'funnel_artifact_info{kind="model",version="1"} 1.0' in ranking
+    assert 'funnel_artifact_info{kind="bundle",version=' in ranking
+    triton = scrape(stack.triton.metrics_port)
+    served = next(
+        line
+        for line in triton.splitlines()
+        if line.startswith("nv_inference_request_success{") and 'model="ranker"' in line
+    )
+    assert float(served.split()[-1]) > 0
+
 
 def test_logs_are_json_lines_carrying_the_request_id(gateway, stack):
     request_id = f"log-{time.time_ns()}"

@@ -1,0 +1,275 @@
+"""The whole funnel under load: an open-loop rate sweep through the gateway, per scenario.
+
+    python -m benchmarks.e2e_load --artifacts artifacts --artifacts-1m artifacts-1m   (make bench)
+
+Each scenario starts its own stack (Triton, shards, stages, gateway on loopback), warms it up,
+then sends Poisson arrivals at rising rates, each for a fixed time, as many users from the data
+set would (5% of them users the model has never seen). A step records every request: end-to-end
+latency, status, degraded flag and each stage's gateway-side and server-side time. The sweep
+stops after the first rate whose p99 exceeds the SLO or that has an error; the highest rate before
+it is the scenario's sustainable rate. Everything, load generator included, shares this machine's
+cores, which the report states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from benchmarks.loadgen import Sample, open_loop
+from benchmarks.profile import profile_process
+from benchmarks.report import write_report
+from funnel.artifacts.catalog import COUNTRIES, Users
+from funnel.artifacts.store import latest_version
+from funnel.launcher.stack import REPO_ROOT, Stack, StackConfig
+from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
+
+STAGES = ("retrieval", "ranking", "reranking")
+
+
+@dataclass
+class Scenario:
+    name: str
+    artifacts: Path
+    shards: int = 1
+    ranking_replicas: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Step:
+    rate: float
+    seconds: float
+    sent: int
+    ok: int
+    errors: dict[str, int]
+    degraded: int
+    e2e_ms: list[float]  # OK requests, in send order
+    stage_ms: dict[str, list[float]]  # gateway-side time per stage, OK requests
+    server_ms: dict[str, list[float]]  # the stage servers' own time
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.e2e_ms, q)) if self.e2e_ms else float("nan")
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.seconds
+
+    def overhead_ms(self) -> np.ndarray:
+        """End-to-end minus the sum of the stage servers' own times: gateway, client and transport."""
+        return np.asarray(self.e2e_ms) - sum(np.asarray(self.server_ms[s]) for s in STAGES)
+
+    def summary(self) -> dict[str, float]:
+        overhead = self.overhead_ms()
+        return {
+            "rate": self.rate,
+            "sent": self.sent,
+            "throughput_rps": round(self.throughput, 1),
+            "errors": sum(self.errors.values()),
+            "error_rate": round(sum(self.errors.values()) / max(self.sent, 1), 4),
+            "degraded_rate": round(self.degraded / max(self.sent, 1), 4),
+            **{f"p{q}_ms": round(self.percentile(q), 2) for q in (50, 90, 99, 99.9)},
+            "overhead_p50_ms": round(float(np.median(overhead)), 2) if len(overhead) else float("nan"),
+            **{f"{s}_server_p50_ms": round(float(np.median(self.server_ms[s])), 2) for s in STAGES if self.e2e_ms},
+            **{f"{s}_call_p50_ms": round(float(np.median(self.stage_ms[s])), 2) for s in STAGES if self.e2e_ms},
+        }
+
+
+def to_step(rate: float, seconds: float, samples: list[Sample]) -> Step:
+    ok = [s for s in samples if s.code == "OK"]
+    errors: dict[str, int] = {}
+    for s in samples:
+        if s.code != "OK":
+            errors[s.code] = errors.get(s.code, 0) + 1
+    return Step(
+        rate=rate,
+        seconds=seconds,
+        sent=len(samples),
+        ok=len(ok),
+        errors=errors,
+        degraded=sum(1 for s in ok if s.detail["degraded"]),
+        e2e_ms=[round(s.latency_ms, 3) for s in ok],
+        stage_ms={stage: [s.detail["stages"][stage][0] for s in ok] for stage in STAGES},
+        server_ms={stage: [s.detail["stages"][stage][1] for s in ok] for stage in STAGES},
+    )
+
+
+class Traffic:
+    """Who asks: users of the data set, 5% of them unknown (cold start), each from their country."""
+
+    def __init__(self, artifacts: Path, seed: int = 11) -> None:
+        bundle = latest_version(artifacts / "bundles")
+        if bundle is None:
+            raise SystemExit(f"no bundle under {artifacts}; build it first (make artifacts)")
+        users = Users.load(bundle)
+        rng = np.random.default_rng(seed)
+        rows = rng.integers(0, len(users.user_ids), 20_000)
+        self.requests = [
+            recommender_pb2.RecommendRequest(
+                user_id=str(users.user_ids[row]) if n % 20 else f"cold-{n:06d}",
+                num_results=10,
+                context=common_pb2.Context(country=COUNTRIES[int(users.country[row])]),
+            )
+            for n, row in enumerate(rows)
+        ]
+
+    def __getitem__(self, n: int) -> recommender_pb2.RecommendRequest:
+        return self.requests[n % len(self.requests)]
+
+
+async def run_step(address: str, traffic: Traffic, rate: float, seconds: float, seed: int) -> Step:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        await channel.channel_ready()
+
+        async def call(n: int) -> dict:
+            reply = await stub.Recommend(traffic[n + seed * 1000], timeout=2.0)
+            return {
+                "degraded": reply.degraded,
+                "stages": {s.stage: (round(s.latency_ms, 3), round(s.server_ms, 3)) for s in reply.stages},
+            }
+
+        samples = await open_loop(call, rate, seconds, seed=seed, timeout_s=5.0)
+    return to_step(rate, seconds, samples)
+
+
+def sweep(address: str, traffic: Traffic, rates: list[float], seconds: float, slo_ms: float, label: str) -> list[Step]:
+    asyncio.run(run_step(address, traffic, 20, 3, seed=0))  # warm-up: connections, caches, JIT paths
+    steps = []
+    for n, rate in enumerate(rates):
+        step = asyncio.run(run_step(address, traffic, rate, seconds, seed=n + 1))
+        steps.append(step)
+        s = step.summary()
+        within = s["p99_ms"] <= slo_ms and s["errors"] == 0
+        print(
+            f"  [{label}] {rate:6.0f} req/s: {s['throughput_rps']:6.1f} answered/s  p50 {s['p50_ms']:6.1f}  "
+            f"p99 {s['p99_ms']:6.1f} ms  errors {s['errors']}  degraded {s['degraded_rate']:.1%}  "
+            f"overhead p50 {s['overhead_p50_ms']:.1f} ms  {'within' if within else 'OVER'} SLO",
+            flush=True,
+        )
+        if not within:
+            break
+    return steps
+
+
+def sustainable_rate(steps: list[Step], slo_ms: float) -> float:
+    best = 0.0
+    for step in steps:
+        s = step.summary()
+        if s["p99_ms"] > slo_ms or s["errors"]:
+            break
+        best = step.rate
+    return best
+
+
+def start_stack(scenario: Scenario, run_dir: Path, policy: Path | None = None) -> Stack:
+    stack = Stack(
+        StackConfig(
+            artifacts=scenario.artifacts,
+            run_dir=run_dir,
+            policy=policy or REPO_ROOT / "config" / "policy.yaml",
+            retrieval_shards=scenario.shards,
+            ranking_replicas=scenario.ranking_replicas,
+            auto_ports=True,
+            gateway_port=0,
+            extra_env=scenario.env,
+            startup_timeout_s=600,
+        )
+    )
+    stack.start()
+    return stack
+
+
+def slowest_stage(step: Step) -> str:
+    return max(STAGES, key=lambda s: float(np.median(step.server_ms[s])))
+
+
+def run_scenario(scenario: Scenario, args: argparse.Namespace, profile: bool) -> dict:
+    print(f"== scenario {scenario.name}: starting the stack", flush=True)
+    started = time.monotonic()
+    stack = start_stack(scenario, args.out / "run" / scenario.name)
+    try:
+        print(f"   up in {time.monotonic() - started:.0f} s; sweeping {args.rates} req/s, {args.seconds:.0f} s each")
+        traffic = Traffic(scenario.artifacts)
+        address = stack.address("gateway")
+        steps = sweep(address, traffic, args.rates, args.seconds, args.slo_ms, scenario.name)
+        result = {
+            "scenario": asdict(scenario) | {"artifacts": str(scenario.artifacts)},
+            "steps": [asdict(step) | {"summary": step.summary()} for step in steps],
+            "sustainable_rps": sustainable_rate(steps, args.slo_ms),
+        }
+        if profile:
+            reference = next((s for s in steps if s.rate == args.profile_rate), steps[0])
+            stage = slowest_stage(reference)
+            process = next(p for p in stack.processes if p.name.startswith(stage))
+            print(f"   profiling {process.name} (slowest stage by server time) at {args.profile_rate:.0f} req/s")
+            result["profile"] = profile_process(
+                process.pid,
+                seconds=args.seconds,
+                load=lambda: asyncio.run(run_step(address, traffic, args.profile_rate, args.seconds, seed=99)),
+            ) | {"stage": stage, "process": process.name}
+        return result
+    finally:
+        stack.stop()
+
+
+def machine() -> dict:
+    cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        "unknown",
+    )
+    return {"cores": cpu, "cpu": model, "python": sys.version.split()[0], "pid": os.getpid()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="demo-size artifacts")
+    parser.add_argument("--artifacts-1m", type=Path, help="1M-item artifacts; omitted = demo scenarios only")
+    parser.add_argument("--rates", type=float, nargs="+", default=[25, 50, 100, 150, 200, 300, 400])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each rate step")
+    parser.add_argument("--slo-ms", type=float, default=50.0, help="p99 end-to-end objective")
+    parser.add_argument("--profile-rate", type=float, default=100.0)
+    parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    scenarios = [
+        Scenario("demo", args.artifacts),
+        Scenario("demo, 2 ranking replicas", args.artifacts, ranking_replicas=2),
+        Scenario("demo, 2 retrieval shards", args.artifacts, shards=2),
+    ]
+    if args.artifacts_1m is not None:
+        ivf = {"FUNNEL_INDEX_FACTORY": "IVF4096,Flat", "FUNNEL_SEARCH_PARAMS": "nprobe=64"}
+        scenarios += [
+            Scenario("1M items", args.artifacts_1m, env=ivf),
+            Scenario("1M items, 2 retrieval shards", args.artifacts_1m, shards=2, env=ivf),
+        ]
+    results = {
+        "machine": machine(),
+        "slo_ms": args.slo_ms,
+        "seconds_per_step": args.seconds,
+        "scenarios": [run_scenario(s, args, profile=n == 0) for n, s in enumerate(scenarios)],
+    }
+    (args.out / "results.json").write_text(json.dumps(results))
+    report = write_report(results, args.out)
+    print(f"wrote {args.out / 'results.json'} and {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
