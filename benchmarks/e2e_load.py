@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from benchmarks.grpc_floor import hop_floor
 from benchmarks.loadgen import Sample, open_loop
 from benchmarks.profile import profile_process
 from benchmarks.report import write_report
@@ -259,8 +260,12 @@ def main(argv: list[str] | None = None) -> int:
             Scenario("1M items", args.artifacts_1m, env=ivf),
             Scenario("1M items, 2 retrieval shards", args.artifacts_1m, shards=2, env=ivf),
         ]
+    print("== one bare gRPC hop between two processes (the floor under the overhead)", flush=True)
+    floor = hop_floor()
+    print(f"   {floor}")
     results = {
         "machine": machine(),
+        "grpc_hop_floor": floor,
         "slo_ms": args.slo_ms,
         "seconds_per_step": args.seconds,
         "scenarios": [run_scenario(s, args, profile=n == 0) for n, s in enumerate(scenarios)],

@@ -133,6 +133,7 @@ def write_report(results: dict, out: Path, reference_rate: float = 100.0) -> Pat
         "time in the `x-server-ms` trailer): the client's and the gateway's work plus the three hops' transport "
         "and (de)serialisation.",
         "",
+        *floor_lines(results.get("grpc_hop_floor")),
         "![latency against rate](latency_vs_rate.png)",
         "",
         f"## Where the time goes (medians at {reference_rate:.0f} req/s, or the highest rate below it)",
@@ -184,6 +185,20 @@ def write_report(results: dict, out: Path, reference_rate: float = 100.0) -> Pat
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def floor_lines(floor: dict | None) -> list[str]:
+    if not floor:
+        return []
+    least = floor["p50_ms_0_candidates"] + 3 * floor["p50_ms_360_candidates"]
+    return [
+        f"The floor under it, measured in the same run (`benchmarks/grpc_floor.py`): one bare Python grpc.aio "
+        f"round trip between two processes takes {floor['p50_ms_0_candidates']:.2f} ms at p50 empty and "
+        f"{floor['p50_ms_360_candidates']:.2f} ms carrying 360 candidates. A request makes four hops (client to "
+        f"gateway, gateway to each stage, three of them carrying the candidate list), so about {least:.1f} ms of "
+        "overhead is there before the gateway does any work of its own.",
+        "",
+    ]
 
 
 def full_ranking_section(results: dict) -> list[str]:

@@ -1,9 +1,13 @@
 """python -m gateway [--flags]: serve the public Recommender API."""
 
-from funnel.runtime.config import load_or_exit
-from funnel.runtime.server import run
-from gateway.servicer import RecommenderService
-from gateway.settings import GatewaySettings
+from funnel.runtime.native import single_threaded_native_libraries
+
+single_threaded_native_libraries()  # before numpy, FAISS and torch load
+
+from funnel.runtime.config import load_or_exit  # noqa: E402
+from funnel.runtime.server import run  # noqa: E402
+from gateway.servicer import RecommenderService  # noqa: E402
+from gateway.settings import GatewaySettings  # noqa: E402
 
 
 def main() -> None:
