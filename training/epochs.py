@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
+
+
+class Stepper(Protocol):
+    """What an epoch needs of an optimizer (one torch optimizer, or several stepped together)."""
+
+    def zero_grad(self) -> None: ...
+
+    def step(self) -> None: ...
 
 
 @dataclass
@@ -19,7 +28,7 @@ class EpochLog:
     _batches: int = 0
     _started: float = field(default_factory=time.monotonic)
 
-    def step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    def step(self, optimizer: torch.optim.Optimizer | Stepper, loss: torch.Tensor) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

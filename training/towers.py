@@ -28,7 +28,8 @@ def country_slot(country_index: np.ndarray) -> np.ndarray:
 class ItemTower(torch.nn.Module):
     def __init__(self, num_items: int, num_categories: int, num_providers: int, dim: int) -> None:
         super().__init__()
-        self.item = torch.nn.Embedding(num_items, dim)
+        # Sparse gradients: a step moves only the rows in its batch, not all of a million-row table.
+        self.item = torch.nn.Embedding(num_items, dim, sparse=True)
         self.category = torch.nn.Embedding(num_categories, dim)
         self.provider = torch.nn.Embedding(num_providers, dim)
         self.age = torch.nn.Embedding(NUM_AGE_BUCKETS, dim)
@@ -48,7 +49,7 @@ class ItemTower(torch.nn.Module):
 class UserTower(torch.nn.Module):
     def __init__(self, num_users: int, dim: int) -> None:
         super().__init__()
-        self.user = torch.nn.Embedding(num_users + 1, dim)  # row 0: unknown user
+        self.user = torch.nn.Embedding(num_users + 1, dim, sparse=True)  # row 0: unknown user
         self.country = torch.nn.Embedding(NUM_COUNTRY_SLOTS, dim)
         self.mlp = torch.nn.Sequential(
             torch.nn.Linear(3 * dim + 1, 2 * dim), torch.nn.ReLU(), torch.nn.Linear(2 * dim, dim)
