@@ -49,7 +49,13 @@ def test_sharded_search_merged_equals_one_index_over_every_item(artifacts, shard
             ]
             responses.append(retrieval_pb2.RetrieveResponse(candidates=found))
         merged = [int(c.item_id) for c in merge_candidates(responses, {"ann": 100})]
-        assert merged == expected[0].tolist()
+        # Exact scores: FAISS's float32 BLAS sums in a different order per index, so items whose
+        # scores differ by an ulp may swap between one index and the shards; nothing else may differ.
+        exact = vectors.astype(np.float64) @ query.astype(np.float64)
+        assert len(merged) == len(set(merged)) == 100
+        assert np.all(np.diff(exact[merged]) <= 1e-6), "merged list is not best-first"
+        np.testing.assert_allclose(exact[merged], exact[expected[0]], atol=1e-6)
+        assert exact[merged].min() >= np.sort(exact)[-100] - 1e-6, "an item outside the true top 100"
 
 
 def new_version(root: Path, source: Path, name: str, corrupt: bool = False) -> Path:
