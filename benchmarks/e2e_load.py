@@ -27,6 +27,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from benchmarks.cpu import cpu_seconds
 from benchmarks.grpc_floor import hop_floor
 from benchmarks.loadgen import Sample, open_loop
 from benchmarks.profile import profile_process
@@ -204,6 +205,29 @@ def start_stack(scenario: Scenario, run_dir: Path, policy: Path | None = None) -
     return stack
 
 
+def cpu_per_request(stack: Stack, address: str, traffic: Traffic, rate: float, seconds: float) -> dict:
+    """Milliseconds of CPU each process spends per answered request, over one step at `rate`."""
+    processes = {p.name: p.pid for p in stack.processes}
+    if stack.triton is not None and stack.triton.process is not None:
+        processes["triton (with its python-backend stub)"] = stack.triton.process.pid
+    before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    client_before = time.process_time()
+    step = asyncio.run(run_step(address, traffic, rate, seconds, seed=77))
+    per_request = {
+        name: round((cpu_seconds(pid) - before[name]) * 1000 / max(step.ok, 1), 2) for name, pid in processes.items()
+    }
+    per_request["load generator (this process)"] = round((time.process_time() - client_before) * 1000 / step.ok, 2)
+    total = sum(per_request.values())
+    cores = os.cpu_count() or 1
+    print(f"   CPU per request at {rate:.0f} req/s: {per_request} -> total {total:.1f} ms", flush=True)
+    return {
+        "rate": rate,
+        "ms": per_request,
+        "total_ms": round(total, 2),
+        "capacity_rps": round(1000 * cores / total, 1),
+    }
+
+
 def slowest_stage(step: Step) -> str:
     return max(STAGES, key=lambda s: float(np.median(step.server_ms[s])))
 
@@ -223,6 +247,7 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, profile: bool) ->
             "sustainable_rps": sustainable_rate(steps, args.slo_ms),
         }
         if profile:
+            result["cpu_per_request"] = cpu_per_request(stack, address, traffic, args.cpu_rate, args.seconds)
             reference = next((s for s in steps if s.rate == args.profile_rate), steps[0])
             stage = slowest_stage(reference)
             process = next(p for p in stack.processes if p.name.startswith(stage))
@@ -257,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", type=float, nargs="+", default=[25, 50, 100, 150, 200, 300, 400])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each rate step")
     parser.add_argument("--slo-ms", type=float, default=50.0, help="p99 end-to-end objective")
-    parser.add_argument("--profile-rate", type=float, default=100.0)
+    parser.add_argument("--profile-rate", type=float, default=100.0, help="reference rate: profile and report")
+    parser.add_argument("--cpu-rate", type=float, default=50.0, help="rate of the CPU-per-request step")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

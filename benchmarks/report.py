@@ -160,6 +160,20 @@ def write_report(results: dict, out: Path, reference_rate: float = 100.0) -> Pat
             )
         lines.append("")
     lines += ["![latency CDF](latency_cdf.png)", ""]
+    cpu = scenarios[0].get("cpu_per_request")
+    if cpu:
+        lines += [
+            f"## CPU per request (scenario '{scenarios[0]['scenario']['name']}', {cpu['rate']:.0f} req/s)",
+            "",
+            "| process | ms of CPU per answered request |",
+            "|---|---|",
+            *[f"| {name} | {ms:.2f} |" for name, ms in cpu["ms"].items()],
+            f"| **total** | **{cpu['total_ms']:.2f}** |",
+            "",
+            f"At {cpu['total_ms']:.1f} ms of CPU per request, these cores can answer at most about "
+            f"{cpu['capacity_rps']:.0f} requests per second, before any queueing.",
+            "",
+        ]
     profile = scenarios[0].get("profile")
     if profile:
         lines += [f"## Profile of the slowest stage: {profile.get('stage')} ({profile.get('process')})", ""]

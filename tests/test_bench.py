@@ -59,3 +59,12 @@ def test_profile_summary_ranks_functions_by_samples():
     assert summary["samples"] == 50
     assert summary["own"][0] == ("work (b.py)", 80.0)
     assert ("main (a.py)", 100.0) in summary["inclusive"]
+
+
+def test_cpu_per_request_is_counted_for_every_process_of_the_stack(stack, artifacts):
+    from benchmarks.e2e_load import cpu_per_request
+
+    result = cpu_per_request(stack, stack.address("gateway"), Traffic(artifacts), rate=10, seconds=2)
+    assert set(result["ms"]) >= {"gateway", "ranking-0", "reranking-0", "triton (with its python-backend stub)"}
+    assert all(ms > 0 for ms in result["ms"].values()), result
+    assert result["total_ms"] == round(sum(result["ms"].values()), 2)
