@@ -21,7 +21,7 @@ PROTOS := $(wildcard protos/funnel/v1/*.proto)
 MOVIELENS ?= ../shared/data/ml-latest-small
 BENCH_OUT ?= results/bench
 BENCH_SECONDS ?= 10
-BENCH_USERS ?= 200
+BENCH_USERS ?= 1000
 
 OVERLAY ?= dev
 

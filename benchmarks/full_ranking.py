@@ -6,8 +6,11 @@ For the same held-out users, one request at a time:
 - the funnel, served: a request through the gateway of a running stack (retrieval, ranking on
   Triton, re-ranking), with the default policy and with a policy of hard filters only (so the
   accuracy that diversity and fairness rules trade away is visible);
-- full ranking: every item of the catalog scored by the same ranker (the TorchScript file Triton
-  serves), in this process with torch on every core, no RPC: a lower bound on its cost.
+- full ranking, served: every item scored by the ranker on Triton, through the ranking service's
+  own client (requests of the model's max batch, sent concurrently, batched again by Triton): what
+  ranking everything would cost on the serving path (on fewer users: it is slow);
+- full ranking, in-process: the same TorchScript file in this process with torch on every core,
+  batches of 65,536 rows and no RPC: a lower bound on its cost.
 Both obey the same hard filters (content policy for the user's country, items the user consumed),
 and are scored on the user's held-out interactions.
 """
@@ -15,6 +18,7 @@ and are scored on the user's held-out interactions.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import tempfile
 import time
@@ -29,10 +33,14 @@ from benchmarks.e2e_load import Scenario, start_stack
 from funnel.artifacts.catalog import COUNTRIES, Catalog, Embeddings, Users
 from funnel.artifacts.store import latest_version
 from funnel.features import FeatureStore
+from funnel.launcher.processes import free_port
 from funnel.launcher.stack import REPO_ROOT
+from funnel.launcher.triton import TritonServer
 from funnel.policy.content import ContentFilter
 from funnel.policy.document import load_policy
 from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
+from services.ranking.model_repository import TritonModelConfig
+from services.ranking.triton import TritonRanker
 from training.evaluate import ndcg_at_k, recall_at_k
 
 POLICY = REPO_ROOT / "config" / "policy.yaml"
@@ -80,10 +88,43 @@ def full_ranking(judge: Judge, model: torch.jit.ScriptModule, user: int) -> np.n
             batch = judge.store.features(user, rows[start : start + CHUNK])
             out = model(torch.from_numpy(batch.dense), torch.from_numpy(batch.categorical))
             scores[start : start + CHUNK] = out.numpy().ravel()
+    return top_allowed(judge, user, scores)
+
+
+def top_allowed(judge: Judge, user: int, scores: np.ndarray) -> np.ndarray:
     scores[~judge.allowed(judge.country(user))] = -np.inf
     scores[judge.users.history(user)] = -np.inf
     best = np.argpartition(-scores, 10)[:10]
     return best[np.argsort(-scores[best], kind="stable")]
+
+
+def triton_method(judge: Judge, artifacts: Path, users: np.ndarray, run_dir: Path) -> dict:
+    """Every item scored through Triton by the ranking service's client, one user at a time."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    triton = TritonServer(artifacts / "model_repository", free_port(), free_port(), free_port(), run_dir / "triton.log")
+    triton.start()
+    try:
+        triton.wait_ready()
+        rows = np.arange(len(judge.catalog))
+        loop = asyncio.new_event_loop()
+
+        async def connect() -> TritonRanker:  # the client's channel belongs to the loop it is made in
+            return TritonRanker(triton.grpc_url, "ranker", TritonModelConfig().max_batch_size)
+
+        ranker = loop.run_until_complete(connect())
+
+        def run(user: int) -> np.ndarray:
+            features = judge.store.features(user, rows)
+            scores = loop.run_until_complete(ranker.score(features, timeout_s=600)).values
+            return top_allowed(judge, user, scores.astype(np.float32))
+
+        try:
+            return measure("full ranking (Triton, served)", users, run, judge)
+        finally:
+            loop.run_until_complete(ranker.close())
+            loop.close()
+    finally:
+        triton.stop()
 
 
 def measure(name: str, users: np.ndarray, run, judge: Judge) -> dict:
@@ -99,6 +140,7 @@ def measure(name: str, users: np.ndarray, run, judge: Judge) -> dict:
           f"p50 {np.median(latencies):8.1f} ms", flush=True)  # fmt: skip
     return {
         "name": name,
+        "users": len(users),
         "ndcg@10": round(float(np.mean(ndcg)), 4),
         "recall@10": round(float(np.mean(recall)), 4),
         "p50_ms": round(float(np.median(latencies)), 2),
@@ -138,7 +180,7 @@ def filters_only_policy(directory: Path) -> Path:
     return path
 
 
-def compare(artifacts: Path, users: int, seed: int, run_dir: Path) -> dict:
+def compare(artifacts: Path, users: int, seed: int, run_dir: Path, triton_users: int) -> dict:
     bundle = latest_version(artifacts / "bundles")
     if bundle is None:
         raise SystemExit(f"no bundle under {artifacts}")
@@ -158,15 +200,17 @@ def compare(artifacts: Path, users: int, seed: int, run_dir: Path) -> dict:
             ),
         ]
     full = measure("full ranking (in-process torch)", judge.sample, lambda u: full_ranking(judge, model, u), judge)
-    methods.append(full)
+    served = triton_method(judge, artifacts, judge.sample[:triton_users], run_dir / "triton")
+    methods += [full, served]
     ratios = [
         {
             "funnel": m["name"],
-            "against": full["name"],
-            "speedup": full["p50_ms"] / m["p50_ms"],
+            "against": against["name"],
+            "speedup": against["p50_ms"] / m["p50_ms"],
             "quality": m["ndcg@10"] / full["ndcg@10"] if full["ndcg@10"] else float("nan"),
         }
         for m in methods[:2]
+        for against in (full, served)
     ]
     return {"items": items, "users": len(judge.sample), "methods": methods, "ratios": ratios}
 
@@ -174,12 +218,16 @@ def compare(artifacts: Path, users: int, seed: int, run_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifacts", type=Path, nargs="+", required=True, help="one artifact root per size")
-    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--triton-users", type=int, default=20, help="users for full ranking through Triton")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    sizes = [compare(a, args.users, args.seed, args.out / "run" / f"full-{a.name}") for a in args.artifacts]
+    sizes = [
+        compare(a, args.users, args.seed, args.out / "run" / f"full-{a.name}", args.triton_users)
+        for a in args.artifacts
+    ]
     path = args.out / "full_ranking.json"
     path.write_text(json.dumps({"sizes": sizes}, indent=2))
     print(f"wrote {path}")
