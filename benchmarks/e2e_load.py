@@ -207,9 +207,7 @@ def start_stack(scenario: Scenario, run_dir: Path, policy: Path | None = None) -
 
 def cpu_per_request(stack: Stack, address: str, traffic: Traffic, rate: float, seconds: float) -> dict:
     """Milliseconds of CPU each process spends per answered request, over one step at `rate`."""
-    processes = {p.name: p.pid for p in stack.processes}
-    if stack.triton is not None and stack.triton.process is not None:
-        processes["triton (with its python-backend stub)"] = stack.triton.process.pid
+    processes = {p.name: p.pid for p in stack.processes}  # Triton's row includes its python-backend stub
     before = {name: cpu_seconds(pid) for name, pid in processes.items()}
     client_before = time.process_time()
     step = asyncio.run(run_step(address, traffic, rate, seconds, seed=77))

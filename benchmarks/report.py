@@ -165,7 +165,7 @@ def write_report(results: dict, out: Path, reference_rate: float = 100.0) -> Pat
         lines += [
             f"## CPU per request (scenario '{scenarios[0]['scenario']['name']}', {cpu['rate']:.0f} req/s)",
             "",
-            "| process | ms of CPU per answered request |",
+            "| process (Triton's row includes its python-backend stub) | ms of CPU per answered request |",
             "|---|---|",
             *[f"| {name} | {ms:.2f} |" for name, ms in cpu["ms"].items()],
             f"| **total** | **{cpu['total_ms']:.2f}** |",
