@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 STAGES = ("retrieval", "ranking", "reranking")
-PARTS = ("retrieval server", "ranking server", "reranking server", "transport to stages", "gateway and client")
+PARTS = ("retrieval server", "ranking server", "reranking server", "wire and stage queues", "gateway and client")
 
 
 def breakdown(step: dict) -> dict[str, float]:
@@ -131,7 +131,9 @@ def write_report(results: dict, out: Path, reference_rate: float = 100.0) -> Pat
         "",
         "Overhead = end-to-end latency minus the sum of the stage servers' own times (each stage reports its "
         "time in the `x-server-ms` trailer): the client's and the gateway's work plus the three hops' transport "
-        "and (de)serialisation.",
+        "and (de)serialisation. In the breakdown, *wire and stage queues* is the gateway's wait for each stage "
+        "minus that stage's own handler time: the hops themselves, and the time a call waits for the stage "
+        "process's CPU before its handler starts (under load, mostly that).",
         "",
         *floor_lines(results.get("grpc_hop_floor")),
         "![latency against rate](latency_vs_rate.png)",
