@@ -244,10 +244,10 @@ def full_ranking_section(results: dict) -> list[str]:
     ]
     for size in results["sizes"]:
         for ratio in size["ratios"]:
-            lines.append(
-                f"| {size['items']:,} | {ratio['speedup']:.0f} times ({ratio['against']}) | "
-                f"{ratio['quality']:.0%} ({ratio['funnel']}) |"
-            )
+            quality = ratio["quality"]
+            kept = f"{quality:.0%}" if quality == quality else "n/a (full ranking found no held-out item)"
+            speedup = f"{ratio['speedup']:.0f} times ({ratio['against']})"
+            lines.append(f"| {size['items']:,} | {speedup} | {kept} ({ratio['funnel']}) |")
     return [*lines, ""]
 
 
