@@ -8,12 +8,13 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from opentelemetry.trace import SpanKind
 
-from funnel.runtime.errors import FunnelError
+from funnel.runtime.errors import FunnelError, InvalidArgument
 from funnel.runtime.logs import REQUEST_ID
 from funnel.runtime.metrics import IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
 from funnel.runtime.tracing import context_from, trace_metadata, tracer
@@ -71,9 +72,30 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         behavior = handler.unary_unary if quiet else _traced(handler.unary_unary, method, metadata)
         return grpc.unary_unary_rpc_method_handler(
             _wrap(behavior, method, request_id, self.access_log and not quiet),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """Stands in for a request whose bytes do not parse, so the call ends INVALID_ARGUMENT
+    (grpc would otherwise answer UNKNOWN with the parser's exception)."""
+
+    error: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # any parser failure means the caller sent bad bytes
+            return Undecodable(str(exc) or type(exc).__name__)
+
+    return parse
 
 
 def _traced(
@@ -102,6 +124,8 @@ def _wrap(
         context.set_trailing_metadata(trailer)
         IN_FLIGHT.inc()
         try:
+            if isinstance(request, Undecodable):
+                raise InvalidArgument(f"the request is not a valid message for {method}: {request.error}")
             reply = await behavior(request, context)
             server_ms = f"{(time.perf_counter() - started) * 1000:.3f}"
             context.set_trailing_metadata((*trailer, (SERVER_TIME_KEY, server_ms)))
