@@ -153,6 +153,11 @@ class ServerSettings:
     )
     access_log: bool = setting(True, help="write one JSON log line per served call")
     max_message_bytes: int = setting(4 * 1024 * 1024, help="largest gRPC message accepted", checks=[positive])
+    auth_token_file: str = setting(
+        "",
+        help="file of accepted bearer tokens, one per line (a mounted Secret); when set, every call but "
+        "health and reflection needs 'authorization: Bearer <token>' or gets UNAUTHENTICATED",
+    )
     max_connection_age_seconds: float = setting(
         0.0,
         help="close client connections after this long (0 = never), so clients re-resolve DNS and "

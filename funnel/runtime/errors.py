@@ -37,6 +37,10 @@ class ResourceExhausted(FunnelError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class Unauthenticated(FunnelError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class FailedPrecondition(FunnelError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 

@@ -14,7 +14,8 @@ from typing import Any
 import grpc
 from opentelemetry.trace import SpanKind
 
-from funnel.runtime.errors import FunnelError, InvalidArgument
+from funnel.runtime.auth import BearerTokens
+from funnel.runtime.errors import FunnelError, InvalidArgument, Unauthenticated
 from funnel.runtime.logs import REQUEST_ID
 from funnel.runtime.metrics import IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
 from funnel.runtime.tracing import context_from, trace_metadata, tracer
@@ -54,8 +55,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
       and the request id, never UNKNOWN with a stack trace. The stack goes to the log.
     """
 
-    def __init__(self, access_log: bool = True) -> None:
+    def __init__(self, access_log: bool = True, tokens: BearerTokens | None = None) -> None:
         self.access_log = access_log
+        self.tokens = tokens
 
     async def intercept_service(
         self,
@@ -70,6 +72,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         request_id = request_id_from(metadata)
         quiet = method.startswith(_QUIET)
         behavior = handler.unary_unary if quiet else _traced(handler.unary_unary, method, metadata)
+        if self.tokens is not None and not quiet and not self.tokens.accepts(metadata):
+            behavior = _refuse_unauthenticated
         return grpc.unary_unary_rpc_method_handler(
             _wrap(behavior, method, request_id, self.access_log and not quiet),
             request_deserializer=_tolerant(handler.request_deserializer),
@@ -83,6 +87,10 @@ class Undecodable:
     (grpc would otherwise answer UNKNOWN with the parser's exception)."""
 
     error: str
+
+
+async def _refuse_unauthenticated(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    raise Unauthenticated("missing or invalid bearer token in the 'authorization' metadata")
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:

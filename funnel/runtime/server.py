@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from funnel.runtime.auth import BearerTokens, load_tokens
 from funnel.runtime.config import ServerSettings
 from funnel.runtime.errors import ConfigError
 from funnel.runtime.interceptors import ServerInterceptor
@@ -86,17 +87,20 @@ def run(name: str, settings: ServerSettings, build: Callable[[Runtime], Service]
     configure_logging(name, settings.log_level)
     try:
         configure_tracing(name)
+        tokens = load_tokens(settings.auth_token_file) if settings.auth_token_file else None
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
-        if not asyncio.run(serve(name, settings, build)):
+        if not asyncio.run(serve(name, settings, build, tokens)):
             raise SystemExit(1)
     finally:
         shutdown_tracing()
 
 
-async def serve(name: str, settings: ServerSettings, build: Callable[[Runtime], Service]) -> bool:
+async def serve(
+    name: str, settings: ServerSettings, build: Callable[[Runtime], Service], tokens: BearerTokens | None = None
+) -> bool:
     """Serve until a stop signal; False when start-up (loading artifacts) failed."""
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -106,7 +110,7 @@ async def serve(name: str, settings: ServerSettings, build: Callable[[Runtime], 
     if settings.max_connection_age_seconds > 0:
         age_ms = int(settings.max_connection_age_seconds * 1000)
         options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)]
-    server = grpc.aio.server(interceptors=[ServerInterceptor(settings.access_log)], options=options)
+    server = grpc.aio.server(interceptors=[ServerInterceptor(settings.access_log, tokens)], options=options)
     executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix=f"{name}-cpu")
     runtime = Runtime(server, settings, executor)
     service = build(runtime)
