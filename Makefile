@@ -72,7 +72,7 @@ test: install ## Install what is needed and run the whole test suite (real proce
 artifacts-100k/bundles artifacts-1m/bundles: $(STAMP_PROTOS)
 	$(PY) -m training.build --out $(@D) --size $(subst artifacts-,,$(@D)) --epochs $(if $(findstring 1m,$(@D)),2,3)
 
-bench-artifacts: artifacts artifacts-100k/bundles artifacts-1m/bundles ## Train the 100k and 1M-item bundles make bench needs (about 25 min, once)
+bench-artifacts: artifacts artifacts-100k/bundles artifacts-1m/bundles ## Train the 100k and 1M-item bundles make bench needs (about 15 min, once)
 
 bench: bench-artifacts ## Load sweep per scenario, funnel vs full ranking at 100k/1M, report with plots in results/bench
 	$(PY) -m benchmarks.e2e_load --artifacts $(ARTIFACTS) --artifacts-1m artifacts-1m --seconds $(BENCH_SECONDS) --out $(BENCH_OUT)
