@@ -194,6 +194,7 @@ BROKEN = {
         "and the GPU limit None disagree",
     ),
     "Triton behind a ClusterIP": (_env("ranking", "FUNNEL_TRITON_URL", "triton:8001"), "must be dns:///"),
+    "a target without a port": (_env("gateway", "FUNNEL_RANKING_TARGET", "dns:///ranking:grpc"), "no numeric port"),
     "a stage behind a ClusterIP": (_set(["Service", "reranking", "spec", "clusterIP"], "10.0.0.7"), "must be headless"),
     "a policy path off the volume": (
         _env("reranking", "FUNNEL_POLICY_PATH", "/etc/funnel/policy.yaml"),

@@ -44,12 +44,11 @@ def connect(context: str | None = None, timeout_s: float = 5.0) -> client.ApiCli
     api_client = client.ApiClient()
     host = api_client.configuration.host
     try:
-        version = client.VersionApi(api_client).get_code(_request_timeout=timeout_s)
+        client.VersionApi(api_client).get_code(_request_timeout=timeout_s)
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise ClusterError(f"no cluster reachable at {host}: {_reason(exc)}") from None
     except ApiException as exc:
         raise ClusterError(f"the cluster at {host} refused: {exc.status} {exc.reason}") from None
-    api_client.server_version = version.git_version  # type: ignore[attr-defined]
     return api_client
 
 

@@ -160,15 +160,18 @@ def _service_target(manifests: Manifests, target: str) -> tuple[Object | None, i
     """(Service, port, problem) for a `dns:///name:port` target."""
     if not target.startswith("dns:///"):
         return None, None, f"target {target!r} must be dns:///<headless service>:<port> to balance over pods"
-    host, _, port = target[len("dns:///") :].rpartition(":")
+    host, _, port_text = target[len("dns:///") :].rpartition(":")
+    if not port_text.isdigit():
+        return None, None, f"target {target!r} has no numeric port"
+    port = int(port_text)
     service = manifests.get("Service", host.split(".")[0])
     if service is None:
         return None, None, f"target {target!r} names no Service"
     if service["spec"].get("clusterIP") != "None":
-        return service, int(port), f"{object_id(service)} must be headless (clusterIP: None) for per-pod balancing"
-    if int(port) not in [p["port"] for p in service["spec"]["ports"]]:
-        return service, int(port), f"target {target!r}: {object_id(service)} has no port {port}"
-    return service, int(port), ""
+        return service, port, f"{object_id(service)} must be headless (clusterIP: None) for per-pod balancing"
+    if port not in [p["port"] for p in service["spec"]["ports"]]:
+        return service, port, f"target {target!r}: {object_id(service)} has no port {port}"
+    return service, port, ""
 
 
 def _gateway_problems(manifests: Manifests, gateway: Container, settings: GatewaySettings) -> list[str]:
