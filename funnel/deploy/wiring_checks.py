@@ -65,7 +65,8 @@ def funnel_containers(manifests: Manifests) -> list[tuple[Container, str]]:
 def wiring_problems(manifests: Manifests) -> list[str]:
     problems: list[str] = []
     loaded: dict[str, tuple[Container, ServerSettings]] = {}
-    for container, module in funnel_containers(manifests):
+    containers = funnel_containers(manifests)
+    for container, module in containers:
         if module == "training.build":
             problems += _job_problems(container)
             continue
@@ -79,7 +80,7 @@ def wiring_problems(manifests: Manifests) -> list[str]:
         problems.append("no gateway Deployment")
     for container, settings in loaded.values():
         if isinstance(settings, GatewaySettings):
-            problems += _gateway_problems(manifests, container, settings)
+            problems += _gateway_problems(manifests, container, settings, containers, loaded)
         if isinstance(settings, RankingSettings):
             problems += _triton_problems(manifests, container, settings)
     return problems
@@ -174,7 +175,15 @@ def _service_target(manifests: Manifests, target: str) -> tuple[Object | None, i
     return service, port, ""
 
 
-def _gateway_problems(manifests: Manifests, gateway: Container, settings: GatewaySettings) -> list[str]:
+def _gateway_problems(
+    manifests: Manifests,
+    gateway: Container,
+    settings: GatewaySettings,
+    containers: list[tuple[Container, str]],
+    loaded: dict[str, tuple[Container, ServerSettings]],
+) -> list[str]:
+    """Each gateway target reaches pods of the right image, on the port they listen on; each shard
+    target reaches the shard with that index. `loaded` holds the settings every backend loaded."""
     problems = []
     shard_targets = settings.shard_targets()
     expected = {
@@ -183,7 +192,7 @@ def _gateway_problems(manifests: Manifests, gateway: Container, settings: Gatewa
         "reranking": (settings.reranking_target, "reranking", None),
     }
     retrieval_deployments = {
-        object_id(c.workload) for c, _ in funnel_containers(manifests) if image_basename(c.spec["image"]) == "retrieval"
+        object_id(c.workload) for c, _ in containers if image_basename(c.spec["image"]) == "retrieval"
     }
     reached = set()
     for role, (target, image, shard) in expected.items():
@@ -192,20 +201,15 @@ def _gateway_problems(manifests: Manifests, gateway: Container, settings: Gatewa
             problems.append(f"{gateway.name}: {role}: {problem}")
         if service is None:
             continue
-        backends = [
-            (c, m)
-            for c, m in funnel_containers(manifests)
-            if c.workload in manifests.pods_selected_by(service["spec"]["selector"])
-        ]
-        if not backends or any(image_basename(c.spec["image"]) != image for c, _ in backends):
+        selected = manifests.pods_selected_by(service["spec"]["selector"])
+        backends = [c for c, _ in containers if c.workload in selected]
+        if not backends or any(image_basename(c.spec["image"]) != image for c in backends):
             problems.append(f"{gateway.name}: {role} goes to {object_id(service)}, which does not select {image} pods")
             continue
-        for container, module in backends:
-            env, _ = container_env(manifests, container)
-            try:
-                backend = load_settings(settings_class(module), container.spec.get("args", []), env)
-            except ConfigError:
-                continue  # reported with the backend itself
+        for container in backends:
+            if container.name not in loaded:
+                continue  # its settings failed to load: reported with the backend itself
+            backend = loaded[container.name][1]
             if port is not None and backend.port != port:
                 problems.append(f"{gateway.name}: {role} calls port {port}, {container.name} listens on {backend.port}")
             if shard is not None and isinstance(backend, RetrievalSettings):
