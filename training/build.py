@@ -27,7 +27,7 @@ from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import new_version_name, write_manifest
 from funnel.features import FeatureStore
 from services.ranking.model_repository import TritonModelConfig, next_version, write_model_version
-from training.dataset import Dataset, Interactions, temporal_split
+from training.dataset import Dataset, Interactions, at_most, temporal_split
 from training.movielens import load_movielens
 from training.ranker import RankerConfig, build_impressions, export_torchscript, train_ranker
 from training.ranking_eval import evaluate_ranking, format_ranking_table
@@ -108,7 +108,7 @@ def build(out: Path, size: str, seed: int, epochs: int, movielens: Path | None =
     # vectors from the embedding-training period only, so no positive leaks into its own features.
     ranker_users = np.unique(ranker_positives.user)
     if len(ranker_users) > MAX_RANKER_USERS:
-        ranker_users = np.sort(np.random.default_rng(seed).choice(ranker_users, MAX_RANKER_USERS, replace=False))
+        ranker_users = at_most(ranker_users, MAX_RANKER_USERS, np.random.default_rng(seed))
         ranker_positives = ranker_positives.take(np.isin(ranker_positives.user, ranker_users))
     seen = users_table(data, embedding_train)
     early_popularity = np.bincount(embedding_train.item, minlength=data.num_items).astype(np.float32)
@@ -124,8 +124,7 @@ def build(out: Path, size: str, seed: int, epochs: int, movielens: Path | None =
 
     progress("evaluating the ranker against retrieval order on held-out users' candidates")
     test_users = np.unique(test.user)
-    if len(test_users) > MAX_EVAL_USERS:
-        test_users = np.sort(np.random.default_rng(seed).choice(test_users, MAX_EVAL_USERS, replace=False))
+    test_users = at_most(test_users, MAX_EVAL_USERS, np.random.default_rng(seed))
     test_candidates, test_scores = top_candidates(embeddings, test_users, 200, users)
     metrics = evaluate_ranking(test, test_candidates, test_scores, test_users, store, ranker)
     print(format_ranking_table(metrics), flush=True)

@@ -51,6 +51,13 @@ class Dataset:
         return len(self.user_ids)
 
 
+def at_most(users: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """`users` when there are no more than `limit`, else a sorted sample of `limit` of them."""
+    if len(users) <= limit:
+        return users
+    return np.sort(rng.choice(users, limit, replace=False))
+
+
 def temporal_split(
     interactions: Interactions, holdout: int = 2, min_train: int = 3
 ) -> tuple[Interactions, Interactions]:

@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 
 from funnel.artifacts.catalog import Embeddings, Users
-from training.dataset import Interactions
+from training.dataset import Interactions, at_most
 from training.evaluate import ndcg_at_k, recall_at_k
 
 CUTOFFS = (10, 50, 100, 500)
@@ -23,8 +23,7 @@ def evaluate_retrieval(
     """Recall@K and NDCG@K per method; items a user already interacted with in training are skipped."""
     rng = np.random.default_rng(seed)
     test_users = np.unique(test.user)
-    if len(test_users) > max_users:  # a fixed sample keeps the full-catalog search affordable at 1M items
-        test_users = np.sort(rng.choice(test_users, max_users, replace=False))
+    test_users = at_most(test_users, max_users, rng)  # keeps the full-catalog search affordable at 1M items
     by_user = test.items_by_user()
     k_max = max(CUTOFFS)
     index = faiss.IndexFlatIP(embeddings.items.shape[1])
