@@ -229,9 +229,8 @@ def full_ranking_section(results: dict) -> list[str]:
     ]
     for size in results["sizes"]:
         for method in size["methods"]:
-            users = method.get("users", size["users"])
             lines.append(
-                f"| {size['items']:,} | {users} | {method['name']} | {method['ndcg@10']:.4f} | "
+                f"| {size['items']:,} | {method['users']} | {method['name']} | {method['ndcg@10']:.4f} | "
                 f"{method['recall@10']:.4f} | {method['p50_ms']:.1f} | {method['p99_ms']:.1f} |"
             )
     lines += [
