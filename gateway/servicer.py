@@ -23,9 +23,10 @@ from funnel.runtime.server import Runtime
 from funnel.v1 import common_pb2, ranking_pb2, recommender_pb2, recommender_pb2_grpc, reranking_pb2, retrieval_pb2
 from funnel.validation import check_context, check_count, check_id, check_ids
 from gateway.merge import merge_candidates
+from gateway.resilience import LatencyWindow, QualityFactor, RetryBudget
 from gateway.safety_net import SafetyNet
 from gateway.settings import GatewaySettings
-from gateway.stages import StageCall, StageClients, call_stage
+from gateway.stages import Attempts, StageCall, StageClients, call_stage
 
 log = logging.getLogger("funnel.gateway")
 
@@ -44,8 +45,15 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         self.safety: SafetyNet | None = None
         self.source_limits = settings.source_limits()  # fixed for the process; not rebuilt per request
         self.stages = StageClients(
-            settings.shard_targets(), settings.ranking_target, settings.reranking_target, settings.max_message_bytes
+            settings.shard_targets(),
+            settings.ranking_target,
+            settings.reranking_target,
+            settings.max_message_bytes,
+            runtime.tls,
         )
+        self.retries = Attempts(RetryBudget(settings.retry_budget_ratio, settings.retry_budget_floor_per_s))
+        self.shard_latency = [LatencyWindow() for _ in self.stages.retrieval]
+        self.quality = QualityFactor(settings.quality_floor)
         recommender_pb2_grpc.add_RecommenderServicer_to_server(self, runtime.server)
 
     async def start(self) -> None:
@@ -83,8 +91,15 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         exclude = set(request.exclude_item_ids)
         response = recommender_pb2.RecommendResponse(request_id=REQUEST_ID.get())
 
+        response.quality_factor = self.quality.value
         candidates = await self._retrieve(request, budget, reserve, safety, exclude, response)
         ranked = await self._rank(request, candidates, budget, reserve, response)
+        self.quality.observe(
+            max(
+                response.stages[0].latency_ms / s.retrieval_budget_ms,
+                response.stages[1].latency_ms / s.ranking_budget_ms,
+            )
+        )
         final = await self._rerank(request, ranked, budget, reserve, safety, exclude, response)
 
         for candidate in final:
@@ -104,12 +119,14 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         response: recommender_pb2.RecommendResponse,
     ) -> list[common_pb2.Candidate]:
         s = self.settings
+        # Under latency pressure every source shrinks alike, so the candidate mix is kept.
+        limits = {source: self.quality.scale(n) for source, n in self.source_limits.items()}
         retrieve = retrieval_pb2.RetrieveRequest(
             user_id=request.user_id,
             context=request.context,
-            num_candidates=s.ann_candidates,
-            sources=list(self.source_limits),
-            source_limits=self.source_limits,
+            num_candidates=self.quality.scale(s.ann_candidates),
+            sources=list(limits),
+            source_limits=limits,
             exclude_item_ids=request.exclude_item_ids,
             recent_item_ids=request.recent_item_ids,
         )
@@ -117,19 +134,29 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         calls: list[StageCall[retrieval_pb2.RetrieveResponse]] = await asyncio.gather(
             *(
                 call_stage(
-                    "retrieval", lambda t, md, stub=stub: stub.Retrieve(retrieve, timeout=t, metadata=md), timeout
+                    "retrieval",
+                    lambda t, md, stub=stub: stub.Retrieve(retrieve, timeout=t, metadata=md),
+                    timeout,
+                    self._shard_attempts(shard),
                 )
-                for stub in self.stages.retrieval
+                for shard, stub in enumerate(self.stages.retrieval)
             )
         )
+        for shard, call in enumerate(calls):
+            if call.ok:
+                self.shard_latency[shard].add(call.latency_ms / 1000)
         answered = [c.response for c in calls if c.ok]
         failed = [f"shard {n}: {c.error}" for n, c in enumerate(calls) if not c.ok]
         slowest = max(calls, key=lambda c: c.latency_ms)  # the shards run in parallel: it sets the pace
         report = response.stages.add(
-            stage="retrieval", latency_ms=slowest.latency_ms, server_ms=slowest.server_ms, items_in=len(safety.catalog)
+            stage="retrieval",
+            latency_ms=slowest.latency_ms,
+            server_ms=slowest.server_ms,
+            items_in=len(safety.catalog),
+            attempts=max(c.attempts for c in calls),
         )
         report.version = ",".join(sorted({r.index_version for r in answered}))
-        candidates = merge_candidates(answered, self.source_limits)
+        candidates = merge_candidates(answered, limits)
         if answered and not failed:
             report.status = OK
         elif answered:
@@ -147,6 +174,14 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             raise Unavailable("retrieval failed and no fallback candidates are available")
         return candidates
 
+    def _shard_attempts(self, shard: int) -> Attempts:
+        """Retries as for every stage, plus a hedge once the call is slower than most recent ones."""
+        s = self.settings
+        observed = self.shard_latency[shard].quantile(s.hedge_quantile) if s.hedge_quantile > 0 else None
+        if observed is None:
+            return self.retries
+        return Attempts(self.retries.budget, max(observed, s.min_hedge_delay_ms / 1000))
+
     async def _rank(
         self,
         request: recommender_pb2.RecommendRequest,
@@ -162,9 +197,9 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         rank = ranking_pb2.RankRequest(user_id=request.user_id, context=request.context, candidates=candidates)
         timeout = budget.stage_timeout(self.settings.ranking_budget_ms / 1000, reserve)
         call = await call_stage(
-            "ranking", lambda t, md: self.stages.ranking.Rank(rank, timeout=t, metadata=md), timeout
+            "ranking", lambda t, md: self.stages.ranking.Rank(rank, timeout=t, metadata=md), timeout, self.retries
         )
-        report.latency_ms, report.server_ms = call.latency_ms, call.server_ms
+        report.latency_ms, report.server_ms, report.attempts = call.latency_ms, call.server_ms, call.attempts
         if call.ok:
             report.status, report.version = OK, f"ranker:{call.response.model_version}"
             ranked = list(call.response.candidates)
@@ -199,9 +234,12 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             )
             timeout = budget.stage_timeout(self.settings.reranking_budget_ms / 1000, reserve)
             call = await call_stage(
-                "reranking", lambda t, md: self.stages.reranking.Rerank(rerank, timeout=t, metadata=md), timeout
+                "reranking",
+                lambda t, md: self.stages.reranking.Rerank(rerank, timeout=t, metadata=md),
+                timeout,
+                self.retries,
             )
-            report.latency_ms, report.server_ms = call.latency_ms, call.server_ms
+            report.latency_ms, report.server_ms, report.attempts = call.latency_ms, call.server_ms, call.attempts
             if call.ok:
                 report.status, report.version = OK, f"policy:{call.response.policy_version}"
                 if request.debug:

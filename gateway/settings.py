@@ -54,6 +54,29 @@ class GatewaySettings(ServerSettings):
         }
         return {source: n for source, n in limits.items() if n > 0}
 
+    retry_budget_ratio: float = setting(
+        0.1,
+        help="retries and hedges allowed per first stage call (0.1 = at most 10% extra calls)",
+        checks=[non_negative],
+    )
+    retry_budget_floor_per_s: float = setting(
+        5.0,
+        help="retries and hedges allowed a second whatever the traffic, so a quiet gateway can retry too",
+        checks=[non_negative],
+    )
+    hedge_quantile: float = setting(
+        0.95,
+        help="a retrieval shard call still out after this quantile of its recent latencies is sent to a "
+        "second replica too, first answer wins (0 = no hedging)",
+        checks=[non_negative],
+    )
+    min_hedge_delay_ms: float = setting(3.0, help="never hedge a shard call sooner than this", checks=[non_negative])
+    quality_floor: float = setting(
+        0.25,
+        help="smallest share of the candidate counts the gateway falls back to while stages answer near "
+        "their budgets (1 = never shrink)",
+        checks=[positive],
+    )
     fallback_candidates: int = setting(
         500, help="popular items the gateway keeps for when retrieval fails", checks=[positive]
     )
@@ -65,11 +88,15 @@ class GatewaySettings(ServerSettings):
         return [part.strip() for part in self.retrieval_shards.split(";") if part.strip()]
 
     def validate(self) -> list[str]:
-        problems = []
+        problems = super().validate()
         if not self.shard_targets():
             problems.append("retrieval_shards names no shard")
         if self.local_reserve_ms >= self.default_deadline_ms:
             problems.append("local_reserve_ms must be smaller than default_deadline_ms")
+        if self.hedge_quantile >= 1:
+            problems.append("hedge_quantile must be below 1 (0 turns hedging off)")
+        if self.quality_floor > 1:
+            problems.append("quality_floor must be at most 1")
         if self.local_reserve_fraction >= 0.5:
             problems.append("local_reserve_fraction must be below 0.5, or stages get less time than the reserve")
         return problems

@@ -164,3 +164,43 @@ class ServerSettings:
         "spread onto replicas an autoscaler added; set in Kubernetes",
         checks=[non_negative],
     )
+    max_in_flight: int = setting(
+        64,
+        help="calls served at once; more are refused at once with RESOURCE_EXHAUSTED (0 = no limit); "
+        "with latency_target_ms, the ceiling of the adaptive limit",
+        checks=[non_negative],
+    )
+    latency_target_ms: float = setting(
+        0.0,
+        help="when > 0, the concurrency limit adapts (AIMD) to keep this process's own latency under this "
+        "target, shedding the excess instead of queueing it",
+        checks=[non_negative],
+    )
+    tls_cert_file: str = setting(
+        "",
+        help="PEM certificate chain: with tls_key_file the gRPC port serves TLS, and calls to other "
+        "stages present it as this process's client certificate",
+    )
+    tls_key_file: str = setting("", help="PEM private key of tls_cert_file")
+    tls_ca_file: str = setting(
+        "",
+        help="PEM CA bundle trusted for peers: calls to other stages and Triton use TLS and verify their "
+        "certificates against it; with tls_require_client_cert, callers need a certificate it signed",
+    )
+    tls_require_client_cert: bool = setting(
+        False, help="mutual TLS: refuse callers without a certificate signed by tls_ca_file"
+    )
+    tls_server_name: str = setting(
+        "", help="name expected in the certificates of the servers this process calls (default: the target's host)"
+    )
+
+    def validate(self) -> list[str]:
+        return self.tls_problems()
+
+    def tls_problems(self) -> list[str]:
+        problems = []
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            problems.append("tls_cert_file and tls_key_file must be set together")
+        if self.tls_require_client_cert and not (self.tls_cert_file and self.tls_ca_file):
+            problems.append("tls_require_client_cert needs tls_cert_file, tls_key_file and tls_ca_file")
+        return problems

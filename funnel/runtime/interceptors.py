@@ -14,10 +14,11 @@ from typing import Any
 import grpc
 from opentelemetry.trace import SpanKind
 
+from funnel.runtime.admission import ConcurrencyLimit
 from funnel.runtime.auth import BearerTokens
-from funnel.runtime.errors import FunnelError, InvalidArgument, Unauthenticated
+from funnel.runtime.errors import FunnelError, InvalidArgument, ResourceExhausted, Unauthenticated
 from funnel.runtime.logs import REQUEST_ID
-from funnel.runtime.metrics import IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
+from funnel.runtime.metrics import IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS, SHED
 from funnel.runtime.tracing import context_from, trace_metadata, tracer
 
 REQUEST_ID_KEY = "x-request-id"
@@ -51,13 +52,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
       it in trailing metadata;
     - counts calls and records latency by method and final status, and writes one access-log
       line per call (health and reflection excepted);
+    - refuses a call at once with RESOURCE_EXHAUSTED when the concurrency limit is reached
+      (health and reflection are never shed: a busy pod must not look dead to its probes);
     - turns FunnelError into its status and any other exception into INTERNAL with a short message
       and the request id, never UNKNOWN with a stack trace. The stack goes to the log.
     """
 
-    def __init__(self, access_log: bool = True, tokens: BearerTokens | None = None) -> None:
+    def __init__(
+        self, access_log: bool = True, tokens: BearerTokens | None = None, limit: ConcurrencyLimit | None = None
+    ) -> None:
         self.access_log = access_log
         self.tokens = tokens
+        self.limit = limit
 
     async def intercept_service(
         self,
@@ -75,7 +81,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if self.tokens is not None and not quiet and not self.tokens.accepts(metadata):
             behavior = _refuse_unauthenticated
         return grpc.unary_unary_rpc_method_handler(
-            _wrap(behavior, method, request_id, self.access_log and not quiet),
+            _wrap(behavior, method, request_id, self.access_log and not quiet, None if quiet else self.limit),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
@@ -122,7 +128,11 @@ def _traced(
 
 
 def _wrap(
-    behavior: Callable[..., Awaitable[Any]], method: str, request_id: str, access_log: bool
+    behavior: Callable[..., Awaitable[Any]],
+    method: str,
+    request_id: str,
+    access_log: bool,
+    limit: ConcurrencyLimit | None,
 ) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         token = REQUEST_ID.set(request_id)
@@ -130,8 +140,14 @@ def _wrap(
         code = grpc.StatusCode.OK
         trailer = ((REQUEST_ID_KEY, request_id),)
         context.set_trailing_metadata(trailer)
+        admitted = limit is None or limit.try_acquire()
         IN_FLIGHT.inc()
         try:
+            if not admitted:
+                SHED.labels(method).inc()
+                raise ResourceExhausted(
+                    f"overloaded: {limit.in_flight} calls in flight, limit {int(limit.limit)}; retry with backoff"
+                )
             if isinstance(request, Undecodable):
                 raise InvalidArgument(f"the request is not a valid message for {method}: {request.error}")
             reply = await behavior(request, context)
@@ -154,6 +170,8 @@ def _wrap(
             await context.abort(code, f"internal error (request id {request_id})", trailer)
         finally:
             elapsed = time.perf_counter() - started
+            if admitted and limit is not None:
+                limit.release(elapsed)
             IN_FLIGHT.dec()
             RPC_REQUESTS.labels(method, code.name).inc()
             RPC_LATENCY.labels(method).observe(elapsed)

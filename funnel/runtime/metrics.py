@@ -33,6 +33,19 @@ LOADED_ARTIFACTS = Gauge(
 )
 POLICY_RELOADS = Counter("funnel_policy_reloads_total", "Policy file reloads, by result (loaded/rejected)", ["result"])
 ARTIFACT_INFO = Gauge("funnel_artifact_info", "Versions of the artifacts this process serves", ["kind", "version"])
+SHED = Counter(
+    "funnel_rpc_shed_total",
+    "Calls refused with RESOURCE_EXHAUSTED because the concurrency limit was reached",
+    ["method"],
+)
+CONCURRENCY_LIMIT = Gauge("funnel_rpc_concurrency_limit", "Calls this process accepts at once right now (0 = no limit)")
+RETRIES = Counter(
+    "funnel_gateway_extra_calls_total", "Retries and hedges the gateway sent, by stage", ["stage", "kind"]
+)
+RETRY_BUDGET_EXHAUSTED = Counter(
+    "funnel_gateway_retry_budget_exhausted_total", "Retries and hedges not sent for want of budget", ["stage", "kind"]
+)
+QUALITY_FACTOR = Gauge("funnel_gateway_quality_factor", "Share of the configured candidate counts requested now")
 
 
 def start_metrics_server(host: str, port: int) -> None:

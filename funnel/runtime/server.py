@@ -23,12 +23,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from funnel.runtime.admission import ConcurrencyLimit
 from funnel.runtime.auth import BearerTokens, load_tokens
 from funnel.runtime.config import ServerSettings
 from funnel.runtime.errors import ConfigError
 from funnel.runtime.interceptors import ServerInterceptor
 from funnel.runtime.logs import configure_logging
 from funnel.runtime.metrics import READY, start_metrics_server
+from funnel.runtime.tls import PLAINTEXT, Tls
 from funnel.runtime.tracing import configure_tracing, shutdown_tracing
 
 log = logging.getLogger("funnel.server")
@@ -60,9 +62,12 @@ class Readiness:
 class Runtime:
     """What a service gets from the bootstrap."""
 
-    def __init__(self, server: grpc.aio.Server, settings: ServerSettings, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, server: grpc.aio.Server, settings: ServerSettings, executor: ThreadPoolExecutor, tls: Tls = PLAINTEXT
+    ) -> None:
         self.server = server
         self.settings = settings
+        self.tls = tls  # also what the service's own outgoing calls use
         self._executor = executor
         self.readiness: Readiness  # set by serve() once the service names are known
 
@@ -88,18 +93,23 @@ def run(name: str, settings: ServerSettings, build: Callable[[Runtime], Service]
     try:
         configure_tracing(name)
         tokens = load_tokens(settings.auth_token_file) if settings.auth_token_file else None
+        tls = Tls.from_settings(settings)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
-        if not asyncio.run(serve(name, settings, build, tokens)):
+        if not asyncio.run(serve(name, settings, build, tokens, tls)):
             raise SystemExit(1)
     finally:
         shutdown_tracing()
 
 
 async def serve(
-    name: str, settings: ServerSettings, build: Callable[[Runtime], Service], tokens: BearerTokens | None = None
+    name: str,
+    settings: ServerSettings,
+    build: Callable[[Runtime], Service],
+    tokens: BearerTokens | None = None,
+    tls: Tls = PLAINTEXT,
 ) -> bool:
     """Serve until a stop signal; False when start-up (loading artifacts) failed."""
     options = [
@@ -110,9 +120,10 @@ async def serve(
     if settings.max_connection_age_seconds > 0:
         age_ms = int(settings.max_connection_age_seconds * 1000)
         options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)]
-    server = grpc.aio.server(interceptors=[ServerInterceptor(settings.access_log, tokens)], options=options)
+    limit = ConcurrencyLimit(settings.max_in_flight, settings.latency_target_ms / 1000)
+    server = grpc.aio.server(interceptors=[ServerInterceptor(settings.access_log, tokens, limit)], options=options)
     executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix=f"{name}-cpu")
-    runtime = Runtime(server, settings, executor)
+    runtime = Runtime(server, settings, executor, tls)
     service = build(runtime)
 
     health = health_aio.HealthServicer()
@@ -127,12 +138,22 @@ async def serve(
     )
 
     address = f"{settings.host}:{settings.port}"
-    port = server.add_insecure_port(address)
+    if tls.serves_tls:
+        port = server.add_secure_port(address, tls.server_credentials())
+    else:
+        port = server.add_insecure_port(address)
     if not port:
         raise SystemExit(f"{name}: cannot listen on {address}")
     await server.start()
     start_metrics_server(settings.host, settings.metrics_port)
-    log.info("listening", extra={"address": f"{settings.host}:{port}", "metrics_port": settings.metrics_port})
+    log.info(
+        "listening",
+        extra={
+            "address": f"{settings.host}:{port}",
+            "metrics_port": settings.metrics_port,
+            "tls": "mutual" if tls.require_client_cert else "on" if tls.serves_tls else "off",
+        },
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

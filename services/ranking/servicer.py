@@ -41,7 +41,7 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
         self.runtime = runtime
         self.settings = settings
         self.features: LoadedFeatures | None = None
-        self.triton = TritonRanker(settings.triton_url, settings.model_name, settings.triton_max_batch)
+        self.triton = TritonRanker(settings.triton_url, settings.model_name, settings.triton_max_batch, runtime.tls)
         self._watch: asyncio.Task[None] | None = None
         self._model_version = ""  # the last version Triton answered with, for the info metric
         ranking_pb2_grpc.add_RankingServicer_to_server(self, runtime.server)

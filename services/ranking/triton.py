@@ -12,6 +12,7 @@ from tritonclient.utils import InferenceServerException
 from funnel.features import FeatureBatch
 from funnel.runtime.channels import channel_options
 from funnel.runtime.errors import DeadlineExceeded, Unavailable
+from funnel.runtime.tls import PLAINTEXT, Tls
 from services.ranking.model_repository import CATEGORICAL_INPUT, DENSE_INPUT, SCORE_OUTPUT
 
 
@@ -33,12 +34,17 @@ def request_tensors(dense: np.ndarray, categorical: np.ndarray) -> list[triton.I
 
 
 class TritonRanker:
-    def __init__(self, url: str, model_name: str, max_batch: int) -> None:
+    def __init__(self, url: str, model_name: str, max_batch: int, tls: Tls = PLAINTEXT) -> None:
         self.url = url
         self.model_name = model_name
         self.max_batch = max_batch
-        # Round-robin over every Triton pod behind a headless Service (`dns:///triton:8001`).
-        self._client = triton.InferenceServerClient(url, channel_args=channel_options(64 * 1024 * 1024))
+        # Round-robin over every Triton pod behind a headless Service (`dns:///triton:8001`);
+        # (mutual) TLS when this process trusts a CA, as for every other hop.
+        self._client = triton.InferenceServerClient(
+            url,
+            creds=tls.channel_credentials() if tls.calls_with_tls else None,
+            channel_args=channel_options(64 * 1024 * 1024, tls=tls),
+        )
 
     async def model_ready(self, timeout_s: float = 1.0) -> bool:
         try:

@@ -32,6 +32,7 @@ class RetrievalSettings(ServerSettings):
     )
 
     def validate(self) -> list[str]:
+        problems = super().validate()
         if self.shard_index >= self.shard_count:
-            return [f"shard_index={self.shard_index} must be < shard_count={self.shard_count}"]
-        return []
+            problems.append(f"shard_index={self.shard_index} must be < shard_count={self.shard_count}")
+        return problems
