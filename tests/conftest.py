@@ -58,9 +58,15 @@ class ServiceProcess:
     """One service started by a test, stopped (SIGTERM, then SIGKILL) when the test ends."""
 
     def __init__(
-        self, module: str, args: list[str], log: Path, wait: bool = True, env: dict[str, str] | None = None
+        self,
+        module: str,
+        args: list[str],
+        log: Path,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.log = log
         command = [sys.executable, "-m", module, "--port", str(self.port), *args]
         environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
@@ -85,8 +91,10 @@ class ServiceProcess:
 def start_service(tmp_path: Path) -> Iterator:
     started: list[ServiceProcess] = []
 
-    def start(module: str, args: list[str], wait: bool = True, env: dict[str, str] | None = None) -> ServiceProcess:
-        service = ServiceProcess(module, args, tmp_path / f"{module}-{len(started)}.log", wait, env)
+    def start(
+        module: str, args: list[str], wait: bool = True, env: dict[str, str] | None = None, port: int | None = None
+    ) -> ServiceProcess:
+        service = ServiceProcess(module, args, tmp_path / f"{module}-{len(started)}.log", wait, env, port)
         started.append(service)
         return service
 

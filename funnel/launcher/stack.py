@@ -55,6 +55,7 @@ class Stack:
         self._next_port = config.first_stage_port
         self._next_metrics = config.first_metrics_port
         self.triton: TritonServer | None = None
+        self._launches: dict[str, tuple[str, list[str], dict[str, str] | None]] = {}
 
     # -- ports -----------------------------------------------------------------------------
     def _port(self) -> int:
@@ -125,12 +126,19 @@ class Stack:
         self.wait_all_serving()
 
     def launch(
-        self, name: str, module: str, args: list[str], port: int | None = None, env: dict[str, str] | None = None
+        self,
+        name: str,
+        module: str,
+        args: list[str],
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        metrics_port: int | None = None,
     ) -> ProcessInfo:
         """Start one service process; it is waited for by `wait_all_serving`."""
         c = self.config
         port = port or self._port()
-        metrics_port = self._metrics_port()
+        metrics_port = metrics_port or self._metrics_port()
+        self._launches[name] = (module, args, env)
         log = c.run_dir / "logs" / f"{name}.log"
         command = [
             sys.executable,
@@ -150,6 +158,20 @@ class Stack:
         self.processes.append(info)
         self._progress(f"started {name} on 127.0.0.1:{port}")
         return info
+
+    def launch_like(self, name: str, new_name: str) -> ProcessInfo:
+        """One more replica of a running process, on new ports."""
+        module, args, env = self._launches[name]
+        return self.launch(new_name, module, args, env=env)
+
+    def relaunch(self, name: str) -> ProcessInfo:
+        """Start a process that stopped (or was killed) again, on the same ports: a restarted pod."""
+        old = self.get(name)
+        if alive(old.pid):
+            raise RuntimeError(f"{name} is still running")
+        self.processes.remove(old)
+        module, args, env = self._launches[name]
+        return self.launch(name, module, args, port=old.port, env=env, metrics_port=old.metrics_port)
 
     def wait_all_serving(self) -> None:
         for info in self.processes:
