@@ -51,7 +51,11 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             settings.max_message_bytes,
             runtime.tls,
         )
-        self.retries = Attempts(RetryBudget(settings.retry_budget_ratio, settings.retry_budget_floor_per_s))
+        # One retry budget per downstream target: extra calls are a share of that target's own first
+        # calls, so healthy stages never lend a failing one their budget.
+        self.ranking_attempts = Attempts(self._retry_budget())
+        self.reranking_attempts = Attempts(self._retry_budget())
+        self.shard_budgets = [self._retry_budget() for _ in self.stages.retrieval]
         self.shard_latency = [LatencyWindow() for _ in self.stages.retrieval]
         self.quality = QualityFactor(settings.quality_floor)
         recommender_pb2_grpc.add_RecommenderServicer_to_server(self, runtime.server)
@@ -174,13 +178,15 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             raise Unavailable("retrieval failed and no fallback candidates are available")
         return candidates
 
+    def _retry_budget(self) -> RetryBudget:
+        return RetryBudget(self.settings.retry_budget_ratio, self.settings.retry_budget_floor_per_s)
+
     def _shard_attempts(self, shard: int) -> Attempts:
         """Retries as for every stage, plus a hedge once the call is slower than most recent ones."""
         s = self.settings
         observed = self.shard_latency[shard].quantile(s.hedge_quantile) if s.hedge_quantile > 0 else None
-        if observed is None:
-            return self.retries
-        return Attempts(self.retries.budget, max(observed, s.min_hedge_delay_ms / 1000))
+        hedge_after = None if observed is None else max(observed, s.min_hedge_delay_ms / 1000)
+        return Attempts(self.shard_budgets[shard], hedge_after)
 
     async def _rank(
         self,
@@ -197,7 +203,10 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         rank = ranking_pb2.RankRequest(user_id=request.user_id, context=request.context, candidates=candidates)
         timeout = budget.stage_timeout(self.settings.ranking_budget_ms / 1000, reserve)
         call = await call_stage(
-            "ranking", lambda t, md: self.stages.ranking.Rank(rank, timeout=t, metadata=md), timeout, self.retries
+            "ranking",
+            lambda t, md: self.stages.ranking.Rank(rank, timeout=t, metadata=md),
+            timeout,
+            self.ranking_attempts,
         )
         report.latency_ms, report.server_ms, report.attempts = call.latency_ms, call.server_ms, call.attempts
         if call.ok:
@@ -237,7 +246,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
                 "reranking",
                 lambda t, md: self.stages.reranking.Rerank(rerank, timeout=t, metadata=md),
                 timeout,
-                self.retries,
+                self.reranking_attempts,
             )
             report.latency_ms, report.server_ms, report.attempts = call.latency_ms, call.server_ms, call.attempts
             if call.ok:

@@ -27,18 +27,37 @@ from funnel.v1 import (
 
 
 class Fault:
-    """What a double does on each call: wait `delay_s`, then fail with `code` or answer."""
+    """What a double does on each call: wait `delay_s`, then fail with `code` or answer.
 
-    def __init__(self, delay_s: float = 0.0, code: grpc.StatusCode | None = None) -> None:
+    With `every` = n only every n-th call is delayed or failed; the others answer at once. The
+    double also counts its calls, the most it held at once, and calls its caller cancelled.
+    """
+
+    def __init__(self, delay_s: float = 0.0, code: grpc.StatusCode | None = None, every: int = 1) -> None:
         self.delay_s = delay_s
         self.code = code
+        self.every = every
         self.calls = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.cancelled = 0
+        self._lock = threading.Lock()
         self._released = threading.Event()
 
     def act(self, context: grpc.ServicerContext) -> None:
-        self.calls += 1
-        self._released.wait(self.delay_s)
-        if self.code is not None:
+        with self._lock:
+            self.calls += 1
+            faulty = self.calls % self.every == 0
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if faulty:
+                self._released.wait(self.delay_s)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+                self.cancelled += 0 if context.is_active() else 1
+        if faulty and self.code is not None:
             context.abort(self.code, "injected fault")
 
     def release(self) -> None:
