@@ -38,7 +38,7 @@ def test_a_replica_that_keeps_failing_is_ejected_for_a_while_then_tried_again(st
     begin, end = quiet
     during = [ok for t, _, ok in timeline if begin < t < end]  # `begin` is the last call it failed
     assert len(during) >= 20 and all(during), "meanwhile every request was ranked by the healthy replica"
-    assert end < timeline[-1][0], "the ejected replica was tried again after its ejection time"
+    assert end != float("inf"), "the ejected replica was tried again after its ejection time"
 
 
 def first_quiet_run(timeline: list[tuple[float, int, bool]], seconds: float) -> tuple[float, float] | None:
