@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from funnel.runtime.channels import listed_hosts
 from funnel.runtime.config import ServerSettings, non_empty, non_negative, port_setting, positive, setting
 
 
@@ -93,6 +94,12 @@ class GatewaySettings(ServerSettings):
             problems.append("retrieval_shards names no shard")
         if self.local_reserve_ms >= self.default_deadline_ms:
             problems.append("local_reserve_ms must be smaller than default_deadline_ms")
+        if self.tls_ca_file and not self.tls_server_name:
+            targets = [*self.shard_targets(), self.ranking_target, self.reranking_target]
+            if any(len(listed_hosts(t)) > 1 for t in targets):
+                problems.append(
+                    "a replica list spans several hosts, so TLS has no one name to verify: set tls_server_name"
+                )
         if self.hedge_quantile >= 1:
             problems.append("hedge_quantile must be below 1 (0 turns hedging off)")
         if self.quality_floor > 1:

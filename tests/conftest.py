@@ -65,6 +65,7 @@ class ServiceProcess:
         wait: bool = True,
         env: dict[str, str] | None = None,
         port: int | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.port = port or free_port()
         self.log = log
@@ -73,7 +74,7 @@ class ServiceProcess:
         self.process = spawn(command, log, env=environment, cwd=REPO_ROOT)
         if wait:
             try:
-                wait_serving(self.address, 60, lambda: alive(self.process.pid))
+                wait_serving(self.address, 60, lambda: alive(self.process.pid), credentials)
             except (RuntimeError, TimeoutError) as exc:
                 self.stop()
                 raise RuntimeError(f"{module}: {exc}\n{tail(log)}") from None
@@ -92,9 +93,15 @@ def start_service(tmp_path: Path) -> Iterator:
     started: list[ServiceProcess] = []
 
     def start(
-        module: str, args: list[str], wait: bool = True, env: dict[str, str] | None = None, port: int | None = None
+        module: str,
+        args: list[str],
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> ServiceProcess:
-        service = ServiceProcess(module, args, tmp_path / f"{module}-{len(started)}.log", wait, env, port)
+        log = tmp_path / f"{module}-{len(started)}.log"
+        service = ServiceProcess(module, args, log, wait, env, port, credentials)
         started.append(service)
         return service
 

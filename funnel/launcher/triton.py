@@ -51,6 +51,23 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class TritonTls:
+    """Mutual TLS on Triton's gRPC port: its certificate and key, and the CA its clients must hold."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def flags(self) -> list[str]:
+        return [
+            "--grpc-use-ssl-mutual=true",
+            f"--grpc-server-cert={self.cert}",
+            f"--grpc-server-key={self.key}",
+            f"--grpc-root-cert={self.ca}",
+        ]
+
+
 @dataclass
 class TritonServer:
     model_repository: Path
@@ -60,6 +77,7 @@ class TritonServer:
     log_path: Path
     models: list[str] = field(default_factory=lambda: ["ranker"])
     host: str = "127.0.0.1"
+    tls: TritonTls | None = None
     process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
@@ -80,7 +98,8 @@ class TritonServer:
             "--exit-timeout-secs=5",
             "--log-verbose=0",
         ]
-        return command + [f"--load-model={model}" for model in self.models]
+        tls = self.tls.flags() if self.tls else []
+        return command + tls + [f"--load-model={model}" for model in self.models]
 
     def start(self) -> subprocess.Popen:
         self.process = spawn(self.command(), self.log_path, env=server_env())

@@ -76,9 +76,20 @@ def channel_options(
     ]
 
 
+def listed_hosts(spec: str) -> set[str]:
+    """The hosts of a comma-separated replica list (empty for a single address or a resolver URI)."""
+    if ":///" in spec or "," not in spec:
+        return set()
+    return {address.strip().rsplit(":", 1)[0] for address in spec.split(",") if address.strip()}
+
+
 def open_channel(spec: str, max_message_bytes: int = 4 * 1024 * 1024, tls: Tls = PLAINTEXT) -> grpc.aio.Channel:
     """A channel to a stage: TLS when the process trusts a CA, plaintext otherwise."""
     options = channel_options(max_message_bytes, stage=True, tls=tls)
+    hosts = listed_hosts(spec)
+    if tls.calls_with_tls and not tls.server_name and len(hosts) == 1:
+        # An `ipv4:` list has no single authority to verify; replicas on one host answer to its name.
+        options.append(("grpc.ssl_target_name_override", hosts.pop()))
     if tls.calls_with_tls:
         return grpc.aio.secure_channel(grpc_target(spec), tls.channel_credentials(), options=options)
     return grpc.aio.insecure_channel(grpc_target(spec), options=options)
