@@ -26,7 +26,7 @@ BENCH_USERS ?= 1000
 OVERLAY ?= dev
 
 .PHONY: help install protos artifacts artifacts-movielens up down demo test lint clean bench-retrieval bench-ranking bench-reranking \
-	k8s-render k8s-validate images bench bench-artifacts
+	k8s-render k8s-validate images bench bench-artifacts bench-overload
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ artifacts-100k/bundles artifacts-1m/bundles: $(STAMP_PROTOS)
 	$(PY) -m training.build --out $(@D) --size $(subst artifacts-,,$(@D)) --epochs $(if $(findstring 1m,$(@D)),2,3)
 
 bench-artifacts: artifacts artifacts-100k/bundles artifacts-1m/bundles ## Train the 100k and 1M-item bundles make bench needs (about 15 min, once)
+
+bench-overload: artifacts ## The demo stack at 1x and 3x its sustainable rate, without and with load shedding
+	$(PY) -m benchmarks.overload --artifacts $(ARTIFACTS) --seconds $(BENCH_SECONDS) --out results/overload
 
 bench: bench-artifacts ## Load sweep per scenario, funnel vs full ranking at 100k/1M, report with plots in results/bench
 	$(PY) -m benchmarks.e2e_load --artifacts $(ARTIFACTS) --artifacts-1m artifacts-1m --seconds $(BENCH_SECONDS) --out $(BENCH_OUT)

@@ -187,7 +187,9 @@ def sustainable_rate(steps: list[Step], slo_ms: float) -> float:
     return best
 
 
-def start_stack(scenario: Scenario, run_dir: Path, policy: Path | None = None) -> Stack:
+def start_stack(
+    scenario: Scenario, run_dir: Path, policy: Path | None = None, gateway_env: dict[str, str] | None = None
+) -> Stack:
     stack = Stack(
         StackConfig(
             artifacts=scenario.artifacts,
@@ -198,6 +200,7 @@ def start_stack(scenario: Scenario, run_dir: Path, policy: Path | None = None) -
             auto_ports=True,
             gateway_port=0,
             extra_env=scenario.env,
+            gateway_env=gateway_env or {},
             startup_timeout_s=600,
         )
     )

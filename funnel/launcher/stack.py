@@ -37,6 +37,7 @@ class StackConfig:
     first_metrics_port: int = 9101
     startup_timeout_s: float = 180.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    gateway_env: dict[str, str] = field(default_factory=dict)  # on top of extra_env, gateway only
 
 
 @dataclass
@@ -122,6 +123,7 @@ class Stack:
                 str(c.policy),
             ],
             port=c.gateway_port or free_port(),
+            env=c.gateway_env,
         )
         self.wait_all_serving()
 
