@@ -26,7 +26,7 @@ BENCH_USERS ?= 1000
 OVERLAY ?= dev
 
 .PHONY: help install protos artifacts artifacts-movielens up down demo test lint clean bench-retrieval bench-ranking bench-reranking \
-	k8s-render k8s-validate images bench bench-artifacts bench-overload
+	k8s-render k8s-validate images bench bench-artifacts bench-overload eval eval-movielens
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -73,6 +73,17 @@ artifacts-100k/bundles artifacts-1m/bundles: $(STAMP_PROTOS)
 	$(PY) -m training.build --out $(@D) --size $(subst artifacts-,,$(@D)) --epochs $(if $(findstring 1m,$(@D)),2,3)
 
 bench-artifacts: artifacts artifacts-100k/bundles artifacts-1m/bundles ## Train the 100k and 1M-item bundles make bench needs (about 15 min, once)
+
+EVAL_USERS ?= 2000
+
+eval: artifacts ## Replay held-out users through the served funnel: stage ablations, rule groups, report in results/eval
+	$(PY) -m evaluation --artifacts $(ARTIFACTS) --out results/eval --max-users $(EVAL_USERS)
+
+artifacts-movielens/bundles: | $(STAMP_PROTOS)
+	$(PY) -m training.build --out artifacts-movielens --movielens $(MOVIELENS)
+
+eval-movielens: artifacts-movielens/bundles ## The same replay on a MovieLens folder (MOVIELENS=path), report in results/eval-movielens
+	$(PY) -m evaluation --artifacts artifacts-movielens --out results/eval-movielens --max-users $(EVAL_USERS)
 
 bench-overload: artifacts ## The demo stack at 1x and 3x its sustainable rate, without and with load shedding
 	$(PY) -m benchmarks.overload --artifacts $(ARTIFACTS) --seconds $(BENCH_SECONDS) --out results/overload

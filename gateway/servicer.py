@@ -44,6 +44,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         self.settings = settings
         self.safety: SafetyNet | None = None
         self.source_limits = settings.source_limits()  # fixed for the process; not rebuilt per request
+        self.enabled = settings.enabled_stages()
         self.stages = StageClients(
             settings.shard_targets(),
             settings.ranking_target,
@@ -197,8 +198,10 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         response: recommender_pb2.RecommendResponse,
     ) -> list[common_pb2.Candidate]:
         report = response.stages.add(stage="ranking", items_in=len(candidates))
-        if not candidates:
-            report.status, report.message = SKIPPED, "no candidates to rank"
+        if not candidates or "ranking" not in self.enabled:
+            report.status = SKIPPED
+            report.message = "switched off (--stages); kept retrieval order" if candidates else "no candidates to rank"
+            report.items_out = len(candidates)
             return candidates
         rank = ranking_pb2.RankRequest(user_id=request.user_id, context=request.context, candidates=candidates)
         timeout = budget.stage_timeout(self.settings.ranking_budget_ms / 1000, reserve)
@@ -232,7 +235,9 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         response: recommender_pb2.RecommendResponse,
     ) -> list[common_pb2.Candidate]:
         report = response.stages.add(stage="reranking", items_in=len(ranked))
-        if ranked:
+        if ranked and "reranking" not in self.enabled:
+            error = "switched off (--stages)"
+        elif ranked:
             rerank = reranking_pb2.RerankRequest(
                 user_id=request.user_id,
                 context=request.context,
@@ -266,8 +271,8 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         if request.debug:
             for candidate in final:
                 candidate.reasons.append(f"gateway safety net: content policy {safety.policy.version} applied")
-        report.status = DEGRADED_STATUS if ranked else SKIPPED
-        report.message = f"re-ranking unavailable ({error}); gateway applied content policy and exclusions"
+        report.status = DEGRADED_STATUS if ranked and "reranking" in self.enabled else SKIPPED
+        report.message = f"re-ranking not used ({error}); gateway applied content policy and exclusions"
         report.version = f"policy:{safety.policy.version}"
         report.items_out = len(final)
         return final

@@ -24,6 +24,12 @@ class GatewaySettings(ServerSettings):
         help="policy file whose content rules the gateway enforces on fallback",
         checks=[non_empty],
     )
+    stages: str = setting(
+        "retrieval,ranking,reranking",
+        help="stages the gateway calls; a stage left out is SKIPPED (stage ablations in `make eval`, or a "
+        "stage switched off in an incident); content policy is applied whatever is left out",
+        checks=[non_empty],
+    )
     default_deadline_ms: float = setting(250.0, help="total budget when the client sets no deadline", checks=[positive])
     retrieval_budget_ms: float = setting(60.0, help="most a retrieval fan-out may take", checks=[positive])
     ranking_budget_ms: float = setting(80.0, help="most a ranking call may take", checks=[positive])
@@ -85,6 +91,9 @@ class GatewaySettings(ServerSettings):
     max_excluded: int = setting(1000, help="largest exclude_item_ids list a client may send", checks=[positive])
     max_recent_items: int = setting(100, help="largest recent_item_ids list a client may send", checks=[positive])
 
+    def enabled_stages(self) -> set[str]:
+        return {part.strip() for part in self.stages.split(",") if part.strip()}
+
     def shard_targets(self) -> list[str]:
         return [part.strip() for part in self.retrieval_shards.split(";") if part.strip()]
 
@@ -100,6 +109,11 @@ class GatewaySettings(ServerSettings):
                 problems.append(
                     "a replica list spans several hosts, so TLS has no one name to verify: set tls_server_name"
                 )
+        unknown = self.enabled_stages() - {"retrieval", "ranking", "reranking"}
+        if unknown or "retrieval" not in self.enabled_stages():
+            problems.append(
+                f"stages must include retrieval and name only retrieval, ranking, reranking (got {self.stages!r})"
+            )
         if self.hedge_quantile >= 1:
             problems.append("hedge_quantile must be below 1 (0 turns hedging off)")
         if self.quality_floor > 1:

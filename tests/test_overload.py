@@ -54,14 +54,15 @@ def first_quiet_run(timeline: list[tuple[float, int, bool]], seconds: float) -> 
 
 
 def test_a_slow_shard_replica_is_hedged_on_the_other_and_the_loser_cancelled(stack, catalog, start_gateway):
-    """Every 5th call to one replica of shard 0 hangs for 0.5 s, far beyond the 60 ms budget."""
+    """Every 5th call to one replica of shard 0 hangs for 0.5 s, far beyond the shard budget."""
     slow = Fault(delay_s=0.5, every=5)
     with fixed_retrieval([str(i) for i in catalog.item_ids[:60]], slow) as double:
         targets = f"{stack.address('retrieval-0-0')},{double};{stack.address('retrieval-1-0')}"
         ranking, reranking = stack.address("ranking-0"), stack.address("reranking-0")
         results = {}
         for name, flags in {"hedged": [], "not hedged": ["--hedge-quantile", "0"]}.items():
-            gateway = start_gateway(targets, ranking, reranking, *flags)
+            # A 150 ms shard budget: room for a busy machine, still far below the 0.5 s hang.
+            gateway = start_gateway(targets, ranking, reranking, "--retrieval-budget-ms", "150", *flags)
             with grpc.insecure_channel(gateway.address) as channel:
                 stub = recommender_pb2_grpc.RecommenderStub(channel)
                 for user in range(1, 41):  # warm-up: the hedge delay comes from observed latency
@@ -80,9 +81,19 @@ def test_a_slow_shard_replica_is_hedged_on_the_other_and_the_loser_cancelled(sta
 
 
 def test_quality_factor_shrinks_candidates_under_latency_pressure_and_recovers(stack, start_gateway):
-    slow = Fault(delay_s=0.07)  # ranking answers at 7/8 of its 80 ms budget
+    # Ranking answers at 4/5 of its budget: pressure, with 60 ms to spare so a busy machine does not
+    # turn it into a cut-off.
+    slow = Fault(delay_s=0.24)
     with faulty_ranking(slow) as ranking:
-        gateway = start_gateway(shards(stack), ranking, stack.address("reranking-0"))
+        gateway = start_gateway(
+            shards(stack),
+            ranking,
+            stack.address("reranking-0"),
+            "--ranking-budget-ms",
+            "300",
+            "--default-deadline-ms",
+            "1000",
+        )
         with grpc.insecure_channel(gateway.address) as channel:
             stub = recommender_pb2_grpc.RecommenderStub(channel)
             first = ask(stub, 1)

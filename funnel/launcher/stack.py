@@ -161,10 +161,15 @@ class Stack:
         self._progress(f"started {name} on 127.0.0.1:{port}")
         return info
 
-    def launch_like(self, name: str, new_name: str) -> ProcessInfo:
-        """One more replica of a running process, on new ports."""
+    def launch_like(self, name: str, new_name: str, extra_args: list[str] | None = None) -> ProcessInfo:
+        """One more replica of a running process, on new ports (later flags override earlier ones)."""
         module, args, env = self._launches[name]
-        return self.launch(new_name, module, args, env=env)
+        return self.launch(new_name, module, [*args, *(extra_args or [])], env=env)
+
+    def stop_one(self, name: str) -> None:
+        info = self.get(name)
+        stop_group(info.pid)
+        self.processes.remove(info)
 
     def relaunch(self, name: str) -> ProcessInfo:
         """Start a process that stopped (or was killed) again, on the same ports: a restarted pod."""
