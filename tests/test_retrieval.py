@@ -201,3 +201,24 @@ def test_source_limits_override_the_candidate_count_per_source(stack):
         )
     sources = [c.source for c in reply.candidates]
     assert (sources.count("ann"), sources.count("popular")) == (20, 3)
+
+
+def test_items_the_user_already_consumed_take_no_candidate_slot_unless_turned_off(artifacts, stack, start_service):
+    from funnel.artifacts.catalog import Catalog, Users
+
+    bundle = latest_version(artifacts / "bundles")
+    catalog, users = Catalog.load(bundle), Users.load(bundle)
+    user = "u0000001"
+    history = set(catalog.item_ids[users.history(users.index.row(user))].tolist())
+    assert len(history) >= 5
+    request = retrieval_pb2.RetrieveRequest(user_id=user, num_candidates=1000)
+
+    def candidates(address: str) -> list[str]:
+        with grpc.insecure_channel(address) as channel:
+            reply = retrieval_pb2_grpc.RetrievalStub(channel).Retrieve(request, timeout=10)
+        return [c.item_id for c in reply.candidates]
+
+    served = candidates(stack.address("retrieval-0-0")) + candidates(stack.address("retrieval-1-0"))
+    assert len(served) > 1000 and not history & set(served), "no consumed item in any source of any shard"
+    keeping = start_service("services.retrieval", ["--artifact-dir", str(artifacts), "--exclude-history", "false"])
+    assert history & set(candidates(keeping.address)), "with the setting off, consumed items come back"

@@ -60,6 +60,8 @@ class ShardIndex:
         self._warm_up()
         rows = np.flatnonzero(shard_of(self.catalog.item_ids, shard_count) == shard_index)
         self.index = build_index(np.asarray(item_vectors[rows]), rows, spec)
+        self.on_shard = np.zeros(len(self.catalog), dtype=bool)
+        self.on_shard[rows] = True
         self.popular = PopularSource(self.catalog, rows)
         self.category_popular = CategoryPopularSource(self.catalog, rows)
         self.fresh = FreshSource(self.catalog, rows)
@@ -77,6 +79,7 @@ class ShardIndex:
 
     def search(self, query: np.ndarray, k: int, exclude: np.ndarray) -> Hits:
         """Top-k items of this shard by inner product with `query` [1, dim], minus `exclude`."""
+        exclude = exclude[self.on_shard[exclude]]  # only this shard's items take extra search slots
         scores, rows = self.index.search(query, min(k + len(exclude), self.size))
         keep = (rows[0] >= 0) & ~np.isin(rows[0], exclude)
         return Hits(rows[0][keep][:k], scores[0][keep][:k])

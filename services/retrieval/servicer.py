@@ -10,6 +10,7 @@ from pathlib import Path
 
 import faiss
 import grpc
+import numpy as np
 import torch
 
 from funnel.artifacts.store import MANIFEST, ArtifactError, latest_version, wait_for_latest
@@ -144,6 +145,8 @@ def _retrieve(
     exclude = index.catalog.index.rows(list(request.exclude_item_ids))
     exclude = exclude[exclude >= 0]
     user_row = index.users.index.row(request.user_id)
+    if settings.exclude_history and user_row >= 0:
+        exclude = np.union1d(exclude, index.users.history(user_row))
     recent = index.catalog.index.rows(list(request.recent_item_ids))
     response = retrieval_pb2.RetrieveResponse(
         index_version=index.version,

@@ -27,6 +27,11 @@ class RetrievalSettings(ServerSettings):
     )
     max_candidates: int = setting(1000, help="largest num_candidates a request may ask for", checks=[positive])
     max_excluded: int = setting(1000, help="largest exclude_item_ids list accepted", checks=[positive])
+    exclude_history: bool = setting(
+        True,
+        help="leave out items in the user's stored history, so no candidate slot goes to an item the "
+        "policy's exclude_consumed rule would drop (turn both off where people re-consume)",
+    )
     artifact_poll_seconds: float = setting(
         1.0, help="how often to look for a bundle while none is loaded", checks=[positive]
     )
