@@ -136,11 +136,14 @@ def draw(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     panels = [("categories@100", "distinct categories per list"), ("provider_gini@100", "provider exposure Gini")]
     for axis, (key, label) in zip(axes, panels, strict=True):
+        points: dict[tuple[float, float], list[str]] = {}  # variants that coincide share one label
         for row in results["variants"]:
             m = row["metrics"]
             marker = "s" if row["kind"] == "stages" else "o"
             axis.scatter(m[key], m["ndcg@10"], marker=marker)
-            axis.annotate(row["variant"], (m[key], m["ndcg@10"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            points.setdefault((round(m[key], 6), round(m["ndcg@10"], 6)), []).append(row["variant"])
+        for (x, y), names in points.items():
+            axis.annotate(" = ".join(names), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
         axis.set_xlabel(label)
         axis.set_ylabel("NDCG@10")
         axis.grid(alpha=0.3)
