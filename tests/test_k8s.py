@@ -310,3 +310,47 @@ def test_images_without_a_docker_engine_say_so_and_build_nothing(tmp_path):
     assert result.returncode == 2
     assert "no Docker engine reachable" in result.stderr
     assert "docker build -f services/retrieval/Dockerfile -t funnel/retrieval:" in result.stderr
+
+
+def _drop_env(deployment: str, variable: str) -> Callable[[Objects], None]:
+    def mutate(objects: Objects) -> None:
+        env = container(objects, deployment)["env"]
+        env.remove(next(e for e in env if e["name"] == variable))
+
+    return mutate
+
+
+def _triton_plaintext(objects: Objects) -> None:
+    args = container(objects, "triton")["args"]
+    args[:] = [a for a in args if not a.startswith(("--grpc-use-ssl", "--grpc-server-", "--grpc-root-cert"))]
+
+
+TLS_BROKEN = {
+    "probes on a TLS port": (_drop_env("ranking", "FUNNEL_PROBE_PORT"), "set FUNNEL_PROBE_PORT"),
+    "Triton left in plaintext": (_triton_plaintext, "ranking calls with TLS, Triton is plaintext"),
+    "a certificate off the volume": (
+        _env("retrieval-0", "FUNNEL_TLS_CERT_FILE", "/certs/tls.crt"),
+        "tls_cert_file=/certs/tls.crt is on no mounted volume",
+    ),
+}
+
+
+def test_prod_runs_every_hop_over_mutual_tls_with_plaintext_probe_ports(rendered):
+    objects = rendered["prod"]
+    assert not problems_of(objects)
+    for name in ("retrieval-0", "retrieval-1", "ranking", "reranking", "gateway"):
+        app = container(objects, name)
+        env = {e["name"]: e.get("value") for e in app["env"]}
+        assert env["FUNNEL_TLS_CA_FILE"] == "/etc/funnel/tls/ca.crt"
+        assert env["FUNNEL_TLS_REQUIRE_CLIENT_CERT"] == ("false" if name == "gateway" else "true")
+        assert {app[p]["grpc"]["port"] for p in ("startupProbe", "readinessProbe", "livenessProbe")} == {8086}
+    assert "--grpc-use-ssl-mutual=true" in container(objects, "triton")["args"]
+
+
+@pytest.mark.parametrize("case", sorted(TLS_BROKEN))
+def test_each_tls_check_catches_what_it_is_for(rendered, case):
+    mutate, expected = TLS_BROKEN[case]
+    objects = copy.deepcopy(rendered["prod"])
+    mutate(objects)
+    problems = problems_of(objects)
+    assert any(expected in problem for problem in problems), problems

@@ -41,9 +41,10 @@ def health(address: str, credentials: grpc.ChannelCredentials | None) -> str:
 
 def test_mutual_tls_stage_refuses_every_caller_without_a_certificate_its_ca_signed(artifacts, start_service, pki):
     workload, rogue = pki["workload"], pki["rogue"]
+    probe_port = free_port()
     reranking = start_service(
         "services.reranking",
-        ["--artifact-dir", str(artifacts), "--policy-path", str(POLICY)],
+        ["--artifact-dir", str(artifacts), "--policy-path", str(POLICY), "--probe-port", str(probe_port)],
         env=workload.env(require_client_cert=True),
         credentials=workload.credentials(),
     )
@@ -61,6 +62,12 @@ def test_mutual_tls_stage_refuses_every_caller_without_a_certificate_its_ca_sign
         "server not trusted by the caller": health(reranking.address, rogue.credentials()),
     }
     assert set(refused.values()) == {"UNAVAILABLE"}, refused
+    # The probe port: plaintext health for the kubelet, and nothing else.
+    probe_address = f"127.0.0.1:{probe_port}"
+    assert health(probe_address, None) == "SERVING"
+    with grpc.insecure_channel(probe_address) as channel, pytest.raises(grpc.RpcError) as refused_call:
+        reranking_pb2_grpc.RerankingStub(channel).Rerank(request, timeout=5)
+    assert refused_call.value.code() == grpc.StatusCode.UNIMPLEMENTED
     log = reranking.log.read_text()
     assert '"tls": "mutual"' in log
     assert "PRIVATE KEY" not in log and workload.key.read_text() not in log

@@ -117,11 +117,15 @@ def _listening_problems(manifests: Manifests, container: Container, settings: Se
         if "grpc" not in probe:
             problems.append(f"{name}: {probe_name} must be a native gRPC probe")
             continue
-        if probe["grpc"]["port"] != settings.port:
-            problems.append(f"{name}: {probe_name} checks port {probe['grpc']['port']}, not {settings.port}")
+        # With a probe port the kubelet asks there (plaintext health only), else on the gRPC port.
+        probe_port = settings.probe_port or settings.port
+        if probe["grpc"]["port"] != probe_port:
+            problems.append(f"{name}: {probe_name} checks port {probe['grpc']['port']}, not {probe_port}")
         service = probe["grpc"].get("service", "")
         if service not in ("", LIVENESS_SERVICE):
             problems.append(f"{name}: {probe_name} asks for health service {service!r}, which is never set")
+    if settings.tls_cert_file and not settings.probe_port:
+        problems.append(f"{name}: serves TLS, which the kubelet's gRPC probes cannot speak: set FUNNEL_PROBE_PORT")
     if container.spec.get("livenessProbe", {}).get("grpc", {}).get("service") != LIVENESS_SERVICE:
         problems.append(f"{name}: livenessProbe must ask for {LIVENESS_SERVICE!r}, or a pod that is loading is killed")
     grace = container.pod.get("terminationGracePeriodSeconds", 30)
@@ -139,9 +143,9 @@ def _listening_problems(manifests: Manifests, container: Container, settings: Se
 
 def _file_problems(manifests: Manifests, container: Container, settings: ServerSettings) -> list[str]:
     problems = []
-    for field in ("artifact_dir", "policy_path"):
+    for field in ("artifact_dir", "policy_path", "tls_cert_file", "tls_key_file", "tls_ca_file"):
         path = getattr(settings, field, None)
-        if path is None:
+        if not path:
             continue
         found = container.mount_for(path)
         if found is None or found["volume"] is None:
@@ -255,11 +259,30 @@ def _triton_problems(manifests: Manifests, ranking: Container, settings: Ranking
         repository = flags.get("--model-repository", "")
         if container.mount_for(repository) is None:
             problems.append(f"{container.name}: --model-repository={repository} is on no mounted volume")
+        problems += _triton_tls_problems(container, flags, settings)
         http_port = int(flags.get("--http-port", "8000"))
         for probe_name, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
             probe = container.spec.get(probe_name, {}).get("httpGet", {})
             if probe.get("path") != path or container.port(probe.get("port", -1)) != http_port:
                 problems.append(f"{container.name}: {probe_name} must GET {path} on the HTTP port {http_port}")
+    return problems
+
+
+def _triton_tls_problems(container: Container, flags: dict[str, str], ranking: RankingSettings) -> list[str]:
+    """Ranking's TLS and Triton's must agree, or every inference fails at the handshake."""
+    mutual = flags.get("--grpc-use-ssl-mutual") == "true"
+    tls = mutual or flags.get("--grpc-use-ssl") == "true"
+    problems = []
+    if tls != bool(ranking.tls_ca_file):
+        side = (
+            "Triton serves TLS but ranking calls in plaintext" if tls else "ranking calls with TLS, Triton is plaintext"
+        )
+        problems.append(f"{container.name}: {side}")
+    if mutual and not ranking.tls_cert_file:
+        problems.append(f"{container.name}: Triton requires client certificates; ranking has none")
+    for flag in ("--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert") if tls else ():
+        if not flags.get(flag) or container.mount_for(flags[flag]) is None:
+            problems.append(f"{container.name}: {flag}={flags.get(flag)} is on no mounted volume")
     return problems
 
 

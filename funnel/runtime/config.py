@@ -176,6 +176,12 @@ class ServerSettings:
         "target, shedding the excess instead of queueing it",
         checks=[non_negative],
     )
+    probe_port: int = setting(
+        0,
+        help="when > 0, a plaintext port serving only the health service, for probes that cannot speak TLS "
+        "(the kubelet's gRPC probes) while the main port requires it",
+        checks=[port_number],
+    )
     tls_cert_file: str = setting(
         "",
         help="PEM certificate chain: with tls_key_file the gRPC port serves TLS, and calls to other "
@@ -199,6 +205,8 @@ class ServerSettings:
 
     def tls_problems(self) -> list[str]:
         problems = []
+        if self.probe_port and self.probe_port in (self.port, self.metrics_port):
+            problems.append("probe_port must differ from port and metrics_port")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             problems.append("tls_cert_file and tls_key_file must be set together")
         if self.tls_require_client_cert and not (self.tls_cert_file and self.tls_ca_file):

@@ -145,6 +145,7 @@ async def serve(
     if not port:
         raise SystemExit(f"{name}: cannot listen on {address}")
     await server.start()
+    probes = await _start_probe_server(settings, health)
     start_metrics_server(settings.host, settings.metrics_port)
     log.info(
         "listening",
@@ -152,6 +153,7 @@ async def serve(
             "address": f"{settings.host}:{port}",
             "metrics_port": settings.metrics_port,
             "tls": "mutual" if tls.require_client_cert else "on" if tls.serves_tls else "off",
+            "probe_port": settings.probe_port,
         },
     )
 
@@ -170,12 +172,27 @@ async def serve(
     READY.set(0)
     await asyncio.sleep(settings.drain_seconds)
     await server.stop(settings.grace_seconds)
+    if probes is not None:
+        await probes.stop(0)
     starting.cancel()
     await service.stop()
     executor.shutdown(wait=False, cancel_futures=True)
     failed = starting.done() and not starting.cancelled() and starting.exception() is not None
     log.info("stopped", extra={"start_failed": failed})
     return not failed
+
+
+async def _start_probe_server(settings: ServerSettings, health: health_aio.HealthServicer) -> grpc.aio.Server | None:
+    """The health service alone on a plaintext port, sharing the main server's statuses: probes
+    read readiness without a certificate, and nothing else is reachable there."""
+    if not settings.probe_port:
+        return None
+    probes = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, probes)
+    if not probes.add_insecure_port(f"{settings.host}:{settings.probe_port}"):
+        raise SystemExit(f"cannot listen on {settings.host}:{settings.probe_port} (probe port)")
+    await probes.start()
+    return probes
 
 
 def _report_start_failure(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
