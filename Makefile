@@ -85,8 +85,13 @@ artifacts-movielens/bundles: | $(STAMP_PROTOS)
 eval-movielens: artifacts-movielens/bundles ## The same replay on a MovieLens folder (MOVIELENS=path), report in results/eval-movielens
 	$(PY) -m evaluation --artifacts artifacts-movielens --out results/eval-movielens --max-users $(EVAL_USERS)
 
+# The demo's sustainable rate as `make bench` measured it (docs/benchmarks/report.md); a short sweep
+# here is too noisy to set it (empty OVERLOAD_RATE runs one anyway).
+OVERLOAD_RATE ?= 25
+
 bench-overload: artifacts ## The demo stack at 1x and 3x its sustainable rate, without and with load shedding
-	$(PY) -m benchmarks.overload --artifacts $(ARTIFACTS) --seconds $(BENCH_SECONDS) --out results/overload
+	$(PY) -m benchmarks.overload --artifacts $(ARTIFACTS) --seconds $(BENCH_SECONDS) --out results/overload \
+	  $(if $(OVERLOAD_RATE),--rate $(OVERLOAD_RATE))
 
 bench: bench-artifacts ## Load sweep per scenario, funnel vs full ranking at 100k/1M, report with plots in results/bench
 	$(PY) -m benchmarks.e2e_load --artifacts $(ARTIFACTS) --artifacts-1m artifacts-1m --seconds $(BENCH_SECONDS) --out $(BENCH_OUT)
