@@ -201,9 +201,6 @@ class ServerSettings:
     )
 
     def validate(self) -> list[str]:
-        return self.tls_problems()
-
-    def tls_problems(self) -> list[str]:
         problems = []
         if self.probe_port and self.probe_port in (self.port, self.metrics_port):
             problems.append("probe_port must differ from port and metrics_port")

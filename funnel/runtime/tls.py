@@ -39,9 +39,7 @@ class Tls:
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> Tls:
-        problems = settings.tls_problems()
-        if problems:
-            raise ConfigError("; ".join(problems))
+        """Read the files of settings `load_settings` already validated (pairs, mutual TLS needs)."""
         return cls(
             cert=_read(settings.tls_cert_file, "tls_cert_file") if settings.tls_cert_file else b"",
             key=_read(settings.tls_key_file, "tls_key_file") if settings.tls_key_file else b"",
