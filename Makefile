@@ -49,7 +49,7 @@ artifacts: install ## Build the data set, embeddings, ranker and Triton repo (SI
 	@if [ -n "$$(ls -A $(ARTIFACTS)/bundles 2>/dev/null)" ]; then echo "==> artifacts present in $(ARTIFACTS) (make clean to rebuild)"; \
 	else $(PY) -m training.build --out $(ARTIFACTS) --size $(SIZE); fi
 
-artifacts-movielens: install ## Train and evaluate on a MovieLens folder (MOVIELENS=path) into artifacts-movielens/
+artifacts-movielens: install ## Train and evaluate on a MovieLens folder (MOVIELENS=path) into artifacts-movielens/ (serves every rating)
 	$(PY) -m training.build --out artifacts-movielens --movielens $(MOVIELENS)
 
 up: artifacts ## Start Triton, every stage and the gateway on 127.0.0.1 in the background
@@ -69,21 +69,26 @@ test: install ## Install what is needed and run the whole test suite (real proce
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# The bench measures quality on held-out interactions, so its bundles are evaluation bundles.
 artifacts-100k/bundles artifacts-1m/bundles: $(STAMP_PROTOS)
-	$(PY) -m training.build --out $(@D) --size $(subst artifacts-,,$(@D)) --epochs $(if $(findstring 1m,$(@D)),2,3)
+	$(PY) -m training.build --out $(@D) --size $(subst artifacts-,,$(@D)) --epochs $(if $(findstring 1m,$(@D)),2,3) --for-evaluation
 
 bench-artifacts: artifacts artifacts-100k/bundles artifacts-1m/bundles ## Train the 100k and 1M-item bundles make bench needs (about 15 min, once)
 
 EVAL_USERS ?= 2000
 
-eval: artifacts ## Replay held-out users through the served funnel: stage ablations, rule groups, report in results/eval
-	$(PY) -m evaluation --artifacts $(ARTIFACTS) --out results/eval --max-users $(EVAL_USERS)
+# Evaluation bundles serve the training split and keep the held-out truth (--for-evaluation).
+artifacts-eval/bundles: | $(STAMP_PROTOS)
+	$(PY) -m training.build --out artifacts-eval --size $(SIZE) --for-evaluation
 
-artifacts-movielens/bundles: | $(STAMP_PROTOS)
-	$(PY) -m training.build --out artifacts-movielens --movielens $(MOVIELENS)
+eval: artifacts-eval/bundles ## Replay held-out users through the served funnel beside the baselines: stage ablations, rule groups, report in results/eval
+	$(PY) -m evaluation --artifacts artifacts-eval --out results/eval --max-users $(EVAL_USERS)
 
-eval-movielens: artifacts-movielens/bundles ## The same replay on a MovieLens folder (MOVIELENS=path), report in results/eval-movielens
-	$(PY) -m evaluation --artifacts artifacts-movielens --out results/eval-movielens --max-users $(EVAL_USERS)
+artifacts-movielens-eval/bundles: | $(STAMP_PROTOS)
+	$(PY) -m training.build --out artifacts-movielens-eval --movielens $(MOVIELENS) --for-evaluation
+
+eval-movielens: artifacts-movielens-eval/bundles ## The same replay on a MovieLens folder (MOVIELENS=path), report in results/eval-movielens
+	$(PY) -m evaluation --artifacts artifacts-movielens-eval --out results/eval-movielens --max-users $(EVAL_USERS)
 
 # The demo's sustainable rate as `make bench` measured it (docs/benchmarks/report.md); a short sweep
 # here is too noisy to set it (empty OVERLOAD_RATE runs one anyway).

@@ -30,9 +30,9 @@ import torch
 import yaml
 
 from benchmarks.e2e_load import Scenario, start_stack
-from funnel.artifacts.catalog import COUNTRIES, Catalog, Embeddings, Users
+from funnel.artifacts.catalog import COUNTRIES
 from funnel.artifacts.store import latest_version
-from funnel.features import FeatureStore
+from funnel.features import BundleFeatures
 from funnel.launcher.processes import free_port
 from funnel.launcher.stack import REPO_ROOT
 from funnel.launcher.triton import TritonServer
@@ -51,9 +51,10 @@ class Judge:
     """The held-out truth and the hard filters both methods must obey."""
 
     def __init__(self, bundle: Path, users: int, seed: int) -> None:
-        self.catalog = Catalog.load(bundle)
-        self.users = Users.load(bundle)
-        self.store = FeatureStore(self.catalog, self.users, Embeddings.load(bundle))
+        self.tables = BundleFeatures(bundle)
+        self.catalog = self.tables.catalog
+        self.users = self.tables.users
+        self.store = self.tables.store
         holdout_users = np.load(bundle / "holdout_users.npy")
         holdout_items = np.load(bundle / "holdout_items.npy")
         order = np.argsort(holdout_users, kind="stable")
@@ -83,9 +84,12 @@ def full_ranking(judge: Judge, model: torch.jit.ScriptModule, user: int) -> np.n
     """Every item scored by the ranker; the best 10 the filters allow."""
     rows = np.arange(len(judge.catalog))
     scores = np.empty(len(rows), dtype=np.float32)
+    context = judge.tables.context(user)
     with torch.inference_mode():
         for start in range(0, len(rows), CHUNK):
-            batch = judge.store.features(user, rows[start : start + CHUNK])
+            # Every item at the same place in the list: full ranking has no retrieval order.
+            chunk = rows[start : start + CHUNK]
+            batch = judge.store.features(context, chunk, positions=np.zeros(len(chunk)))
             out = model(torch.from_numpy(batch.dense), torch.from_numpy(batch.categorical))
             scores[start : start + CHUNK] = out.numpy().ravel()
     return top_allowed(judge, user, scores)
@@ -114,7 +118,7 @@ def triton_method(judge: Judge, artifacts: Path, users: np.ndarray, run_dir: Pat
         ranker = loop.run_until_complete(connect())
 
         def run(user: int) -> np.ndarray:
-            features = judge.store.features(user, rows)
+            features = judge.store.features(judge.tables.context(user), rows, positions=np.zeros(len(rows)))
             scores = loop.run_until_complete(ranker.score(features, timeout_s=600)).values
             return top_allowed(judge, user, scores.astype(np.float32))
 

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc.aio as triton
 
-from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import latest_version
-from funnel.features import FeatureStore
+from funnel.features import BundleFeatures
 from funnel.launcher.processes import free_port
 from funnel.launcher.triton import TritonServer
 from services.ranking.model_repository import TritonModelConfig, write_model_version
@@ -80,15 +79,16 @@ def _own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def service_overhead(store: FeatureStore, repeats: int = 300) -> dict:
+def service_overhead(tables: BundleFeatures, repeats: int = 300) -> dict:
     """Per-request cost of what the ranking service adds around Triton: id lookup, features, tensors."""
+    store = tables.store
     ids = [str(i) for i in store.catalog.item_ids[:500]]
     timings = {"id_lookup": [], "features": [], "request_tensors": []}
     for n in range(repeats):
         t0 = time.perf_counter()
         rows = store.catalog.index.rows(ids)
         t1 = time.perf_counter()
-        batch = store.features(n % len(store.users.user_ids), rows)
+        batch = store.features(tables.context(n % len(tables.users)), rows)
         t2 = time.perf_counter()
         request_tensors(batch.dense, batch.categorical)
         t3 = time.perf_counter()
@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     if bundle is None:
         print(f"no bundle under {args.artifacts}; run `make artifacts` first", file=sys.stderr)
         return 1
-    store = FeatureStore(Catalog.load(bundle), Users.load(bundle), Embeddings.load(bundle))
-    batch = store.features(1, np.arange(500))
+    tables = BundleFeatures(bundle)
+    batch = tables.store.features(tables.context(1), np.arange(500))
     inputs = request_tensors(batch.dense, batch.categorical)
 
     source = args.artifacts / "model_repository" / "ranker"
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         gain = speedups[concurrency]["throughput_x"]
         p99 = f"p99 {on['p99_ms']:.1f} vs {off['p99_ms']:.1f} ms"
         print(f"concurrency {concurrency:>2}: batching {gain:.2f}x throughput, {p99}")
-    overhead = service_overhead(store)
+    overhead = service_overhead(tables)
     print(f"ranking service overhead per 500-candidate request (median ms): {overhead}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(

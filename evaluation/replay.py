@@ -1,10 +1,13 @@
 """Replay held-out users through the served funnel, once per stage ablation and policy variant.
 
-The stack is the one `make up` runs (Triton, retrieval, ranking, re-ranking, gateway) on a bundle
-trained on the training part of a temporal split; each held-out user sends one request through the
-gateway, as a client would. Stage ablations restart the gateway with `--stages`; policy variants
-are written to the re-ranking's policy file and picked up by its hot reload. Budgets are generous
-and the quality factor pinned at 1, so latency never changes what is measured.
+The stack is the one `make up` runs (Triton, retrieval, ranking, re-ranking, gateway) on an
+evaluation bundle (`training.build --for-evaluation`): trained and served on the training part of
+the protocol's split (`training/protocol.py`), with the held-out truth beside it. Each held-out
+user sends one request through the gateway, as a client would. Stage ablations restart the gateway
+with `--stages`; policy variants are written to the policy file the re-ranking (and retrieval)
+hot-reload. Budgets are generous and the quality factor pinned at 1, so latency never changes
+what is measured. The baselines (random, popularity, item-kNN, EASE^R) are computed on the same
+split for the same users, and set beside every variant.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import yaml
 
 from evaluation.metrics import catalog_coverage, distinct_categories, intra_list_distance, novelty, provider_exposure
 from funnel.artifacts.catalog import COUNTRIES, Catalog, Embeddings, Users
-from funnel.artifacts.store import latest_version
+from funnel.artifacts.store import latest_version, read_manifest
 from funnel.launcher.stack import REPO_ROOT, Stack, StackConfig
+from funnel.policy.content import ContentFilter
+from funnel.policy.document import ContentRules, parse_policy
 from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
-from training.dataset import at_most
-from training.evaluate import ndcg_at_k, recall_at_k
+from training.baselines import evaluate_baselines
+from training.dataset import Interactions, at_most
+from training.protocol import LIST_LENGTH, accuracy
 
-ACCURACY_K = (10, 20, 100)
 # Coverage, diversity, novelty and exposure: on the top 10 (a first screen) and on the whole served
 # list of 100, over which the policy's list constraints (caps, quotas) are defined.
 LIST_KS = (10, 100)
@@ -72,10 +77,21 @@ VARIANTS = [
 ]
 
 
+class NotAnEvaluationBundle(SystemExit):
+    """The bundle serves every interaction, held-out ones included: replaying it would leak."""
+
+
 class HeldOut:
     """The held-out truth of a bundle, and what the metrics need from the catalog."""
 
     def __init__(self, bundle: Path, max_users: int, seed: int) -> None:
+        manifest = read_manifest(bundle, verify=False)
+        if manifest.get("purpose") != "evaluation" or not (bundle / "holdout_users.npy").is_file():
+            raise NotAnEvaluationBundle(
+                f"{bundle} is a serving bundle: its history holds the held-out interactions. Build one for "
+                "evaluation: python -m training.build --for-evaluation ..."
+            )
+        self.manifest = manifest
         self.catalog = Catalog.load(bundle)
         self.users = Users.load(bundle)
         self.item_vectors = Embeddings.load(bundle).items
@@ -90,16 +106,36 @@ class HeldOut:
     def request(self, user: int) -> recommender_pb2.RecommendRequest:
         return recommender_pb2.RecommendRequest(
             user_id=str(self.users.user_ids[user]),
-            num_results=max(ACCURACY_K),
+            num_results=LIST_LENGTH,
             context=common_pb2.Context(country=COUNTRIES[int(self.users.country[user])]),
+            debug=True,  # the re-ranking then reports what each rule removed
         )
+
+    def train(self) -> Interactions:
+        """The interactions the bundle serves (its users' histories): what the baselines are fit on."""
+        counts = np.diff(self.users.history_indptr)
+        user = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+        return Interactions(user, self.users.history_items.astype(np.int32), self.users.history_times)
+
+    def baselines(self, seed: int, content: ContentRules) -> dict:
+        """On the same users, under the same hard filters the served funnel obeys for each of them."""
+        sampled = {int(u): self.relevant[int(u)] for u in self.sample}
+        content_filter = ContentFilter(self.catalog, content)
+        rows = np.arange(len(self.catalog))
+        by_country: dict[str, np.ndarray] = {}
+
+        def allowed_for(user: int) -> np.ndarray:
+            country = COUNTRIES[int(self.users.country[user])]
+            if country not in by_country:
+                by_country[country] = content_filter.allowed(rows, common_pb2.Context(country=country))
+            return by_country[country]
+
+        result = evaluate_baselines(self.train(), sampled, len(self.catalog), seed, allowed_for=allowed_for)
+        return {"metrics": result.metrics, "notes": result.notes, "ease_lambda": result.ease_lambda}
 
     def score(self, lists: dict[int, np.ndarray]) -> dict[str, float]:
         users = sorted(lists)
-        metrics: dict[str, float] = {}
-        for k in ACCURACY_K:
-            metrics[f"recall@{k}"] = float(np.mean([recall_at_k(lists[u], self.relevant[u], k) for u in users]))
-            metrics[f"ndcg@{k}"] = float(np.mean([ndcg_at_k(lists[u], self.relevant[u], k) for u in users]))
+        metrics: dict[str, float] = dict(accuracy(lists, {u: self.relevant[u] for u in users}))
         c = self.catalog
         for k in LIST_KS:
             shown = [lists[u][:k] for u in users]
@@ -121,27 +157,38 @@ def variant_policy(served: dict, groups: tuple[str, ...], version: str) -> dict:
     return policy
 
 
+@dataclass
+class Replayed:
+    lists: dict[int, np.ndarray]  # each user's served list, as catalog rows
+    degraded: int  # answers the gateway marked degraded
+    candidates: int  # candidates re-ranking received, summed over answers
+    removed_by_content_policy: int  # of those, what content policy removed
+    served_consumed: int  # served items the user had already interacted with
+
+
 async def replay(
     address: str, held_out: HeldOut, concurrency: int, check: Callable[[recommender_pb2.RecommendResponse], None]
-) -> tuple[dict[int, np.ndarray], int]:
-    """One request per sampled user; returns each user's list as catalog rows, and how many answers
-    were degraded."""
-    lists: dict[int, np.ndarray] = {}
-    degraded = 0
+) -> Replayed:
+    """One request per sampled user, as a client sends it."""
+    out = Replayed({}, 0, 0, 0, 0)
     gate = asyncio.Semaphore(concurrency)
     async with grpc.aio.insecure_channel(address) as channel:
         stub = recommender_pb2_grpc.RecommenderStub(channel)
 
         async def one(user: int) -> None:
-            nonlocal degraded
             async with gate:
                 reply = await stub.Recommend(held_out.request(user), timeout=30)
             check(reply)
-            degraded += reply.degraded
-            lists[user] = held_out.catalog.index.rows([item.item_id for item in reply.items])
+            out.degraded += reply.degraded
+            rows = held_out.catalog.index.rows([item.item_id for item in reply.items])
+            out.lists[user] = rows
+            out.served_consumed += int(np.isin(rows, held_out.users.history(user)).sum())
+            reranking = reply.stages[2]
+            out.candidates += reranking.items_in
+            out.removed_by_content_policy += sum(r.removed for r in reranking.rules if r.rule == "content_policy")
 
         await asyncio.gather(*(one(int(user)) for user in held_out.sample))
-    return lists, degraded
+    return out
 
 
 class Replayer:
@@ -191,14 +238,24 @@ class Replayer:
                 if expect and reranking.version != expect:
                     raise RuntimeError(f"{variant.name}: answered by {reranking.version}, expected {expect}")
 
-            lists, degraded = asyncio.run(replay(address, held_out, concurrency, check))
+            replayed = asyncio.run(replay(address, held_out, concurrency, check))
         finally:
             self.stack.stop_one(name)
-        metrics = held_out.score(lists)
-        metrics.update({"users": len(lists), "degraded": degraded})
+        metrics = held_out.score(replayed.lists)
+        metrics.update(
+            {
+                "users": len(replayed.lists),
+                "degraded": replayed.degraded,
+                "served_consumed": replayed.served_consumed,
+                "content_policy_removed_share": replayed.removed_by_content_policy / max(1, replayed.candidates)
+                if "reranking" in variant.stages
+                else None,
+            }
+        )
         self.progress(
-            f"{variant.name}: NDCG@10 {metrics['ndcg@10']:.4f}  categories@100 {metrics['categories@100']:.2f}  "
-            f"provider Gini@100 {metrics['provider_gini@100']:.3f}  ({len(lists)} users, {degraded} degraded)"
+            f"{variant.name}: NDCG@10 {metrics['ndcg@10']:.4f}  R@100 {metrics['recall@100']:.4f}  "
+            f"categories@100 {metrics['categories@100']:.2f}  provider Gini@100 {metrics['provider_gini@100']:.3f}  "
+            f"({len(replayed.lists)} users, {replayed.degraded} degraded)"
         )
         return {
             "variant": variant.name,
@@ -233,6 +290,8 @@ def evaluate(artifacts: Path, run_dir: Path, max_users: int, seed: int, concurre
         raise SystemExit(f"no bundle under {artifacts}/bundles: build one first (make artifacts)")
     held_out = HeldOut(bundle, max_users, seed)
     progress(f"bundle {bundle.name}: {len(held_out.relevant)} held-out users, replaying {len(held_out.sample)}")
+    progress("baselines on the same split and users: random, popularity, item-kNN, EASE^R")
+    baselines = held_out.baselines(seed, parse_policy((REPO_ROOT / "config" / "policy.yaml").read_text()).content)
     rows = []
     with Replayer(artifacts, run_dir, progress) as replayer:
         for variant in variants or VARIANTS:
@@ -244,8 +303,10 @@ def evaluate(artifacts: Path, run_dir: Path, max_users: int, seed: int, concurre
         "held_out_users": len(held_out.relevant),
         "replayed_users": len(held_out.sample),
         "seed": seed,
-        "accuracy_k": list(ACCURACY_K),
+        "protocol": held_out.manifest.get("protocol", {}),
+        "data": held_out.manifest.get("data", {}),
         "list_k": list(LIST_KS),
+        "baselines": baselines,
         "rule_groups": {group: list(rules) for group, rules in RULE_GROUPS.items()},
         "variants": rows,
     }

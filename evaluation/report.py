@@ -10,9 +10,10 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt
 
 ACCURACY = [
-    ("recall@10", "R@10"), ("ndcg@10", "NDCG@10"), ("recall@20", "R@20"), ("ndcg@20", "NDCG@20"),
-    ("recall@100", "R@100"), ("ndcg@100", "NDCG@100"),
+    ("recall@10", "R@10"), ("recall@50", "R@50"), ("recall@100", "R@100"), ("ndcg@10", "NDCG@10"),
+    ("ndcg@100", "NDCG@100"),
 ]  # fmt: skip
+HEADLINE = {"ndcg@10": "NDCG@10", "recall@100": "Recall@100"}
 BEYOND = [
     ("coverage", "coverage"), ("ild", "ILD"), ("categories", "categories"), ("novelty", "novelty"),
     ("provider_gini", "provider Gini"), ("top1pct_provider_share", "top-1% share"),
@@ -24,6 +25,7 @@ def columns(k: int) -> list[tuple[str, str]]:
 
 
 BASELINE = "filters only"
+FULL_FUNNEL = "full funnel (served policy)"
 
 
 def _cell(value: float) -> str:
@@ -40,6 +42,61 @@ def _table(rows: list[dict], k: int) -> list[str]:
         m = row["metrics"]
         cells = " | ".join(_cell(m[key]) for key, _ in cols)
         lines.append(f"| {row['variant']} | {cells} | {m['degraded']} |")
+    return lines
+
+
+def _change(value: float, base: float) -> str:
+    if base == 0:
+        return "n/a (the baseline scores 0)"
+    return f"{100 * (value - base) / base:+.1f}%"
+
+
+def baseline_table(results: dict) -> list[str]:
+    """The baselines beside the served variants, on the accuracy columns."""
+    lines = ["| method | " + " | ".join(label for _, label in ACCURACY) + " |", "|---" * (len(ACCURACY) + 1) + "|"]
+    for name, m in results["baselines"]["metrics"].items():
+        lines.append(f"| {name} (baseline) | " + " | ".join(_cell(m[key]) for key, _ in ACCURACY) + " |")
+    for row in results["variants"]:
+        if row["kind"] == "stages":
+            m = row["metrics"]
+            cells = " | ".join(_cell(m[key]) for key, _ in ACCURACY)
+            lines.append(f"| **{row['variant']}** (served) | {cells} |")
+    return lines
+
+
+def verdicts(results: dict) -> list[str]:
+    """Plain statements: which baseline each served stage variant beats, on NDCG@10 and Recall@100."""
+    lines = []
+    for row in (r for r in results["variants"] if r["kind"] == "stages"):
+        m = row["metrics"]
+        parts = []
+        for name, base in results["baselines"]["metrics"].items():
+            said = []
+            for key, label in HEADLINE.items():
+                verb = "beats" if m[key] > base[key] else "does not beat"
+                said.append(f"{verb} it on {label} ({_change(m[key], base[key])})")
+            parts.append(f"{name}: " + ", ".join(said))
+        lines.append(f"- **{row['variant']}** — " + "; ".join(parts) + ".")
+    rows = {r["variant"]: r["metrics"] for r in results["variants"]}
+    if "retrieval only" in rows and "retrieval + ranking" in rows:
+        lines.append(
+            f"- Ranking changes NDCG@10 over retrieval order by "
+            f"{_change(rows['retrieval + ranking']['ndcg@10'], rows['retrieval only']['ndcg@10'])}."
+        )
+    if FULL_FUNNEL in rows and BASELINE in rows:
+        lines.append(
+            f"- The served policy changes NDCG@10 against filters only by "
+            f"{_change(rows[FULL_FUNNEL]['ndcg@10'], rows[BASELINE]['ndcg@10'])}."
+        )
+    if FULL_FUNNEL in rows:
+        m = rows[FULL_FUNNEL]
+        share = m.get("content_policy_removed_share")
+        if share is not None:
+            lines.append(
+                f"- Content policy removed {share:.2%} of the candidates re-ranking received (hard filters run "
+                "inside retrieval's search)."
+            )
+        lines.append(f"- Served items the user had already interacted with: {m.get('served_consumed', 0)}.")
     return lines
 
 
@@ -98,6 +155,17 @@ def write_report(results: dict, out: Path, command: str) -> Path:
         "shape) and on its first 10 (the JSON has both for every variant).",
         "",
         f"Command: `{command}`",
+        "",
+        f"Protocol: each user's latest {results.get('protocol', {}).get('holdout', '?')} interactions held out "
+        "(time order, ties broken by a fixed hash); the full catalog minus the user's known items is ranked; "
+        "baselines are fit on the same training split and scored on the same users.",
+        "",
+        "## Against the baselines",
+        "",
+        *baseline_table(results),
+        "",
+        *verdicts(results),
+        *(f"- {note}" for note in results["baselines"]["notes"]),
         "",
         "## Stage ablations (served policy)",
         "",

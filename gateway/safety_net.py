@@ -6,13 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from funnel.artifacts.catalog import Catalog
+from funnel.artifacts.catalog import Catalog, Users
 from funnel.artifacts.store import ArtifactError, latest_version, read_manifest
 from funnel.policy.content import ContentFilter, exclusion_mask
 from funnel.policy.document import PolicyDocument
-from funnel.v1 import common_pb2
-
-SOURCE_FALLBACK = "fallback_popular"
+from funnel.sources import FALLBACK_POPULAR
+from funnel.v1 import common_pb2, recommender_pb2
 
 
 class SafetyNet:
@@ -23,25 +22,39 @@ class SafetyNet:
         self.version = read_manifest(bundle, verify=False)["version"]
         catalog = Catalog.load(bundle)
         self.catalog = catalog
+        self.users = Users.load(bundle)
         self.policy = policy
         self.content = ContentFilter(catalog, policy.content)
+        # Consumed items stay out of a fallback answer exactly when the policy keeps them out.
+        self.exclude_consumed = any(rule.name == "exclude_consumed" for rule in policy.rules)
         top = np.argsort(-catalog.popularity, kind="stable")[:fallback_count]
         score = np.log1p(catalog.popularity[top])
         self._fallback = [
-            common_pb2.Candidate(item_id=str(catalog.item_ids[row]), score=float(s), source=SOURCE_FALLBACK)
+            common_pb2.Candidate(item_id=str(catalog.item_ids[row]), score=float(s), source=FALLBACK_POPULAR)
             for row, s in zip(top, score, strict=True)
         ]
 
-    def fallback_candidates(self, exclude: set[str]) -> list[common_pb2.Candidate]:
-        return [c for c in self._fallback if c.item_id not in exclude]
+    def consumed(self, user_id: str, recent_item_ids: list[str]) -> set[str]:
+        """The items a user interacted with (stored history and this session), if the policy hides them."""
+        if not self.exclude_consumed:
+            return set()
+        row = self.users.index.row(user_id)
+        stored = self.catalog.item_ids[self.users.history(row)].tolist() if row >= 0 else []
+        return {*stored, *recent_item_ids}
+
+    def fallback_candidates(self, user_id: str, exclude: set[str]) -> list[common_pb2.Candidate]:
+        hidden = exclude | self.consumed(user_id, [])
+        return [c for c in self._fallback if c.item_id not in hidden]
 
     def enforce(
-        self, candidates: list[common_pb2.Candidate], context: common_pb2.Context, exclude: set[str], limit: int
+        self, candidates: list[common_pb2.Candidate], request: recommender_pb2.RecommendRequest, exclude: set[str]
     ) -> list[common_pb2.Candidate]:
-        """Content policy, the request's exclusions and dedupe, in the given order, then top-N."""
+        """Content policy, the request's exclusions, consumed items and dedupe, then top-N."""
         ids = [c.item_id for c in candidates]
-        verdict = self.content.apply(self.catalog.index.rows(ids), context)
-        keep = verdict.keep & ~exclusion_mask(ids, exclude)
+        verdict = self.content.apply(self.catalog.index.rows(ids), request.context)
+        hidden = exclude | self.consumed(request.user_id, list(request.recent_item_ids))
+        keep = verdict.keep & ~exclusion_mask(ids, hidden)
+        limit = request.num_results
         out: list[common_pb2.Candidate] = []
         seen: set[str] = set()
         for candidate, allowed in zip(candidates, keep, strict=True):

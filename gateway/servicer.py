@@ -97,8 +97,8 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         response = recommender_pb2.RecommendResponse(request_id=REQUEST_ID.get())
 
         response.quality_factor = self.quality.value
-        candidates = await self._retrieve(request, budget, reserve, safety, exclude, response)
-        ranked = await self._rank(request, candidates, budget, reserve, response)
+        candidates, user_vector = await self._retrieve(request, budget, reserve, safety, exclude, response)
+        ranked = await self._rank(request, candidates, user_vector, budget, reserve, response)
         self.quality.observe(
             max(
                 response.stages[0].latency_ms / s.retrieval_budget_ms,
@@ -122,7 +122,8 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         safety: SafetyNet,
         exclude: set[str],
         response: recommender_pb2.RecommendResponse,
-    ) -> list[common_pb2.Candidate]:
+    ) -> tuple[list[common_pb2.Candidate], list[float]]:
+        """The fused candidates, and the user tower's vector retrieval computed (empty when no shard answered)."""
         s = self.settings
         # Under latency pressure every source shrinks alike, so the candidate mix is kept.
         limits = {source: self.quality.scale(n) for source, n in self.source_limits.items()}
@@ -168,7 +169,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             report.status, report.message = DEGRADED_STATUS, "partial: " + "; ".join(failed)
             DEGRADED.labels("retrieval", "partial").inc()
         else:
-            candidates = safety.fallback_candidates(exclude)
+            candidates = safety.fallback_candidates(request.user_id, exclude | set(request.recent_item_ids))
             report.status = DEGRADED_STATUS if candidates else FAILED
             report.message = "every shard failed (" + "; ".join(failed) + "); served the gateway's popular fallback"
             report.version = safety.version
@@ -177,7 +178,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         CANDIDATES.labels("retrieval").observe(len(candidates))
         if not candidates and report.status == FAILED:
             raise Unavailable("retrieval failed and no fallback candidates are available")
-        return candidates
+        return candidates, list(answered[0].user_vector) if answered else []
 
     def _retry_budget(self) -> RetryBudget:
         return RetryBudget(self.settings.retry_budget_ratio, self.settings.retry_budget_floor_per_s)
@@ -193,6 +194,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         self,
         request: recommender_pb2.RecommendRequest,
         candidates: list[common_pb2.Candidate],
+        user_vector: list[float],
         budget: Budget,
         reserve: float,
         response: recommender_pb2.RecommendResponse,
@@ -203,7 +205,13 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             report.message = "switched off (--stages); kept retrieval order" if candidates else "no candidates to rank"
             report.items_out = len(candidates)
             return candidates
-        rank = ranking_pb2.RankRequest(user_id=request.user_id, context=request.context, candidates=candidates)
+        rank = ranking_pb2.RankRequest(
+            user_id=request.user_id,
+            context=request.context,
+            candidates=candidates,
+            recent_item_ids=request.recent_item_ids,
+            user_vector=user_vector,
+        )
         timeout = budget.stage_timeout(self.settings.ranking_budget_ms / 1000, reserve)
         call = await call_stage(
             "ranking",
@@ -245,6 +253,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
                 num_results=request.num_results,
                 exclude_item_ids=request.exclude_item_ids,
                 debug=request.debug,
+                recent_item_ids=request.recent_item_ids,
             )
             timeout = budget.stage_timeout(self.settings.reranking_budget_ms / 1000, reserve)
             call = await call_stage(
@@ -267,7 +276,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         else:
             error = "no candidates"
         # Content policy is never skipped: the gateway applies the same hard filters itself.
-        final = safety.enforce(ranked, request.context, exclude, request.num_results)
+        final = safety.enforce(ranked, request, exclude)
         if request.debug:
             for candidate in final:
                 candidate.reasons.append(f"gateway safety net: content policy {safety.policy.version} applied")

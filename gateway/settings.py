@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from funnel import sources
+from funnel.fusion import DEFAULT_LIMITS
 from funnel.runtime.channels import listed_hosts
 from funnel.runtime.config import ServerSettings, non_empty, non_negative, port_setting, positive, setting
 
@@ -42,22 +44,34 @@ class GatewaySettings(ServerSettings):
         help="share of the total budget kept back the same way (timers fire late on a busy host)",
         checks=[non_negative],
     )
-    ann_candidates: int = setting(300, help="ANN candidates kept after merging shards", checks=[positive])
+    ann_candidates: int = setting(
+        DEFAULT_LIMITS[sources.ANN], help="ANN candidates kept after merging shards", checks=[positive]
+    )
+    covisit_candidates: int = setting(
+        DEFAULT_LIMITS[sources.COVISIT],
+        help="items co-visited with the user's latest items (item-to-item)",
+        checks=[non_negative],
+    )
     popular_candidates: int = setting(
-        50, help="globally popular candidates added beside ANN ones", checks=[non_negative]
+        DEFAULT_LIMITS[sources.POPULAR], help="globally popular candidates added beside ANN ones", checks=[non_negative]
     )
     category_candidates: int = setting(
-        50, help="popular candidates of the user's favourite categories", checks=[non_negative]
+        DEFAULT_LIMITS[sources.CATEGORY_POPULAR],
+        help="popular candidates of the user's favourite categories",
+        checks=[non_negative],
     )
-    fresh_candidates: int = setting(20, help="newest items, so new content gets exposure", checks=[non_negative])
+    fresh_candidates: int = setting(
+        DEFAULT_LIMITS[sources.FRESH], help="newest items, so new content gets exposure", checks=[non_negative]
+    )
 
     def source_limits(self) -> dict[str, int]:
-        """Candidates kept per source after merging shards, in merge priority order."""
+        """Candidates kept per source after merging shards (the order training's fusion uses)."""
         limits = {
-            "ann": self.ann_candidates,
-            "category_popular": self.category_candidates,
-            "popular": self.popular_candidates,
-            "fresh": self.fresh_candidates,
+            sources.ANN: self.ann_candidates,
+            sources.COVISIT: self.covisit_candidates,
+            sources.CATEGORY_POPULAR: self.category_candidates,
+            sources.POPULAR: self.popular_candidates,
+            sources.FRESH: self.fresh_candidates,
         }
         return {source: n for source, n in limits.items() if n > 0}
 

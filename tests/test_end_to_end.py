@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from funnel.artifacts.catalog import COUNTRIES, Catalog
 from funnel.launcher.health import health_status
 from funnel.policy.document import load_policy
+from funnel.sources import RETRIEVAL_SOURCES
 from funnel.v1 import common_pb2, recommender_pb2
 from tests.conftest import POLICY
 
@@ -32,10 +33,10 @@ def test_recommend_returns_requested_count_with_every_stage_ok_and_versions(gate
     assert not response.degraded
     assert response.request_id
     retrieval, ranking, reranking = response.stages
-    assert retrieval.version.endswith("-tiny") and retrieval.items_out > 10
+    assert retrieval.version.endswith("-tiny-eval") and retrieval.items_out > 10
     assert ranking.version == "ranker:1" and ranking.items_in == retrieval.items_out
     assert reranking.version == f"policy:{load_policy(POLICY).version}" and reranking.items_out == 10
-    assert {item.source for item in response.items} <= {"ann", "popular", "category_popular", "fresh"}
+    assert {item.source for item in response.items} <= set(RETRIEVAL_SOURCES)
     for stage in response.stages:  # the stage server's own time is part of what the gateway waited
         assert 0 < stage.server_ms < stage.latency_ms, stage
 

@@ -33,14 +33,15 @@ def test_merged_shards_equal_one_index_over_all_items():
     assert [c.item_id for c in merged] == expected
 
 
-def test_merge_takes_each_source_by_its_own_score_and_keeps_an_items_first_entry():
+def test_merge_cuts_each_source_by_its_own_score_then_fuses_them_by_rank():
     ann = shard_response([("a", 0.9), ("b", 0.8)])
     popular = shard_response([("b", 5.0), ("c", 4.0), ("d", 3.0)], source="popular")
     fresh = shard_response([("e", 0.99), ("c", 0.5)], source="fresh")
     merged = merge_candidates([fresh, ann, popular], {"ann": 10, "popular": 2, "fresh": 2})
-    assert [(c.item_id, c.source) for c in merged] == [
-        ("a", "ann"), ("b", "ann"), ("c", "popular"), ("d", "popular"), ("e", "fresh"),
-    ]  # fmt: skip
+    # "d" is third of popular, beyond its limit; "b", found by two sources, rises above "a"; each
+    # candidate names the source that ranked it best.
+    assert [(c.item_id, c.source) for c in merged] == [("b", "ann"), ("a", "ann"), ("c", "popular"), ("e", "fresh")]
+    assert [c.score for c in merged] == sorted((c.score for c in merged), reverse=True)
 
 
 def test_stage_timeout_is_capped_by_what_remains_minus_the_reserve():

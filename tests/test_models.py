@@ -6,17 +6,17 @@ import numpy as np
 import torch
 import tritonclient.grpc as triton
 
-from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import latest_version, read_manifest
-from funnel.features import FeatureStore
+from funnel.features import BundleFeatures
 from services.ranking.model_repository import SCORE_OUTPUT
 from services.ranking.triton import request_tensors
 
 
 def test_triton_scores_equal_in_process_torch_for_the_same_features(stack, artifacts):
-    bundle = latest_version(artifacts / "bundles")
-    store = FeatureStore(Catalog.load(bundle), Users.load(bundle), Embeddings.load(bundle))
-    known, cold = store.features(3, np.arange(300)), store.features(-1, np.arange(300, 420), country=2)
+    tables = BundleFeatures(latest_version(artifacts / "bundles"))
+    store = tables.store
+    known = store.features(tables.context(3), np.arange(300), np.ones(300, dtype=np.int64))
+    cold = store.features(tables.context(-1, country=2), np.arange(300, 420))
     dense = np.concatenate([known.dense, cold.dense])
     categorical = np.concatenate([known.categorical, cold.categorical])
     model = torch.jit.load(str(artifacts / "model_repository" / "ranker" / "1" / "model.pt"))
@@ -40,6 +40,6 @@ def test_model_repository_is_standard_with_dynamic_batching_and_both_configs(art
 
 
 def test_ranker_beats_retrieval_order_on_held_out_interactions(artifacts):
-    metrics = read_manifest(latest_version(artifacts / "bundles"))["ranking_metrics"]
-    assert metrics["ranker"]["ndcg@10"] > metrics["retrieval_order"]["ndcg@10"] > 0
-    assert metrics["ranker"]["auc"] > metrics["retrieval_order"]["auc"] > 0.5
+    ranking = read_manifest(latest_version(artifacts / "bundles"))["offline_evaluation"]["ranking_on_candidates"]
+    assert ranking["ranker"]["ndcg@10"] > ranking["retrieval order"]["ndcg@10"] > 0
+    assert ranking["ranker"]["auc"] > ranking["retrieval order"]["auc"] > 0.5

@@ -16,7 +16,8 @@ def test_ratings_csv_with_movies_csv(tmp_path):
         'movieId,title,genres\n10,"Heat (1995)",Action|Crime\n'
         "20,Toy Story (1995),Animation|Children\n30,Alien (1979),Horror\n"
     )
-    data = load_movielens(tmp_path)
+    assert len(load_movielens(tmp_path).interactions) == 4, "every rating is an interaction by default"
+    data = load_movielens(tmp_path, min_rating=3.5)
     assert data.item_ids.tolist() == ["m10", "m20", "m30"]
     assert data.user_ids.tolist() == ["ml1", "ml2"]
     assert len(data.interactions) == 3, "the 2.0 rating is below min_rating and dropped"

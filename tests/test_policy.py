@@ -38,7 +38,7 @@ def users() -> Users:
         user_ids=np.array(["u0"]),
         history_indptr=np.array([0, 1], dtype=np.int64),
         history_items=np.array([6], dtype=np.int32),
-        category_affinity=np.zeros((1, 3), np.float32),
+        history_times=np.array([1_700_000_000], dtype=np.int64),
         country=np.zeros(1, np.int8),
     )
 

@@ -36,7 +36,7 @@ def worlds(draw):
     consumed = draw(st.lists(st.integers(0, size - 1), max_size=3))
     users = Users(
         np.array(["u0"]), np.array([0, len(consumed)], dtype=np.int64), np.array(consumed, dtype=np.int32),
-        np.zeros((1, 4), np.float32), np.zeros(1, np.int8),
+        np.zeros(len(consumed), np.int64), np.zeros(1, np.int8),
     )  # fmt: skip
     candidates = draw(st.lists(st.integers(0, size - 1), min_size=0, max_size=60))
     scores = draw(st.lists(st.floats(0, 1, width=32), min_size=len(candidates), max_size=len(candidates)))

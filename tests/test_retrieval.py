@@ -15,17 +15,18 @@ from funnel.artifacts.catalog import Embeddings
 from funnel.artifacts.store import latest_version, publish_copy, read_manifest
 from funnel.launcher.health import health_status
 from funnel.launcher.processes import free_port
+from funnel.sources import RETRIEVAL_SOURCES
 from funnel.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from gateway.merge import merge_candidates
-from services.retrieval.index import IndexSpec, build_index, shard_of
+from services.retrieval.faiss_index import IndexSpec, build_index, shard_of
 
 
 def test_two_tower_training_lowers_the_loss_and_beats_popularity(artifacts):
     manifest = read_manifest(latest_version(artifacts / "bundles"))
     losses = manifest["training"]["two_tower_loss"]
     assert losses[-1] < losses[0]
-    metrics = manifest["retrieval_metrics"]
-    assert metrics["two_tower"]["recall@100"] > 1.2 * metrics["popularity"]["recall@100"]
+    metrics = manifest["offline_evaluation"]["methods"]
+    assert metrics["two-tower (ANN)"]["recall@100"] > 1.2 * metrics["popularity"]["recall@100"]
     assert metrics["popularity"]["recall@100"] > metrics["random"]["recall@100"]
 
 
@@ -189,8 +190,8 @@ def test_retrieval_answers_name_the_shard_and_version(stack):
             retrieval_pb2.RetrieveRequest(user_id="u0000001", num_candidates=20), timeout=5
         )
     assert (reply.shard_index, reply.shard_count, reply.known_user) == (1, 2, True)
-    assert reply.index_version.endswith("-tiny")
-    assert {c.source for c in reply.candidates} == {"ann", "popular", "category_popular", "fresh"}
+    assert reply.index_version.endswith("-tiny-eval")
+    assert {c.source for c in reply.candidates} == set(RETRIEVAL_SOURCES)
 
 
 def test_source_limits_override_the_candidate_count_per_source(stack):

@@ -42,7 +42,7 @@ def catalog() -> Catalog:
 @pytest.fixture
 def users() -> Users:
     return Users(
-        np.array(["u0"]), np.array([0, 0]), np.zeros(0, np.int32), np.zeros((1, 4), np.float32), np.zeros(1, np.int8)
+        np.array(["u0"]), np.array([0, 0]), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(1, np.int8)
     )
 
 

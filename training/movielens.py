@@ -5,7 +5,10 @@ Formats, told apart by the files in the folder:
   ratings.dat + movies.dat   (ml-1m)                      UserID::MovieID::Rating::Timestamp
   u.data + u.item            (ml-100k)                    user<TAB>item<TAB>rating<TAB>timestamp
 
-Ratings at or above `min_rating` become interactions. A movie's first genre is its category.
+Every rating is an interaction by default: a rating means the movie was watched, whatever the
+score, so it is history a recommender must know (and must not recommend again). `min_rating`
+keeps only ratings at or above it, for those who want "liked" as the signal. A movie's first genre
+is its category.
 MovieLens has no providers, maturity ratings or regions: the provider is the release decade, every
 movie is rated PG and available everywhere, and age is days from release year to the last rating.
 """
@@ -32,7 +35,7 @@ class MovieLensError(ValueError):
     """The folder holds no MovieLens data set, or a file in it is malformed."""
 
 
-def load_movielens(folder: Path, min_rating: float = 3.5) -> Dataset:
+def load_movielens(folder: Path, min_rating: float = 0.0) -> Dataset:
     folder = Path(folder)
     if (folder / "ratings.csv").exists():
         ratings = _read_ratings_csv(folder / "ratings.csv")

@@ -2,21 +2,22 @@
 
 Dense features and embedded categorical features form x0; explicit cross layers
 (x_{l+1} = x0 * (W x_l + b) + x_l) learn feature interactions beside a deep MLP; a linear head on
-both gives the engagement probability. Impressions come from what retrieval returns for each user,
-labelled by interactions the retrieval model never saw, so the ranker learns to reorder
-retrieval's candidates rather than to tell good items from random ones.
+both gives the engagement probability. Impressions come from what retrieval returns at many cuts
+of users' pasts (`training/impressions.py`), so the ranker learns to reorder retrieval's
+candidates rather than to tell good items from random ones. A share of the users is held apart
+for validation; training stops when its log loss stops improving and keeps the best epoch.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from funnel.features import NUM_DENSE, FeatureBatch, FeatureStore
-from training.dataset import Interactions
+from funnel.features import NUM_DENSE, FeatureBatch
 from training.epochs import EpochLog
 
 
@@ -47,59 +48,70 @@ class DCNRanker(torch.nn.Module):
 
 @dataclass(frozen=True)
 class RankerConfig:
-    candidates: int = 300  # retrieval list length the impressions are drawn from
-    negatives_per_user: int = 24
-    epochs: int = 8
-    batch_size: int = 256
-    learning_rate: float = 3e-3
-    # A few thousand positive impressions against per-provider embeddings overfit without it.
-    weight_decay: float = 1e-3
+    max_epochs: int = 30
+    patience: int = 3  # epochs without a better validation loss before stopping
+    validation_share: float = 0.1  # of the cuts (grouped by user), held apart
+    batch_size: int = 512
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
     seed: int = 7
 
 
-def build_impressions(
-    positives: Interactions, candidates: np.ndarray, store: FeatureStore, config: RankerConfig
-) -> tuple[FeatureBatch, np.ndarray]:
-    """Impressions as production logs them: the items retrieval showed each user, labelled 1 when
-    the user went on to interact with them. Positives outside the retrieval list are not
-    impressions (the ranker never sees them in serving), so they are left out; negatives are a
-    sample of the rest of the list."""
-    rng = np.random.default_rng(config.seed)
-    batches, labels = [], []
-    for user, items in positives.items_by_user().items():
-        shown = candidates[user]
-        clicked = np.isin(shown, items)
-        if not clicked.any():
-            continue
-        count = min(int((~clicked).sum()), config.negatives_per_user)
-        negatives = rng.choice(np.flatnonzero(~clicked), count, replace=False)
-        batches.append(store.features(int(user), np.concatenate([shown[clicked], shown[negatives]])))
-        labels.append(np.concatenate([np.ones(int(clicked.sum())), np.zeros(len(negatives))]))
-    merged = FeatureBatch(np.concatenate([b.dense for b in batches]), np.concatenate([b.categorical for b in batches]))
-    return merged, np.concatenate(labels).astype(np.float32)
+@dataclass
+class RankerTraining:
+    model: DCNRanker
+    losses: list[float]
+    validation_losses: list[float]
+    best_epoch: int
+    examples: int
+    positives: int
 
 
 def train_ranker(
-    features: FeatureBatch, labels: np.ndarray, cardinalities: list[int], config: RankerConfig
-) -> tuple[DCNRanker, list[float]]:
+    features: FeatureBatch, labels: np.ndarray, groups: np.ndarray, cardinalities: list[int], config: RankerConfig
+) -> RankerTraining:
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True)
+    rng = np.random.default_rng(config.seed)
+    unique_groups = np.unique(groups)
+    held = rng.choice(unique_groups, max(1, int(len(unique_groups) * config.validation_share)), replace=False)
+    validation = np.isin(groups, held)
+    train_rows, validation_rows = np.flatnonzero(~validation), np.flatnonzero(validation)
+    dense, categorical, y = (torch.from_numpy(a) for a in (features.dense, features.categorical, labels))
+
     model = DCNRanker(cardinalities)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    dense, categorical, y = (torch.from_numpy(a) for a in (features.dense, features.categorical, labels))
     generator = torch.Generator().manual_seed(config.seed)
-    progress = EpochLog("ranker", config.epochs)
-    for _ in range(config.epochs):
-        order = torch.randperm(len(y), generator=generator)
-        for start in range(0, len(y), config.batch_size):
+    progress = EpochLog("ranker", config.max_epochs)
+    validation_losses: list[float] = []
+    best = (float("inf"), 0, copy.deepcopy(model.state_dict()))
+    for epoch in range(config.max_epochs):
+        model.train()
+        order = torch.from_numpy(train_rows)[torch.randperm(len(train_rows), generator=generator)]
+        for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
             loss = torch.nn.functional.binary_cross_entropy(
                 model(dense[batch], categorical[batch]).squeeze(-1), y[batch]
             )
             progress.step(optimizer, loss)
         progress.end_epoch()
+        validation_losses.append(_loss(model, dense, categorical, y, validation_rows))
+        print(f"    validation log loss {validation_losses[-1]:.4f}", flush=True)
+        if validation_losses[-1] < best[0]:
+            best = (validation_losses[-1], epoch, copy.deepcopy(model.state_dict()))
+        elif epoch - best[1] >= config.patience:
+            break
+    model.load_state_dict(best[2])
     model.eval()
-    return model, progress.losses
+    return RankerTraining(model, progress.losses, validation_losses, best[1] + 1, len(labels), int(labels.sum()))
+
+
+@torch.no_grad()
+def _loss(model: DCNRanker, dense: torch.Tensor, categorical: torch.Tensor, y: torch.Tensor, rows: np.ndarray) -> float:
+    model.eval()
+    index = torch.from_numpy(rows)
+    predicted = model(dense[index], categorical[index]).squeeze(-1)
+    return float(torch.nn.functional.binary_cross_entropy(predicted, y[index]))
 
 
 @torch.no_grad()

@@ -2,8 +2,11 @@
 
 Each user has tastes over categories and over item styles within them; items have a quality that
 drives popularity skew, a provider tied to their category, a maturity rating, region availability
-and an age. Interactions are sampled from that structure, so a model that learns it beats
-popularity, and a ranker that sees category affinity and popularity beats plain retrieval order.
+and an age. Users interact in sessions, as people do: an interaction stays in the (category, style)
+of the previous one with probability `SESSION_STAY`, else moves to a new one drawn from the user's
+tastes. So the whole history says what a user likes and the latest actions say what they want
+next; a model that learns both beats popularity, and one that weighs recent actions beats one that
+only pools the history.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from funnel.artifacts.catalog import COUNTRIES
 from training.dataset import Dataset, Interactions
 
 STYLES_PER_CATEGORY = 4
+SESSION_STAY = 0.6  # chance that the next interaction continues the current (category, style)
 DAY = 86_400
 NOW = 1_790_000_000  # a fixed "now" so data sets are reproducible
 
@@ -65,9 +69,11 @@ def generate(size: SyntheticSize, seed: int = 7) -> Dataset:
     user = np.repeat(np.arange(size.users, dtype=np.int32), counts)
     chosen_category = _sample_rows(category_taste, user, rng)
     chosen_style = _sample_rows(style_taste, user, rng)
-    group = chosen_category * STYLES_PER_CATEGORY + chosen_style
+    group = _sessions(chosen_category * STYLES_PER_CATEGORY + chosen_style, user, rng)
     item = _sample_within_groups(category * STYLES_PER_CATEGORY + style, quality, group, rng)
+    # Each user's interactions are in sequence order: their times ascend.
     timestamp = NOW - rng.integers(0, 365 * DAY, len(user))
+    timestamp = timestamp[np.lexsort((timestamp, user))]  # `user` is sorted, so blocks stay in place
 
     # Users only ever see what is available in their country.
     user_country = rng.integers(0, len(COUNTRIES), size.users).astype(np.int8)
@@ -88,6 +94,15 @@ def generate(size: SyntheticSize, seed: int = 7) -> Dataset:
         user_country=user_country,
         interactions=interactions,
     )
+
+
+def _sessions(fresh_group: np.ndarray, user: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each position keeps the group of the previous one with probability SESSION_STAY, else takes
+    its own fresh draw; a user's first interaction always draws (`user` is sorted)."""
+    draws = rng.random(len(user)) >= SESSION_STAY
+    draws[np.flatnonzero(np.diff(user, prepend=-1))] = True
+    source = np.maximum.accumulate(np.where(draws, np.arange(len(user)), 0))
+    return fresh_group[source]
 
 
 def _sample_rows(probabilities: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -80,22 +80,30 @@ class Catalog:
         return cls(**columns, category_names=names["categories"], provider_names=names["providers"])
 
 
-USER_COLUMNS = ("user_ids", "history_indptr", "history_items", "category_affinity", "country")
+USER_COLUMNS = ("user_ids", "history_indptr", "history_items", "history_times", "country")
 
 
 @dataclass
 class Users:
+    """Every interaction each user had, oldest first: the history the funnel serves from."""
+
     user_ids: np.ndarray
     history_indptr: np.ndarray  # int64 CSR row pointers into history_items
     history_items: np.ndarray  # int32 item rows, oldest first
-    category_affinity: np.ndarray  # float32 [users, categories], share of history per category
+    history_times: np.ndarray  # int64 seconds, one per history item
     country: np.ndarray  # int8 index into COUNTRIES: the user's home country
 
     def __post_init__(self) -> None:
         self.index = IdIndex(self.user_ids)
 
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
     def history(self, user_row: int) -> np.ndarray:
         return self.history_items[self.history_indptr[user_row] : self.history_indptr[user_row + 1]]
+
+    def times(self, user_row: int) -> np.ndarray:
+        return self.history_times[self.history_indptr[user_row] : self.history_indptr[user_row + 1]]
 
     def save(self, directory: Path) -> None:
         for name in USER_COLUMNS:

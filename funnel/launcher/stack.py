@@ -90,12 +90,13 @@ class Stack:
         self.triton.wait_ready(c.startup_timeout_s)
 
         shard_targets = []
+        policy = ["--policy-path", str(c.policy)]  # retrieval applies its content rules inside the search
         for shard in range(c.retrieval_shards):
             replicas = [
                 self.launch(
                     f"retrieval-{shard}-{r}",
                     "services.retrieval",
-                    ["--shard-index", str(shard), "--shard-count", str(c.retrieval_shards)],
+                    ["--shard-index", str(shard), "--shard-count", str(c.retrieval_shards), *policy],
                 )
                 for r in range(c.retrieval_replicas)
             ]

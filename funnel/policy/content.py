@@ -39,13 +39,12 @@ class ContentFilter:
     def max_maturity(self, context: common_pb2.Context) -> int:
         return context.max_maturity or self.rules.default_max_maturity
 
-    def apply(self, rows: np.ndarray, context: common_pb2.Context) -> FilterResult:
-        """`rows` are catalog rows (-1 = unknown item, always removed)."""
+    def _checks(self, rows: np.ndarray, context: common_pb2.Context) -> list[tuple[np.ndarray, str]]:
         known = rows >= 0
         safe_rows = np.where(known, rows, 0)
         ceiling = self.max_maturity(context)
         bit = country_bit(context.country)
-        checks = (
+        return [
             (~known, "unknown item"),
             (self._blocked_item[safe_rows], "blocked item"),
             (self._blocked_provider[self.catalog.provider[safe_rows]], "blocked provider"),
@@ -54,15 +53,25 @@ class ContentFilter:
                 (self.catalog.region_mask[safe_rows] != -1) & ((self.catalog.region_mask[safe_rows] & bit) == 0),
                 f"not available in {context.country or 'an unknown region'}",
             ),
-        )
+        ]
+
+    def apply(self, rows: np.ndarray, context: common_pb2.Context) -> FilterResult:
+        """`rows` are catalog rows (-1 = unknown item, always removed)."""
         keep = np.ones(len(rows), dtype=bool)
         reasons: dict[int, str] = {}
-        for failed, reason in checks:
+        for failed, reason in self._checks(rows, context):
             newly = failed & keep
             for position in np.flatnonzero(newly):
                 reasons[int(position)] = reason
             keep &= ~failed
         return FilterResult(keep, reasons)
+
+    def allowed(self, rows: np.ndarray, context: common_pb2.Context) -> np.ndarray:
+        """`apply`'s verdict without the reasons: for whole catalogs, where reasons are not read."""
+        keep = np.ones(len(rows), dtype=bool)
+        for failed, _ in self._checks(rows, context):
+            keep &= ~failed
+        return keep
 
 
 def exclusion_mask(item_ids: list[str], excluded: set[str]) -> np.ndarray:

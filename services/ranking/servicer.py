@@ -10,14 +10,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import read_manifest, wait_for_latest
-from funnel.features import FeatureStore, country_slot
+from funnel.features import BundleFeatures, UserContext, country_slot
 from funnel.runtime.errors import InvalidArgument, Unavailable
 from funnel.runtime.metrics import ARTIFACT_INFO
 from funnel.runtime.server import Runtime
+from funnel.sources import source_code
 from funnel.v1 import ranking_pb2, ranking_pb2_grpc
-from funnel.validation import check_context, check_id
+from funnel.validation import check_context, check_id, check_ids
 from services.ranking.settings import RankingSettings
 from services.ranking.triton import TritonRanker
 
@@ -28,10 +28,19 @@ RESPONSE_MARGIN_S = 0.002
 DEFAULT_TIMEOUT_S = 1.0
 
 
-class LoadedFeatures:
+class LoadedFeatures(BundleFeatures):
     def __init__(self, bundle: Path) -> None:
         self.version = read_manifest(bundle)["version"]
-        self.store = FeatureStore(Catalog.load(bundle), Users.load(bundle), Embeddings.load(bundle))
+        super().__init__(bundle)
+
+    def user_context(self, request: ranking_pb2.RankRequest) -> UserContext:
+        """What the features know of the requesting user: stored history plus this session's items,
+        the time of their latest stored action, their country and the user tower's vector."""
+        recent = self.catalog.index.rows(list(request.recent_item_ids))
+        # Without retrieval's vector (retrieval degraded) the one stored with the bundle is used.
+        query = np.asarray(request.user_vector, dtype=np.float32) if len(request.user_vector) else None
+        row = self.users.index.row(request.user_id)
+        return self.context(row, recent[recent >= 0], country_slot(request.context.country), query)
 
 
 class RankingService(ranking_pb2_grpc.RankingServicer):
@@ -85,18 +94,25 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
             raise InvalidArgument("candidates must not be empty")
         if count > self.settings.max_candidates:
             raise InvalidArgument(f"{count} candidates, at most {self.settings.max_candidates} allowed")
+        check_ids(request.recent_item_ids, "recent_item_ids", self.settings.max_recent_items)
         loaded = self.features
         if loaded is None:
             raise Unavailable("features not loaded yet")
+        dim = loaded.store.item_vectors.shape[1]
+        if len(request.user_vector) not in (0, dim):
+            raise InvalidArgument(f"user_vector has {len(request.user_vector)} values; the bundle's vectors have {dim}")
+        if not np.all(np.isfinite(request.user_vector)):
+            raise InvalidArgument("user_vector holds a non-finite value")
 
         item_ids = [candidate.item_id for candidate in request.candidates]
-        rows = loaded.store.catalog.index.rows(item_ids)
+        rows = loaded.catalog.index.rows(item_ids)
         if (rows < 0).any():
             unknown = [item_ids[i] for i in np.flatnonzero(rows < 0)[:5]]
             raise InvalidArgument(f"{int((rows < 0).sum())} candidate item ids are not in the catalog, e.g. {unknown}")
-        user_row = loaded.store.users.index.row(request.user_id)
-        country = country_slot(request.context.country) if request.context.country else -1
-        features = await self.runtime.run_cpu(loaded.store.features, user_row, rows, country)
+        sources = np.array([source_code(candidate.source) for candidate in request.candidates], dtype=np.int64)
+        features = await self.runtime.run_cpu(
+            lambda: loaded.store.features(loaded.user_context(request), rows, sources)
+        )
 
         remaining = context.time_remaining()
         timeout = (DEFAULT_TIMEOUT_S if remaining is None else remaining) - RESPONSE_MARGIN_S

@@ -19,6 +19,7 @@ class RankingSettings(ServerSettings):
         1024, help="the model's max_batch_size; larger requests are split", checks=[positive]
     )
     max_candidates: int = setting(2000, help="largest candidate list a request may carry", checks=[positive])
+    max_recent_items: int = setting(100, help="largest recent_item_ids list accepted", checks=[positive])
     readiness_poll_seconds: float = setting(1.0, help="how often Triton model readiness is checked", checks=[positive])
     artifact_poll_seconds: float = setting(
         1.0, help="how often to look for a bundle while none is loaded", checks=[positive]

@@ -45,6 +45,7 @@ class PolicyEngine:
         exclude_item_ids: set[str],
         num_results: int,
         debug: bool = False,
+        recent_item_ids: list[str] | tuple[str, ...] = (),
     ) -> RerankResult:
         # Pinned items join the candidates (below every real one) so they meet the same filters.
         given = set(item_ids)
@@ -54,7 +55,9 @@ class PolicyEngine:
         all_scores = np.concatenate([scores, np.full(len(extra), floor)]).astype(np.float32)
         rows = self.catalog.index.rows(ids)
         order = np.argsort(-all_scores, kind="stable")
-        slate = Slate(ids, rows, all_scores, order, self.users.index.row(user_id), num_results, debug)
+        session = self.catalog.index.rows(list(recent_item_ids))
+        user_row = self.users.index.row(user_id)
+        slate = Slate(ids, rows, all_scores, order, user_row, num_results, debug, session_rows=session[session >= 0])
         reports: list[tuple[str, Outcome]] = []
 
         verdict = self.content.apply(rows[slate.order], context)

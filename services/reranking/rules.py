@@ -36,6 +36,7 @@ class Slate:
     user_row: int
     num_results: int
     debug: bool = False  # notes (reasons for kept items) are only written when asked for
+    session_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # this session's items
     removed: dict[int, str] = field(default_factory=dict)  # input position -> "rule: reason"
     notes: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
 
@@ -92,14 +93,13 @@ NUMBER = (int, float)
 
 
 class ExcludeConsumed(Rule):
-    """Drop items the user has already interacted with."""
+    """Drop items the user has already interacted with: stored history and this session's items."""
 
     name, phase = "exclude_consumed", Phase.FILTER
 
     def apply(self, slate: Slate) -> Outcome:
-        if slate.user_row < 0:
-            return Outcome()
-        consumed = np.isin(slate.rows[slate.order], self.users.history(slate.user_row))
+        stored = self.users.history(slate.user_row) if slate.user_row >= 0 else np.zeros(0, dtype=np.int64)
+        consumed = np.isin(slate.rows[slate.order], np.concatenate([stored, slate.session_rows]))
         return Outcome(removed=slate.drop(consumed, self.name, "already consumed"))
 
 

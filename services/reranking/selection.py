@@ -52,15 +52,19 @@ class ProviderCap(Rule):
 
 class ProviderMinShare(Rule):
     """At least `min_share` of the top-N from small providers (at most `max_catalog_items` items
-    in the catalog) or new ones (no item older than `new_within_days`), when such candidates exist."""
+    in the catalog) or new ones (no item older than `new_within_days`), when such candidates exist.
+    With `window`, the share holds in every block of `window` positions (1-10, 11-20, ...), so the
+    exposure lands where people look rather than at the bottom of a long list."""
 
     name, phase = "provider_min_share", Phase.SELECT
-    params = {"min_share": NUMBER, "max_catalog_items": int, "new_within_days": NUMBER}
+    params = {"min_share": NUMBER, "max_catalog_items": int, "new_within_days": NUMBER, "window": int}
 
     def __init__(self, catalog: Catalog, users: Users, vectors: np.ndarray, params: dict[str, Any]) -> None:
         super().__init__(catalog, users, vectors, params)
         self.min_share = float(params.get("min_share", 0.1))
         self.check(0 < self.min_share <= 1, "min_share must be in (0, 1]")
+        self.window = params.get("window")
+        self.check(self.window is None or self.window >= 1, "window must be an integer >= 1")
         providers = len(catalog.provider_names)
         size = np.bincount(catalog.provider, minlength=providers)
         self.small = size <= params.get("max_catalog_items", 20)
@@ -70,7 +74,14 @@ class ProviderMinShare(Rule):
             self.small |= (oldest <= float(params["new_within_days"])) & (size > 0)
 
     def quota(self, n: int) -> int:
-        return int(np.ceil(self.min_share * n))
+        return int(np.ceil(self.min_share * n - 1e-9))
+
+    def block(self, placed: int, n: int) -> tuple[int, int]:
+        """(first position, size) of the block the next slot falls in: the whole list without a window."""
+        if self.window is None:
+            return 0, n
+        start = placed // self.window * self.window
+        return start, min(self.window, n - start)
 
 
 class Pin(Rule):
@@ -112,8 +123,8 @@ def fill_top(slate: Slate, catalog: Catalog, selectors: list[Rule], n: int) -> l
     categories = catalog.category[slate.rows[slate.order]].tolist()
     providers = catalog.provider[slate.rows[slate.order]].tolist()
     small = [q.small[providers].tolist() for q in quotas]
-    needed = [min(q.quota(n), sum(flags)) for q, flags in zip(quotas, small, strict=True)]
-    have = [0] * len(quotas)
+    small_left = [sum(flags) for flags in small]  # small-provider candidates not yet placed
+    placed_small: list[list[bool]] = [[] for _ in quotas]  # per quota, whether each placed item is small
     waited = dict.fromkeys((rule.name for rule in selectors), 0)
     placed: list[int] = []
     placed_categories: list[int] = []
@@ -130,8 +141,13 @@ def fill_top(slate: Slate, catalog: Catalog, selectors: list[Rule], n: int) -> l
             for category in recent:
                 counts[category] = counts.get(category, 0) + 1
             windows.append((cap.name, counts, cap.cap))
-        reserved = [(q.name, flags) for q, flags, need, got in zip(quotas, small, needed, have, strict=True)
-                    if need - got >= n - len(placed)]  # fmt: skip
+        reserved = []
+        for k, (q, flags) in enumerate(zip(quotas, small, strict=True)):
+            start, size = q.block(len(placed), n)
+            got = sum(placed_small[k][start:])
+            need = min(q.quota(size), got + small_left[k])  # never more than the candidates can give
+            if need > got and need - got >= start + size - len(placed):
+                reserved.append((q.name, flags))  # the block's remaining slots are kept for small providers
         return windows, reserved
 
     def blocker(i: int, soft: bool, state) -> str | None:
@@ -145,7 +161,7 @@ def fill_top(slate: Slate, catalog: Catalog, selectors: list[Rule], n: int) -> l
                     return name
             for name, flags in reserved:
                 if not flags[i]:
-                    return name  # the remaining slots are kept for small providers
+                    return name
         return None
 
     def place(i: int) -> None:
@@ -153,7 +169,8 @@ def fill_top(slate: Slate, catalog: Catalog, selectors: list[Rule], n: int) -> l
         placed_categories.append(categories[i])
         provider_count[providers[i]] = provider_count.get(providers[i], 0) + 1
         for k, flags in enumerate(small):
-            have[k] += int(flags[i])
+            placed_small[k].append(flags[i])
+            small_left[k] -= int(flags[i])
 
     # Each slot takes the best remaining candidate that keeps every constraint; soft constraints
     # that no remaining candidate can meet are relaxed rather than leaving the slot empty.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from pathlib import Path
 
@@ -13,9 +12,10 @@ import numpy as np
 
 from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import wait_for_latest
-from funnel.policy.document import PolicyError, load_policy
+from funnel.policy.document import PolicyDocument, load_policy
+from funnel.policy.watch import watch_policy
 from funnel.runtime.errors import InvalidArgument, Unavailable
-from funnel.runtime.metrics import ARTIFACT_INFO, POLICY_RELOADS
+from funnel.runtime.metrics import ARTIFACT_INFO
 from funnel.runtime.server import Runtime
 from funnel.v1 import common_pb2, reranking_pb2, reranking_pb2_grpc
 from funnel.validation import check_context, check_count, check_id, check_ids
@@ -33,7 +33,6 @@ class RerankingService(reranking_pb2_grpc.RerankingServicer):
         self.settings = settings
         self.engine: PolicyEngine | None = None
         self._tables: tuple[Catalog, Users, np.ndarray] | None = None
-        self._policy_digest = ""
         self._watch: asyncio.Task[None] | None = None
         reranking_pb2_grpc.add_RerankingServicer_to_server(self, runtime.server)
 
@@ -47,36 +46,22 @@ class RerankingService(reranking_pb2_grpc.RerankingServicer):
             lambda: (Catalog.load(bundle), Users.load(bundle), Embeddings.load(bundle, mmap=True).items)
         )
         self.engine = PolicyEngine(*self._tables, policy)
-        self._policy_digest = _digest(path)
         ARTIFACT_INFO.labels("policy", policy.version).set(1)
         log.info(
             "policy loaded", extra={"policy_version": policy.version, "rules": [r.name for r in self.engine.rules]}
         )
         await self.runtime.readiness.set(True, "policy and catalog loaded")
         if self.settings.policy_poll_seconds > 0:
-            self._watch = asyncio.create_task(self._watch_policy(path))
+            self._watch = asyncio.create_task(
+                watch_policy(path, self.settings.policy_poll_seconds, self._apply_policy, lambda: self.engine.version)
+            )
 
-    async def _watch_policy(self, path: Path) -> None:
-        """Hot reload: a changed file is validated in full before it replaces the policy; a bad one
-        is rejected (logged and counted) and the current policy keeps serving."""
-        while True:
-            await asyncio.sleep(self.settings.policy_poll_seconds)
-            digest = _digest(path)
-            if digest == self._policy_digest:
-                continue
-            self._policy_digest = digest
-            current = self.engine.version if self.engine else ""
-            try:
-                engine = await self.runtime.run_cpu(lambda: PolicyEngine(*self._tables, load_policy(path)))
-            except PolicyError as exc:
-                POLICY_RELOADS.labels("rejected").inc()
-                log.error("policy rejected; the current one stays", extra={"serving": current, "error": str(exc)})
-                continue
-            self.engine = engine  # one reference swap: calls in flight keep the engine they started with
-            POLICY_RELOADS.labels("loaded").inc()
-            ARTIFACT_INFO.labels("policy", current).set(0)
-            ARTIFACT_INFO.labels("policy", engine.version).set(1)
-            log.info("policy reloaded", extra={"from": current, "to": engine.version})
+    async def _apply_policy(self, policy: PolicyDocument) -> None:
+        current = self.engine.version if self.engine else ""
+        engine = await self.runtime.run_cpu(lambda: PolicyEngine(*self._tables, policy))
+        self.engine = engine  # one reference swap: calls in flight keep the engine they started with
+        ARTIFACT_INFO.labels("policy", current).set(0)
+        ARTIFACT_INFO.labels("policy", engine.version).set(1)
 
     async def stop(self) -> None:
         if self._watch is not None:
@@ -92,6 +77,7 @@ class RerankingService(reranking_pb2_grpc.RerankingServicer):
         check_context(request.context)
         check_count(request.num_results, "num_results", self.settings.max_results)
         check_ids(request.exclude_item_ids, "exclude_item_ids", self.settings.max_excluded)
+        check_ids(request.recent_item_ids, "recent_item_ids", self.settings.max_recent_items)
         if len(request.candidates) > self.settings.max_candidates:
             raise InvalidArgument(
                 f"{len(request.candidates)} candidates, at most {self.settings.max_candidates} allowed"
@@ -106,13 +92,6 @@ class RerankingService(reranking_pb2_grpc.RerankingServicer):
         return await self.runtime.run_cpu(_rerank, engine, request)
 
 
-def _digest(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return ""  # a file being replaced; the next poll sees the new one
-
-
 def _rerank(engine: PolicyEngine, request: reranking_pb2.RerankRequest) -> reranking_pb2.RerankResponse:
     candidates = request.candidates
     result = engine.run(
@@ -123,6 +102,7 @@ def _rerank(engine: PolicyEngine, request: reranking_pb2.RerankRequest) -> reran
         set(request.exclude_item_ids),
         request.num_results,
         request.debug,
+        list(request.recent_item_ids),
     )
     response = reranking_pb2.RerankResponse(policy_version=engine.version)
     for rule, outcome in result.reports:

@@ -20,6 +20,7 @@ class RerankingSettings(ServerSettings):
     max_candidates: int = setting(2000, help="largest candidate list a request may carry", checks=[positive])
     max_results: int = setting(200, help="largest num_results a request may ask for", checks=[positive])
     max_excluded: int = setting(1000, help="largest exclude_item_ids list accepted", checks=[positive])
+    max_recent_items: int = setting(100, help="largest recent_item_ids list accepted", checks=[positive])
     artifact_poll_seconds: float = setting(
         1.0, help="how often to look for a bundle while none is loaded", checks=[positive]
     )

@@ -1,5 +1,6 @@
-"""The Retrieval gRPC service: validates, encodes the user, searches its shard off the event loop,
-and hot-swaps to new artifact versions without dropping a call."""
+"""The Retrieval gRPC service: validates, encodes the user once, asks every candidate source of its
+shard with the request's hard filters applied inside each, and hot-swaps to new artifact versions
+(and policy files) without dropping a call."""
 
 from __future__ import annotations
 
@@ -14,19 +15,22 @@ import numpy as np
 import torch
 
 from funnel.artifacts.store import MANIFEST, ArtifactError, latest_version, wait_for_latest
+from funnel.features import country_slot
+from funnel.policy.document import PolicyDocument, load_policy
+from funnel.policy.watch import watch_policy
 from funnel.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from funnel.runtime.metrics import ARTIFACT_INFO
 from funnel.runtime.server import Runtime
+from funnel.sources import RETRIEVAL_SOURCES
 from funnel.v1 import retrieval_pb2, retrieval_pb2_grpc
 from funnel.validation import check_context, check_count, check_id, check_ids
+from services.retrieval.faiss_index import IndexSpec
 from services.retrieval.hits import Hits
-from services.retrieval.index import IndexSpec, ShardIndex
+from services.retrieval.index import ShardIndex
 from services.retrieval.settings import RetrievalSettings
+from services.retrieval.sources import Query
 
 log = logging.getLogger("funnel.retrieval")
-
-SOURCE_ANN = "ann"
-SOURCES = (SOURCE_ANN, "popular", "category_popular", "fresh")
 
 
 class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
@@ -38,26 +42,43 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         self.bundles = Path(settings.artifact_dir) / "bundles"
         self.spec = IndexSpec(settings.index_factory, settings.search_params)
         self.index: ShardIndex | None = None
+        self.policy: PolicyDocument | None = None
         self._swap_lock = asyncio.Lock()
         self._failed_versions: set[str] = set()
-        self._watch: asyncio.Task[None] | None = None
+        self._watches: list[asyncio.Task[None]] = []
         retrieval_pb2_grpc.add_RetrievalServicer_to_server(self, runtime.server)
 
     async def start(self) -> None:
         # One query per thread: parallelism comes from concurrent requests, not OpenMP or intra-op.
         faiss.omp_set_num_threads(1)
         torch.set_num_threads(1)
+        path = Path(self.settings.policy_path)
+        self.policy = load_policy(path)  # a bad policy fails start-up loudly
         bundle = await wait_for_latest(self.bundles, self.settings.artifact_poll_seconds)
         await self.swap_to(bundle)
         await self.runtime.readiness.set(True, "index loaded")
         if self.settings.reload_poll_seconds > 0:
-            self._watch = asyncio.create_task(self._watch_bundles())
+            self._watches.append(asyncio.create_task(self._watch_bundles()))
+        if self.settings.policy_poll_seconds > 0:
+            self._watches.append(
+                asyncio.create_task(
+                    watch_policy(
+                        path, self.settings.policy_poll_seconds, self._apply_policy, lambda: self.policy.version
+                    )
+                )
+            )
+
+    async def _apply_policy(self, policy: PolicyDocument) -> None:
+        async with self._swap_lock:  # a bundle loading now must not come up with the old rules
+            self.policy = policy
+            if self.index is not None:
+                self.index.use_content_rules(policy.content)
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
+        for watch in self._watches:
+            watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+                await watch
         self.index = None
 
     async def swap_to(self, bundle: Path) -> tuple[str, str, bool]:
@@ -68,7 +89,9 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             if previous is not None and previous.version == bundle.name:
                 return previous_version, previous_version, False
             s = self.settings
-            loaded = await self.runtime.run_cpu(ShardIndex, bundle, s.shard_index, s.shard_count, self.spec)
+            loaded = await self.runtime.run_cpu(
+                ShardIndex, bundle, s.shard_index, s.shard_count, self.spec, self.policy.content
+            )
             # One reference assignment: a call that already read self.index finishes on the old
             # index, which is freed when the last such call drops it.
             self.index = loaded
@@ -129,42 +152,41 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         check_context(request.context)
         for source, limit in request.source_limits.items():
             check_count(limit, f"source_limits[{source!r}]", s.max_candidates)
-        unknown = (set(request.sources) | set(request.source_limits)) - set(SOURCES)
+        unknown = (set(request.sources) | set(request.source_limits)) - set(RETRIEVAL_SOURCES)
         if unknown:
-            raise InvalidArgument(f"unknown sources {sorted(unknown)}; known: {list(SOURCES)}")
+            raise InvalidArgument(f"unknown sources {sorted(unknown)}; known: {list(RETRIEVAL_SOURCES)}")
         index = self.index  # one reference for the whole call, so a swap never mixes versions
         if index is None:
             raise Unavailable("index not loaded yet")
-        sources = list(request.sources) or list(SOURCES)
+        sources = list(request.sources) or list(RETRIEVAL_SOURCES)
         return await self.runtime.run_cpu(_retrieve, index, request, sources, s)
 
 
 def _retrieve(
     index: ShardIndex, request: retrieval_pb2.RetrieveRequest, sources: list[str], settings: RetrievalSettings
 ) -> retrieval_pb2.RetrieveResponse:
-    exclude = index.catalog.index.rows(list(request.exclude_item_ids))
-    exclude = exclude[exclude >= 0]
     user_row = index.users.index.row(request.user_id)
-    if settings.exclude_history and user_row >= 0:
-        exclude = np.union1d(exclude, index.users.history(user_row))
     recent = index.catalog.index.rows(list(request.recent_item_ids))
+    history = np.concatenate([index.history(user_row), recent[recent >= 0]])
+    excluded = index.catalog.index.rows(list(request.exclude_item_ids))
+    excluded = excluded[excluded >= 0]
+    if settings.exclude_history:
+        excluded = np.concatenate([excluded, history])
+    slot = country_slot(request.context.country)
+    if slot == 0 and user_row >= 0:  # no country in the request: the user's home country
+        slot = int(index.users.country[user_row]) + 1
+    vector = index.encoder.encode(history, slot)
+    query = Query(history=history, allowed=index.allowed.for_request(request.context, excluded), vector=vector)
     response = retrieval_pb2.RetrieveResponse(
         index_version=index.version,
         shard_index=settings.shard_index,
         shard_count=settings.shard_count,
         known_user=user_row >= 0,
+        user_vector=vector[0].tolist(),
     )
     limits = request.source_limits
-    recent = recent[recent >= 0]
     for source in sources:
-        k = limits.get(source, request.num_candidates)
-        if source == SOURCE_ANN:
-            hits = index.search(index.encoder.encode(user_row, recent, request.context.country), k, exclude)
-        elif source == "category_popular":
-            hits = index.category_popular.fetch(k, exclude, index.user_affinity(user_row, recent))
-        else:
-            hits = getattr(index, source).fetch(k, exclude)
-        _append(response, index, hits, source)
+        _append(response, index, index.sources[source].fetch(query, limits.get(source, request.num_candidates)), source)
     return response
 
 

@@ -32,6 +32,15 @@ class RetrievalSettings(ServerSettings):
         help="leave out items in the user's stored history, so no candidate slot goes to an item the "
         "policy's exclude_consumed rule would drop (turn both off where people re-consume)",
     )
+    policy_path: str = setting(
+        "config/policy.yaml",
+        help="policy file whose content rules (blocked items and providers, maturity, regions) every source "
+        "applies inside its search",
+        checks=[non_empty],
+    )
+    policy_poll_seconds: float = setting(
+        1.0, help="how often the policy file is checked for changes (hot reload); 0 = never", checks=[non_negative]
+    )
     artifact_poll_seconds: float = setting(
         1.0, help="how often to look for a bundle while none is loaded", checks=[positive]
     )

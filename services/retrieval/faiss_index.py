@@ -1,0 +1,32 @@
+"""The FAISS index over one shard's item vectors, and which shard an item belongs to."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+
+def shard_of(item_ids: np.ndarray, shard_count: int) -> np.ndarray:
+    """Deterministic shard of each item: crc32 of its id, so shards do not depend on row order."""
+    return np.fromiter((zlib.crc32(i.encode()) % shard_count for i in item_ids), dtype=np.int64, count=len(item_ids))
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    factory: str = "Flat"  # FAISS index_factory string, inner product
+    search_params: str = ""  # e.g. "efSearch=128" (HNSW) or "nprobe=16" (IVF)
+
+
+def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec) -> faiss.Index:
+    """An inner-product index over `vectors` that answers with `ids`."""
+    inner = faiss.index_factory(vectors.shape[1], spec.factory, faiss.METRIC_INNER_PRODUCT)
+    if not inner.is_trained:
+        inner.train(vectors)
+    if spec.search_params:
+        faiss.ParameterSpace().set_index_parameters(inner, spec.search_params)
+    index = faiss.IndexIDMap2(inner)
+    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+    return index

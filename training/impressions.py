@@ -1,0 +1,111 @@
+"""The ranker's training data: impressions at several cuts of every user's recent past.
+
+Each user's training sequence is split in time: the earlier part trains the retrieval models the
+impressions are drawn with, the later part (`tail_fraction`) is where cuts are made. At a cut,
+the user's history is everything before it, retrieval runs as it would have then (same sources,
+same fusion), and the candidates among the next `horizon` interactions are the positives; a
+sample of the other candidates are the negatives. So every user contributes many (history ->
+next items) examples, on exactly the candidate lists the ranker re-orders when serving, with
+features from models that never saw what they are asked to predict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from funnel.features import FeatureBatch, FeatureStore, UserContext
+from training.candidates import Retriever
+from training.dataset import Interactions, latest_per_user
+
+
+@dataclass(frozen=True)
+class ImpressionConfig:
+    tail_fraction: float = 0.3  # each user's latest share of training interactions that yields cuts
+    min_history: int = 3  # interactions before the first cut
+    cuts_per_user: int = 8
+    max_cuts: int = 15_000  # beyond this, users are sampled (more rows add time, not quality)
+    horizon: int = 3  # the next interactions after a cut that count as positives
+    negatives_per_cut: int = 24
+    seed: int = 7
+
+
+@dataclass
+class Sequences:
+    """Each user's interactions in time order, as CSR arrays."""
+
+    indptr: np.ndarray
+    items: np.ndarray
+    times: np.ndarray
+
+    @classmethod
+    def of(cls, interactions: Interactions, num_users: int) -> Sequences:
+        from training.dataset import chronological
+
+        order = chronological(interactions)
+        counts = np.bincount(interactions.user, minlength=num_users)
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return cls(indptr, interactions.item[order].astype(np.int64), interactions.timestamp[order].astype(np.int64))
+
+    def of_user(self, user: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self.indptr[user], self.indptr[user + 1]
+        return self.items[start:end], self.times[start:end]
+
+
+def tail_mask(train: Interactions, config: ImpressionConfig) -> np.ndarray:
+    """The interactions at which cuts may be made: each user's latest `tail_fraction`, keeping at
+    least `min_history` before them."""
+    counts = np.bincount(train.user)
+    tail = np.floor(counts * config.tail_fraction).astype(np.int64)
+    return latest_per_user(train, tail, config.min_history)
+
+
+@dataclass
+class Cut:
+    user: int
+    position: int  # index into the user's sequence: history is everything before it
+
+
+def choose_cuts(sequences: Sequences, tail: Sequences, config: ImpressionConfig, users: np.ndarray) -> list[Cut]:
+    """Up to `cuts_per_user` evenly spaced cuts inside each user's tail."""
+    cuts = []
+    for user in users.tolist():
+        length = int(sequences.indptr[user + 1] - sequences.indptr[user])
+        tail_length = int(tail.indptr[user + 1] - tail.indptr[user])
+        if tail_length == 0:
+            continue
+        first = length - tail_length
+        count = min(config.cuts_per_user, tail_length)
+        positions = np.unique(np.linspace(first, length - 1, count).round().astype(int))
+        cuts.extend(Cut(user, int(p)) for p in positions)
+    return cuts
+
+
+def build_impressions(
+    cuts: list[Cut], sequences: Sequences, country: np.ndarray, retriever: Retriever, store: FeatureStore,
+    queries: np.ndarray, config: ImpressionConfig,
+) -> tuple[FeatureBatch, np.ndarray, np.ndarray]:  # fmt: skip
+    """Features, labels and the cut each row belongs to, for every cut with a positive among its
+    candidates (a cut whose next items retrieval missed teaches the ranker nothing)."""
+    rng = np.random.default_rng(config.seed)
+    histories = [sequences.of_user(c.user)[0][: c.position] for c in cuts]
+    found = retriever.retrieve(histories, queries)
+    batches, labels, groups = [], [], []
+    for n, (cut, candidates) in enumerate(zip(cuts, found, strict=True)):
+        items, times = sequences.of_user(cut.user)
+        positives = items[cut.position : cut.position + config.horizon]
+        clicked = np.isin(candidates.rows, positives)
+        if not clicked.any():
+            continue
+        others = np.flatnonzero(~clicked)
+        negatives = rng.choice(others, min(len(others), config.negatives_per_cut), replace=False)
+        keep = np.sort(np.concatenate([np.flatnonzero(clicked), negatives]))
+        user = UserContext(histories[n], int(times[cut.position - 1]), int(country[cut.user]), queries[n])
+        # Rows keep their position in the fused list: the rank feature is read from it.
+        batches.append(store.features(user, candidates.rows[keep], candidates.sources[keep], positions=keep))
+        labels.append(clicked[keep].astype(np.float32))
+        groups.append(np.full(len(keep), n, dtype=np.int64))
+    if not batches:
+        raise ValueError("no cut had a positive among its candidates: too little data to train a ranker")
+    return FeatureBatch.concat(batches), np.concatenate(labels), np.concatenate(groups)
