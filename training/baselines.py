@@ -182,6 +182,8 @@ def choose_ease_lambda(train: Interactions, columns: np.ndarray, num_items: int,
     """The lambda with the best NDCG@10 on each user's latest training interactions, fit without them."""
     inner_train, validation = split(train, HOLDOUT)
     relevant = {u: set(i.tolist()) for u, i in validation.items_by_user().items()}
+    if not relevant:  # histories too short to hold anything out again
+        return lambdas[len(lambdas) // 2]
     users = np.array(sorted(relevant), dtype=np.int64)
     history = _dense(inner_train, users, columns, num_items)
     gram = gram_matrix(inner_train, columns, num_items)

@@ -21,6 +21,8 @@ class Interactions:
 
     def items_by_user(self) -> dict[int, np.ndarray]:
         """Each user's items in time order, grouped once (a per-user mask is quadratic at a million items)."""
+        if len(self) == 0:
+            return {}
         order = chronological(self)
         users, starts = np.unique(self.user[order], return_index=True)
         groups = np.split(self.item[order], starts[1:])

@@ -1,0 +1,114 @@
+"""Candidate sources on small planted data: co-visitation finds a planted next item; filtered search
+never returns what may not be shown and still returns k items when k are allowed."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from funnel.artifacts.catalog import COUNTRIES, Catalog
+from funnel.policy.document import ContentRules
+from funnel.v1 import common_pb2
+from services.retrieval.allowed import AllowedItems
+from services.retrieval.faiss_index import IndexSpec, build_index
+from services.retrieval.filtered_search import filtered_search
+from services.retrieval.sources import CoVisitationSource, PopularSource, Query
+from training.covisitation import CoVisitationConfig, build_covisitation
+from training.dataset import Interactions
+
+ITEMS = 400
+
+
+def planted_sequences(rng: np.random.Generator) -> Interactions:
+    """300 users each interact with a few random items; half of them go on from item 7 to item 42."""
+    users, items, times = [], [], []
+    for user in range(300):
+        sequence = list(rng.choice(np.arange(100, ITEMS), 6, replace=False))
+        if user % 2 == 0:
+            sequence[3:3] = [7, 42]
+        users += [user] * len(sequence)
+        items += sequence
+        times += list(range(1_700_000_000, 1_700_000_000 + len(sequence)))
+    return Interactions(np.array(users, np.int32), np.array(items, np.int32), np.array(times, np.int64))
+
+
+def test_co_visitation_finds_the_planted_next_item_first():
+    covisitation = build_covisitation(planted_sequences(np.random.default_rng(0)), ITEMS, CoVisitationConfig())
+    neighbours, weights = covisitation.row(7)
+    assert neighbours[0] == 42 and weights[0] > 2 * weights[1], "42 follows 7 for half of the users"
+    source = CoVisitationSource(covisitation, np.ones(ITEMS, dtype=bool))
+    allowed = np.ones(ITEMS, dtype=bool)
+    for history in ([7], [150, 260, 7], [7, 150, 260]):
+        hits = source.fetch(Query(np.array(history), allowed), 5)
+        assert hits.rows[0] == 42, f"after {history}"
+        assert np.all(np.diff(hits.scores) <= 0)
+    allowed[42] = False
+    assert 42 not in source.fetch(Query(np.array([7]), allowed), 50).rows, "a filtered item is never a candidate"
+
+
+def planted_catalog(rng: np.random.Generator) -> Catalog:
+    maturity = rng.choice(np.arange(1, 6), ITEMS).astype(np.int8)
+    region = np.where(rng.random(ITEMS) < 0.3, 1 << COUNTRIES.index("DE"), -1).astype(np.int64)  # DE only
+    return Catalog(
+        item_ids=np.array([f"i{n:04d}" for n in range(ITEMS)]),
+        category=np.zeros(ITEMS, np.int32),
+        provider=(np.arange(ITEMS) % 4).astype(np.int32),
+        maturity=maturity,
+        region_mask=region,
+        age_days=np.zeros(ITEMS, np.float32),
+        popularity=rng.random(ITEMS).astype(np.float32) * 100,
+        category_names=["c0"],
+        provider_names=["p0", "p1", "p2", "p3"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("factory", "params"),
+    [
+        ("Flat", ""),
+        ("HNSW32", "efSearch=400"),
+        ("IVF8,Flat", "nprobe=8"),
+        ("IVF8,PQ8x4,RFlat", "nprobe=8,k_factor_rf=64"),
+    ],
+)
+def test_filtered_search_never_returns_a_blocked_out_of_region_or_excluded_item(factory, params):
+    rng = np.random.default_rng(1)
+    catalog = planted_catalog(rng)
+    vectors = rng.standard_normal((ITEMS, 16)).astype(np.float32)
+    faiss.normalize_L2(vectors)
+    rows = np.arange(0, ITEMS, 2, dtype=np.int64)  # a shard holding every other item
+    index = build_index(vectors[rows], rows, IndexSpec(factory, params))
+    rules = ContentRules(blocked_item_ids=frozenset({"i0010", "i0012"}), blocked_providers=frozenset({"p2"}))
+    allowed_items = AllowedItems(catalog, rules)
+    context = common_pb2.Context(country="US", max_maturity=common_pb2.MATURITY_RATING_PG13)
+    excluded = np.arange(0, 60, 2)
+    allowed = allowed_items.for_request(context, excluded)
+    on_shard_allowed = rows[allowed[rows]]
+    assert 20 < len(on_shard_allowed) < len(rows) // 2, "the planted rules remove most of the shard"
+    for query in vectors[:5]:
+        hits = filtered_search(index, query[None, :], 10, allowed)
+        assert len(hits.rows) == 10, "k allowed items exist, so k come back"
+        assert allowed[hits.rows].all()
+        assert not np.isin(hits.rows, excluded).any()
+        found = catalog.item_ids[hits.rows]
+        assert not {"i0010", "i0012"} & set(found)
+        assert (catalog.provider[hits.rows] != 2).all() and (catalog.maturity[hits.rows] <= 3).all()
+        assert (catalog.region_mask[hits.rows] == -1).all(), "DE-only items never reach a US request"
+        if factory == "Flat":  # exact: the best allowed items of the shard, best first
+            exact = on_shard_allowed[np.argsort(-(vectors[on_shard_allowed] @ query), kind="stable")[:10]]
+            assert set(hits.rows) == set(exact)
+    few = np.zeros(ITEMS, dtype=bool)
+    few[rows[:3]] = True
+    assert sorted(filtered_search(index, vectors[:1], 10, few).rows) == sorted(rows[:3]), "only 3 allowed: 3 back"
+
+
+def test_every_other_source_filters_the_same_way():
+    rng = np.random.default_rng(2)
+    catalog = planted_catalog(rng)
+    popular = PopularSource(catalog, np.arange(ITEMS))
+    allowed = AllowedItems(catalog, ContentRules()).for_request(common_pb2.Context(country="US"), np.arange(20))
+    hits = popular.fetch(Query(np.zeros(0, np.int64), allowed), 50)
+    assert len(hits.rows) == 50 and allowed[hits.rows].all()
+    expected = np.argsort(-catalog.popularity, kind="stable")
+    assert hits.rows.tolist() == expected[allowed[expected]][:50].tolist()
