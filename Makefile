@@ -26,7 +26,7 @@ BENCH_USERS ?= 1000
 OVERLAY ?= dev
 
 .PHONY: help install protos artifacts artifacts-movielens up down demo test lint clean bench-retrieval bench-ranking bench-reranking \
-	k8s-render k8s-validate images bench bench-artifacts bench-overload eval eval-movielens
+	k8s-render k8s-validate images bench bench-artifacts bench-overload eval eval-movielens eval-ablation
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -89,6 +89,10 @@ artifacts-movielens-eval/bundles: | $(STAMP_PROTOS)
 
 eval-movielens: artifacts-movielens-eval/bundles ## The same replay on a MovieLens folder (MOVIELENS=path), report in results/eval-movielens
 	$(PY) -m evaluation --artifacts artifacts-movielens-eval --out results/eval-movielens --max-users $(EVAL_USERS)
+
+eval-ablation: install ## What each retrieval change adds (tower, negatives, ids, sources, filters): synthetic and MovieLens
+	$(PY) -m evaluation.ablation --size $(SIZE) --out results/ablation-$(SIZE) --max-users $(EVAL_USERS)
+	$(PY) -m evaluation.ablation --movielens $(MOVIELENS) --out results/ablation-movielens --max-users $(EVAL_USERS)
 
 # The demo's sustainable rate as `make bench` measured it (docs/benchmarks/report.md); a short sweep
 # here is too noisy to set it (empty OVERLOAD_RATE runs one anyway).

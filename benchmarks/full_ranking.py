@@ -11,6 +11,9 @@ For the same held-out users, one request at a time:
   ranking everything would cost on the serving path (on fewer users: it is slow);
 - full ranking, in-process: the same TorchScript file in this process with torch on every core,
   batches of 65,536 rows and no RPC: a lower bound on its cost.
+Full ranking scores every item as one candidate list: the ranker's retrieval features (its rank
+and source) are those of an ANN search that returned the whole catalog, i.e. each item's place in
+the user tower's order.
 Both obey the same hard filters (content policy for the user's country, items the user consumed),
 and are scored on the user's held-out interactions.
 """
@@ -32,12 +35,13 @@ import yaml
 from benchmarks.e2e_load import Scenario, start_stack
 from funnel.artifacts.catalog import COUNTRIES
 from funnel.artifacts.store import latest_version
-from funnel.features import BundleFeatures
+from funnel.features import BundleFeatures, UserContext
 from funnel.launcher.processes import free_port
 from funnel.launcher.stack import REPO_ROOT
 from funnel.launcher.triton import TritonServer
 from funnel.policy.content import ContentFilter
 from funnel.policy.document import load_policy
+from funnel.sources import ANN, source_code
 from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
 from services.ranking.model_repository import TritonModelConfig
 from services.ranking.triton import TritonRanker
@@ -80,16 +84,29 @@ class Judge:
         return ndcg_at_k(ranked_rows, relevant, 10), recall_at_k(ranked_rows, relevant, 10)
 
 
+def everything_as_candidates(judge: Judge, user: int) -> tuple[UserContext, np.ndarray, np.ndarray]:
+    """Every item as one list of candidates: (context, rank of each item, source codes). With no
+    retrieval to place them, each item's rank is its place in the user tower's order over the
+    whole catalog, as if ANN had returned everything."""
+    context = judge.tables.context(user)
+    n = len(judge.catalog)
+    if context.query is None:
+        return context, np.zeros(n, dtype=np.float32), np.full(n, source_code(ANN), dtype=np.int64)
+    order = np.argsort(-(judge.store.item_vectors @ context.query), kind="stable")
+    rank = np.empty(n, dtype=np.float32)
+    rank[order] = np.arange(n, dtype=np.float32)
+    return context, rank, np.full(n, source_code(ANN), dtype=np.int64)
+
+
 def full_ranking(judge: Judge, model: torch.jit.ScriptModule, user: int) -> np.ndarray:
     """Every item scored by the ranker; the best 10 the filters allow."""
     rows = np.arange(len(judge.catalog))
     scores = np.empty(len(rows), dtype=np.float32)
-    context = judge.tables.context(user)
+    context, rank, sources = everything_as_candidates(judge, user)
     with torch.inference_mode():
         for start in range(0, len(rows), CHUNK):
-            # Every item at the same place in the list: full ranking has no retrieval order.
-            chunk = rows[start : start + CHUNK]
-            batch = judge.store.features(context, chunk, positions=np.zeros(len(chunk)))
+            part = slice(start, start + CHUNK)
+            batch = judge.store.features(context, rows[part], sources[part], positions=rank[part])
             out = model(torch.from_numpy(batch.dense), torch.from_numpy(batch.categorical))
             scores[start : start + CHUNK] = out.numpy().ravel()
     return top_allowed(judge, user, scores)
@@ -118,7 +135,8 @@ def triton_method(judge: Judge, artifacts: Path, users: np.ndarray, run_dir: Pat
         ranker = loop.run_until_complete(connect())
 
         def run(user: int) -> np.ndarray:
-            features = judge.store.features(judge.tables.context(user), rows, positions=np.zeros(len(rows)))
+            context, rank, sources = everything_as_candidates(judge, user)
+            features = judge.store.features(context, rows, sources, positions=rank)
             scores = loop.run_until_complete(ranker.score(features, timeout_s=600)).values
             return top_allowed(judge, user, scores.astype(np.float32))
 

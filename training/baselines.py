@@ -117,6 +117,17 @@ def _top_lists(
     return lists
 
 
+def _random_order(rng: np.random.Generator, num_items: int, known: int) -> np.ndarray:
+    """Enough distinct random items for a list once a user's `known` ones are taken out (a
+    permutation of a million items per user would dominate the evaluation)."""
+    wanted = min(num_items, 4 * (LIST_LENGTH + known))
+    if wanted * 4 >= num_items:
+        return rng.permutation(num_items)
+    draws = rng.integers(0, num_items, 2 * wanted)
+    _, first = np.unique(draws, return_index=True)
+    return draws[np.sort(first)]
+
+
 def _exclude_history(
     ranked: np.ndarray, train_items: dict[int, np.ndarray], user: int, allowed_for: AllowedFor
 ) -> np.ndarray:
@@ -140,11 +151,9 @@ def evaluate_baselines(
     popularity = np.bincount(train.item, minlength=num_items)
     rng = np.random.default_rng(seed)
     ranked_popular = np.argsort(-popularity, kind="stable")
+    shuffled = {u: _random_order(rng, num_items, len(train_items.get(u, ()))) for u in users.tolist()}
     metrics = {
-        "random": accuracy(
-            {u: _exclude_history(rng.permutation(num_items), train_items, u, allowed_for) for u in users.tolist()},
-            relevant,
-        ),
+        "random": accuracy({u: _exclude_history(shuffled[u], train_items, u, allowed_for) for u in shuffled}, relevant),
         "popularity": accuracy(
             {u: _exclude_history(ranked_popular, train_items, u, allowed_for) for u in users.tolist()}, relevant
         ),

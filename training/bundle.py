@@ -43,7 +43,10 @@ def write_bundle(
     retrieval = models.retrieval
     catalog = catalog_of(data, served)
     users = users_table(data, served)
-    covisitation = build_covisitation(served, data.num_items, config.covisitation)
+    # An evaluation bundle serves the very split the models were fit on: its table is already built.
+    covisitation = retrieval.covisitation
+    if held_out is None:
+        covisitation = build_covisitation(served, data.num_items, config.covisitation)
     activity = ItemActivity.from_interactions(served.item, served.timestamp, data.num_items)
     histories = [users.history(u).astype(np.int64) for u in range(len(users))]
     user_vectors = retrieval.queries(histories, home_country_slots(data))

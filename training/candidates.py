@@ -38,20 +38,23 @@ class Retriever:
         self.index = build_index(item_vectors, rows, IndexSpec("Flat"))
         self.sources = build_sources(catalog, rows, self.index, covisitation)
 
-    def retrieve(self, histories: list[np.ndarray], queries: np.ndarray) -> list[Candidates]:
-        """Candidates for each history (oldest first) with its user tower vector, history excluded."""
-        ann = self.ann(histories, queries)
+    def retrieve(
+        self, histories: list[np.ndarray], queries: np.ndarray, content: list[np.ndarray] | None = None
+    ) -> list[Candidates]:
+        """Candidates for each history (oldest first) with its user tower vector, history excluded;
+        with `content`, only items its mask (one per history) allows, filtered inside the search."""
+        ann = self.ann(histories, queries) if content is None else None
         out = []
-        allowed = np.ones(len(self.catalog), dtype=bool)
+        everything = np.ones(len(self.catalog), dtype=bool)
         for n, history in enumerate(histories):
+            allowed = everything.copy() if content is None else content[n].copy()
             allowed[history] = False
             query = Query(history=history, allowed=allowed, vector=queries[n : n + 1])
             ranked = {}
             for name, limit in self.limits.items():
-                found = ann[n] if name == ANN else self.sources[name].fetch(query, limit).rows
+                found = ann[n] if name == ANN and ann is not None else self.sources[name].fetch(query, limit).rows
                 ranked[name] = found.tolist()
             fused = fuse(ranked)
-            allowed[history] = True
             out.append(
                 Candidates(
                     np.array([key for key, _, _ in fused], dtype=np.int64),

@@ -20,8 +20,8 @@ from funnel.artifacts.covisitation import CoVisitation
 from funnel.features import FeatureStore
 from training.candidates import Retriever
 from training.covisitation import CoVisitationConfig, build_covisitation
-from training.dataset import Dataset, Interactions, at_most
-from training.impressions import ImpressionConfig, Sequences, build_impressions, choose_cuts, tail_mask
+from training.dataset import Dataset, Interactions
+from training.impressions import ImpressionConfig, Sequences, choose_cuts, draw_impressions, tail_mask
 from training.ranker import RankerConfig, RankerTraining, train_ranker
 from training.towers import country_slot
 from training.two_tower import (
@@ -115,22 +115,18 @@ def fit_models(data: Dataset, train: Interactions, config: FitConfig, progress) 
     tails = Sequences.of(train.take(tail), data.num_users)
     users = np.unique(train.user)
     cuts = choose_cuts(sequences, tails, config.impressions, users)
-    if len(cuts) > config.impressions.max_cuts:
-        keep = at_most(np.arange(len(cuts)), config.impressions.max_cuts, np.random.default_rng(config.ranker.seed))
-        cuts = [cuts[n] for n in keep]
-    slots = home_country_slots(data)
-    histories = [sequences.of_user(c.user)[0][: c.position] for c in cuts]
-    queries = early_models.queries(histories, slots[[c.user for c in cuts]])
     # Windowed popularity reads only what happened before each cut, so the whole split may serve it.
     activity = ItemActivity.from_interactions(train.item, train.timestamp, data.num_items)
     store = FeatureStore(early_models.catalog, early_models.item_vectors, early_models.covisitation, activity)
-    features, labels, groups = build_impressions(
-        cuts, sequences, slots, early_models.retriever(), store, queries, config.impressions
-    )
+    features, labels, groups, drawn = draw_impressions(
+        cuts, sequences, home_country_slots(data), early_models.queries, early_models.retriever(), store,
+        config.impressions,
+    )  # fmt: skip
     seconds["ranker impressions"] = time.monotonic() - started
     progress(
-        f"DCN-v2 ranker on {len(labels):,} impressions ({int(labels.sum()):,} positive) "
-        f"from {len(np.unique(groups)):,} cuts of {len(users):,} users' histories"
+        f"DCN-v2 ranker on {len(labels):,} impressions ({int(labels.sum()):,} positive) from the "
+        f"{len(np.unique(groups)):,} of {drawn:,} cuts (of {len(users):,} users' histories) whose candidates "
+        "held a next item"
     )
     started = time.monotonic()
     ranker = train_ranker(features, labels, groups, store.cardinalities(), config.ranker)

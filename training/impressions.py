@@ -11,13 +11,14 @@ features from models that never saw what they are asked to predict.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from funnel.features import FeatureBatch, FeatureStore, UserContext
+from funnel.features import NUM_CATEGORICAL, NUM_DENSE, FeatureBatch, FeatureStore, UserContext
 from training.candidates import Retriever
-from training.dataset import Interactions, latest_per_user
+from training.dataset import Interactions, chronological, latest_per_user
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,12 @@ class ImpressionConfig:
     tail_fraction: float = 0.3  # each user's latest share of training interactions that yields cuts
     min_history: int = 3  # interactions before the first cut
     cuts_per_user: int = 8
-    max_cuts: int = 15_000  # beyond this, users are sampled (more rows add time, not quality)
+    # Cuts are drawn in random batches of `cut_batch` until `min_positive_cuts` of them had a
+    # positive among their candidates (or `max_cuts` were drawn): on a catalog of a million items
+    # retrieval finds the next item for one cut in ten, and a few thousand examples teach nothing.
+    cut_batch: int = 15_000
+    min_positive_cuts: int = 6_000
+    max_cuts: int = 75_000
     horizon: int = 3  # the next interactions after a cut that count as positives
     negatives_per_cut: int = 24
     seed: int = 7
@@ -41,8 +47,6 @@ class Sequences:
 
     @classmethod
     def of(cls, interactions: Interactions, num_users: int) -> Sequences:
-        from training.dataset import chronological
-
         order = chronological(interactions)
         counts = np.bincount(interactions.user, minlength=num_users)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -82,14 +86,44 @@ def choose_cuts(sequences: Sequences, tail: Sequences, config: ImpressionConfig,
     return cuts
 
 
-def build_impressions(
-    cuts: list[Cut], sequences: Sequences, country: np.ndarray, retriever: Retriever, store: FeatureStore,
-    queries: np.ndarray, config: ImpressionConfig,
-) -> tuple[FeatureBatch, np.ndarray, np.ndarray]:  # fmt: skip
-    """Features, labels and the cut each row belongs to, for every cut with a positive among its
-    candidates (a cut whose next items retrieval missed teaches the ranker nothing)."""
+Encode = Callable[[list[np.ndarray], np.ndarray], np.ndarray]  # (histories, country slots) -> user vectors
+
+
+def draw_impressions(
+    cuts: list[Cut], sequences: Sequences, country: np.ndarray, encode: Encode, retriever: Retriever,
+    store: FeatureStore, config: ImpressionConfig,
+) -> tuple[FeatureBatch, np.ndarray, np.ndarray, int]:  # fmt: skip
+    """Impressions from random batches of `cuts` (see `ImpressionConfig`): features, labels, the
+    cut each row belongs to, and how many cuts were drawn."""
     rng = np.random.default_rng(config.seed)
-    histories = [sequences.of_user(c.user)[0][: c.position] for c in cuts]
+    order = rng.permutation(len(cuts))
+    parts: list[tuple[FeatureBatch, np.ndarray, np.ndarray]] = []
+    drawn = positive_cuts = 0
+    while drawn < min(len(cuts), config.max_cuts) and (not parts or positive_cuts < config.min_positive_cuts):
+        batch = [cuts[n] for n in np.sort(order[drawn : drawn + config.cut_batch])]
+        histories = [sequences.of_user(c.user)[0][: c.position] for c in batch]
+        queries = encode(histories, country[[c.user for c in batch]])
+        features, labels, groups = build_impressions(batch, histories, sequences, country, retriever, store,
+                                                     queries, config, rng)  # fmt: skip
+        parts.append((features, labels, groups + drawn))
+        positive_cuts += len(np.unique(groups))
+        drawn += len(batch)
+    if positive_cuts == 0:
+        raise ValueError("no cut had a positive among its candidates: too little data to train a ranker")
+    return (
+        FeatureBatch.concat([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
+        drawn,
+    )
+
+
+def build_impressions(
+    cuts: list[Cut], histories: list[np.ndarray], sequences: Sequences, country: np.ndarray, retriever: Retriever,
+    store: FeatureStore, queries: np.ndarray, config: ImpressionConfig, rng: np.random.Generator,
+) -> tuple[FeatureBatch, np.ndarray, np.ndarray]:  # fmt: skip
+    """Features, labels and the cut each row belongs to (its index in `cuts`), for every cut with a
+    positive among its candidates (a cut whose next items retrieval missed teaches the ranker nothing)."""
     found = retriever.retrieve(histories, queries)
     batches, labels, groups = [], [], []
     for n, (cut, candidates) in enumerate(zip(cuts, found, strict=True)):
@@ -107,5 +141,6 @@ def build_impressions(
         labels.append(clicked[keep].astype(np.float32))
         groups.append(np.full(len(keep), n, dtype=np.int64))
     if not batches:
-        raise ValueError("no cut had a positive among its candidates: too little data to train a ranker")
+        empty = FeatureBatch(np.zeros((0, NUM_DENSE), np.float32), np.zeros((0, NUM_CATEGORICAL), np.int64))
+        return empty, np.zeros(0, np.float32), np.zeros(0, np.int64)
     return FeatureBatch.concat(batches), np.concatenate(labels), np.concatenate(groups)
