@@ -21,7 +21,8 @@ PROTOS := $(wildcard protos/funnel/v1/*.proto)
 MOVIELENS ?= ../shared/data/ml-latest-small
 BENCH_OUT ?= results/bench
 BENCH_SECONDS ?= 10
-BENCH_USERS ?= 1000
+BENCH_USERS ?= 2000
+BENCH_FULL_USERS ?= 200
 
 OVERLAY ?= dev
 
@@ -104,7 +105,7 @@ bench-overload: artifacts ## The demo stack at 1x and 3x its sustainable rate, w
 
 bench: bench-artifacts ## Load sweep per scenario, funnel vs full ranking at 100k/1M, report with plots in results/bench
 	$(PY) -m benchmarks.e2e_load --artifacts $(ARTIFACTS) --artifacts-1m artifacts-1m --seconds $(BENCH_SECONDS) --out $(BENCH_OUT)
-	$(PY) -m benchmarks.full_ranking --artifacts artifacts-100k artifacts-1m --users $(BENCH_USERS) --out $(BENCH_OUT)
+	$(PY) -m benchmarks.full_ranking --artifacts artifacts-100k artifacts-1m --users $(BENCH_USERS) --full-users $(BENCH_FULL_USERS) --out $(BENCH_OUT)
 	$(PY) -m benchmarks.report $(BENCH_OUT)
 
 bench-retrieval: artifacts ## FAISS settings at 100k/1M items, then the retrieval service at a fixed rate and across a hot swap

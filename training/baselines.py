@@ -22,12 +22,13 @@ from training.dataset import Interactions
 from training.protocol import HOLDOUT, LIST_LENGTH, accuracy, split
 
 EASE_LAMBDAS = (50.0, 200.0, 800.0, 3200.0, 12800.0)
+VALIDATION_USERS = 5000  # lambda is chosen on at most this many users (a seeded sample)
 
 
 @dataclass
 class Baselines:
     metrics: dict[str, dict[str, float]]
-    ease_lambda: float
+    ease_lambda: float | None  # None when EASE^R was not fit
     dense_items: int  # size of the (sub-)catalog item-kNN and EASE^R were fit on
     dense_share_of_held_out: float  # share of held-out interactions inside it
     notes: list[str]
@@ -159,7 +160,7 @@ def evaluate_baselines(
         ),
     }
     if not dense:
-        return Baselines(metrics, float("nan"), 0, 0.0, [], None)
+        return Baselines(metrics, None, 0, 0.0, [], None)
     columns = np.sort(ranked_popular[: min(num_items, max_dense_items)])
     inside = np.zeros(num_items, dtype=bool)
     inside[columns] = True
@@ -175,14 +176,10 @@ def evaluate_baselines(
     history = _dense(train, users, columns, num_items)
     gram = gram_matrix(train, columns, num_items)
     similarity = item_knn_weights(gram)
-    metrics["item-kNN"] = accuracy(
-        _top_lists(lambda x: x @ similarity, history, users, columns, allowed_for), relevant
-    )
+    metrics["item-kNN"] = accuracy(_top_lists(lambda x: x @ similarity, history, users, columns, allowed_for), relevant)
     lam = choose_ease_lambda(train, columns, num_items, lambdas)
     weights = ease_weights(gram, lam)
-    metrics["EASE^R"] = accuracy(
-        _top_lists(lambda x: x @ weights, history, users, columns, allowed_for), relevant
-    )
+    metrics["EASE^R"] = accuracy(_top_lists(lambda x: x @ weights, history, users, columns, allowed_for), relevant)
     notes.append(f"EASE^R lambda = {lam:g}, chosen among {list(lambdas)} on a validation split of the training data")
     return Baselines(metrics, lam, len(columns), share, notes, EaseScorer(columns, weights, num_items))
 
@@ -194,6 +191,9 @@ def choose_ease_lambda(train: Interactions, columns: np.ndarray, num_items: int,
     if not relevant:  # histories too short to hold anything out again
         return lambdas[len(lambdas) // 2]
     users = np.array(sorted(relevant), dtype=np.int64)
+    if len(users) > VALIDATION_USERS:  # a dense users x items history of 100k users would not fit
+        users = np.sort(np.random.default_rng(0).choice(users, VALIDATION_USERS, replace=False))
+        relevant = {int(u): relevant[int(u)] for u in users}
     history = _dense(inner_train, users, columns, num_items)
     gram = gram_matrix(inner_train, columns, num_items)
     best = (-1.0, lambdas[0])

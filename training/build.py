@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from training.dataset import Dataset
-from training.fit import FitConfig, fit_models, with_epochs
+from training.fit import FitConfig, fit_models, with_epochs, with_seed
 from training.movielens import load_movielens
 from training.offline_eval import evaluate_offline
 from training.protocol import HOLDOUT, format_table, split
@@ -56,7 +56,7 @@ def build(
     from training.bundle import write_bundle  # imports torch-heavy modules only when building
 
     started = time.monotonic()
-    config = with_epochs(config or FitConfig(), epochs)
+    config = with_seed(with_epochs(config or FitConfig(), epochs), seed)
     data = load_data(size, movielens, seed, min_rating)
     train, test = split(data.interactions, holdout)
     progress(

@@ -141,3 +141,13 @@ def fit_models(data: Dataset, train: Interactions, config: FitConfig, progress) 
 
 def with_epochs(config: FitConfig, epochs: int) -> FitConfig:
     return dataclasses.replace(config, towers=dataclasses.replace(config.towers, epochs=epochs))
+
+
+def with_seed(config: FitConfig, seed: int) -> FitConfig:
+    """The one seed of a build, given to every model and sampler it fits."""
+    return dataclasses.replace(
+        config,
+        towers=dataclasses.replace(config.towers, seed=seed),
+        impressions=dataclasses.replace(config.impressions, seed=seed),
+        ranker=dataclasses.replace(config.ranker, seed=seed),
+    )
