@@ -191,7 +191,7 @@ def choose_ease_lambda(train: Interactions, columns: np.ndarray, num_items: int,
     if not relevant:  # histories too short to hold anything out again
         return lambdas[len(lambdas) // 2]
     users = np.array(sorted(relevant), dtype=np.int64)
-    if len(users) > VALIDATION_USERS:  # a dense users x items history of 100k users would not fit
+    if len(users) > VALIDATION_USERS:  # 100k users x 12k items dense: 4.8 GB, minutes per lambda
         users = np.sort(np.random.default_rng(0).choice(users, VALIDATION_USERS, replace=False))
         relevant = {int(u): relevant[int(u)] for u in users}
     history = _dense(inner_train, users, columns, num_items)
