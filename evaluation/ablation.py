@@ -31,10 +31,9 @@ from training.baselines import evaluate_baselines
 from training.build import load_data
 from training.candidates import Retriever
 from training.covisitation import CoVisitationConfig, build_covisitation
-from training.dataset import at_most
-from training.fit import RetrievalModels, catalog_of, home_country_slots
-from training.impressions import Sequences
-from training.protocol import accuracy, format_table, relevant_items, split
+from training.fit import RetrievalModels, catalog_of
+from training.offline_eval import HeldOutUsers
+from training.protocol import accuracy, format_table, split
 from training.two_tower import TwoTowerConfig, encode_histories, item_embeddings, latest_first, train_two_tower
 
 
@@ -58,18 +57,14 @@ VARIANTS = [
 def run(size: str, movielens: Path | None, seed: int, max_users: int, progress) -> dict:
     data = load_data(size, movielens, seed, 0.0)
     train, test = split(data.interactions)
-    relevant = relevant_items(test)
-    users = at_most(np.array(sorted(relevant), dtype=np.int64), max_users, np.random.default_rng(seed))
-    relevant = {int(u): relevant[int(u)] for u in users}
-    sequences = Sequences.of(train, data.num_users)
-    histories = [sequences.of_user(int(u))[0] for u in users]
-    slots = home_country_slots(data)[users]
+    held = HeldOutUsers.sample(data, train, test, max_users, seed)
+    users, relevant, histories, slots = held.users, held.relevant, held.histories, held.slots
     covisitation = build_covisitation(train, data.num_items, CoVisitationConfig())
     catalog = catalog_of(data, train)
     rows: dict[str, dict] = {}
     for variant in VARIANTS:
         started = time.monotonic()
-        towers, _ = train_two_tower(data, train, variant.towers)
+        towers, _ = train_two_tower(data, train, dataclasses.replace(variant.towers, seed=seed))
         vectors = item_embeddings(towers)
         ids = users + 1 if variant.towers.use_user_id else np.zeros(len(users), np.int64)
         queries = encode_histories(towers, vectors, latest_first(histories, SERVED.history_length), slots, ids)
@@ -88,12 +83,13 @@ def run(size: str, movielens: Path | None, seed: int, max_users: int, progress) 
         if variant.fused:
             filters = filter_placement(data, RetrievalModels(towers, vectors, covisitation, catalog), histories,
                                        queries, users, relevant)  # fmt: skip
-    baselines = evaluate_baselines(train, relevant, data.num_items, seed, dense=data.num_items <= 12_000)
+    baselines = evaluate_baselines(train, relevant, data.num_items, seed)
     return {
         "data": data.source,
         "users": len(users),
         "variants": rows,
         "baselines": baselines.metrics,
+        "baseline_notes": baselines.notes,
         "filters": filters,
     }
 
@@ -153,6 +149,8 @@ def markdown(result: dict, command: str) -> str:
             *table("variant", result["variants"], ("recall of all candidates", "candidates")),
             "",
             *table("baseline", baselines),
+            "",
+            *[f"- {note}" for note in result.get("baseline_notes", [])],
             "",
             "Hard filters (the default policy's content rules for each user's country), inside the search or after:",
             "",

@@ -7,6 +7,8 @@ candidates, compared with retrieval's own order and with EASE^R ordering the sam
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from funnel.artifacts.activity import ItemActivity
@@ -20,16 +22,37 @@ from training.protocol import LIST_LENGTH, accuracy, relevant_items
 from training.ranker import score
 
 
+@dataclass
+class HeldOutUsers:
+    """The users an offline evaluation scores (a seeded sample of those with held-out items), with
+    what every method needs of them: their held-out items, training sequences and country slots."""
+
+    users: np.ndarray
+    relevant: dict[int, set[int]]
+    sequences: Sequences
+    histories: list[np.ndarray]
+    slots: np.ndarray
+
+    @classmethod
+    def sample(cls, data: Dataset, train: Interactions, test: Interactions, max_users: int, seed: int) -> HeldOutUsers:
+        relevant = relevant_items(test)
+        users = at_most(np.array(sorted(relevant), dtype=np.int64), max_users, np.random.default_rng(seed))
+        sequences = Sequences.of(train, data.num_users)
+        return cls(
+            users,
+            {int(u): relevant[int(u)] for u in users},
+            sequences,
+            [sequences.of_user(int(u))[0] for u in users],
+            home_country_slots(data)[users],
+        )
+
+
 def evaluate_offline(
     data: Dataset, train: Interactions, test: Interactions, models: FittedModels, seed: int, max_users: int,
     max_dense_items: int = 12_000, progress=print,
 ) -> dict:  # fmt: skip
-    relevant = relevant_items(test)
-    users = at_most(np.array(sorted(relevant), dtype=np.int64), max_users, np.random.default_rng(seed))
-    relevant = {int(u): relevant[int(u)] for u in users}
-    sequences = Sequences.of(train, data.num_users)
-    histories = [sequences.of_user(int(u))[0] for u in users]
-    slots = home_country_slots(data)[users]
+    held = HeldOutUsers.sample(data, train, test, max_users, seed)
+    users, relevant, sequences, histories, slots = held.users, held.relevant, held.sequences, held.histories, held.slots
     retrieval = models.retrieval
     queries = retrieval.queries(histories, slots)
     retriever = retrieval.retriever()
