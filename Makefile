@@ -15,8 +15,8 @@ GATEWAY_PORT ?= 50051
 PYTEST_ARGS ?=
 
 STAMP_VENV := $(VENV)/.installed
-STAMP_PROTOS := funnel/v1/__init__.py
-PROTOS := $(wildcard protos/funnel/v1/*.proto)
+STAMP_PROTOS := funnel/v2/__init__.py
+PROTOS := $(wildcard protos/funnel/v1/*.proto protos/funnel/v2/*.proto)
 
 MOVIELENS ?= ../shared/data/ml-latest-small
 BENCH_OUT ?= results/bench
@@ -44,7 +44,7 @@ $(STAMP_PROTOS): $(PROTOS) $(STAMP_VENV)
 	@echo "==> generating gRPC code from protos/"
 	sh protos/generate.sh $(PY)
 
-protos: $(STAMP_PROTOS) ## Regenerate funnel/v1 from protos/ (never edit funnel/v1 by hand)
+protos: $(STAMP_PROTOS) ## Regenerate funnel/v1 and funnel/v2 from protos/ (never edit them by hand)
 
 artifacts: install ## Build the data set, embeddings, ranker and Triton repo (SIZE=tiny|demo|100k|1m)
 	@if [ -n "$$(ls -A $(ARTIFACTS)/bundles 2>/dev/null)" ]; then echo "==> artifacts present in $(ARTIFACTS) (make clean to rebuild)"; \

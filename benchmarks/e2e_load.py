@@ -27,7 +27,7 @@ import grpc
 import numpy as np
 
 from benchmarks.cpu import cpu_seconds
-from benchmarks.grpc_floor import hop_floor
+from benchmarks.grpc_floor import one_hop as hop_floor
 from benchmarks.loadgen import Sample, open_loop
 from benchmarks.profile import profile_process
 from benchmarks.report import write_report

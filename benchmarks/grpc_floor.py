@@ -1,77 +1,189 @@
-"""What one gRPC hop costs here, with nothing else in it: the floor under the gateway's overhead.
+"""The floor under the funnel's cost: the same hops done bare, measured in the same run.
 
-A Python grpc.aio server in its own process echoes a ranking request's candidates back; a client
-in this process calls it one request at a time. The funnel makes four such hops per request
-(client -> gateway, gateway -> each stage), so four times this is the least overhead any Python
-gRPC gateway on this machine can have.
+A bare stand-in replaces every process of the stack: a grpc.aio server that answers raw bytes
+(no parsing, no work), and, where the real process calls on, the same calls. The gateway stand-in
+calls every shard stand-in at once, then ranking's, then re-ranking's; ranking's stand-in calls
+Triton's. Each call carries as many bytes each way as the real one (measured on the running stack,
+`payload_sizes`). Its CPU per request, per process, is the least any Python gRPC funnel of this
+shape can spend here; the funnel's own figure is compared with it as a ratio.
+
+    python -m benchmarks.grpc_floor    (a single hop, for a quick look)
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
 
-from funnel.launcher.processes import free_port
+from benchmarks.cpu import cpu_seconds
+from benchmarks.loadgen import open_loop
+from funnel.launcher.health import wait_serving
+from funnel.launcher.processes import free_port, stop_group
 from funnel.launcher.stack import REPO_ROOT
-from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
 
+METHOD = "/floor.Bare/Call"
+
+# One bare process: answers `reply` bytes; when `calls` is set, first makes those calls in order
+# (a list of parallel groups: [[target, request bytes], ...]), as the real process would.
 SERVER = """
-import asyncio, sys, grpc
-from funnel.v1 import ranking_pb2, ranking_pb2_grpc
+import asyncio, json, sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 
-class Echo(ranking_pb2_grpc.RankingServicer):
-    async def Rank(self, request, context):
-        return ranking_pb2.RankResponse(candidates=request.candidates)
+port, reply, plan = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+METHOD = "/floor.Bare/Call"
+identity = lambda data: data
 
 async def main():
+    channels = {target: grpc.aio.insecure_channel(target) for group in plan for target, _ in group}
+    stubs = {t: c.unary_unary(METHOD, request_serializer=identity, response_deserializer=identity)
+             for t, c in channels.items()}
+    groups = [[(stubs[t], b"x" * size) for t, size in group] for group in plan]
+    answer = b"y" * reply
+
+    async def call(request, context):
+        for group in groups:
+            if len(group) == 1:
+                await group[0][0](group[0][1], timeout=5)
+            else:
+                await asyncio.gather(*(stub(payload, timeout=5) for stub, payload in group))
+        return answer
+
     server = grpc.aio.server()
-    ranking_pb2_grpc.add_RankingServicer_to_server(Echo(), server)
-    server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+    handler = grpc.unary_unary_rpc_method_handler(call, request_deserializer=identity, response_serializer=identity)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("floor.Bare", {"Call": handler})])
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await server.wait_for_termination()
 
 asyncio.run(main())
 """
 
 
-async def _measure(port: int, candidates: int, calls: int) -> list[float]:
-    request = ranking_pb2.RankRequest(
-        user_id="u0000001",
-        candidates=[common_pb2.Candidate(item_id=f"i{n:07d}", score=0.5, source="ann") for n in range(candidates)],
-    )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        await channel.channel_ready()
-        stub = ranking_pb2_grpc.RankingStub(channel)
-        times = []
-        for _ in range(calls):
-            started = time.perf_counter()
-            await stub.Rank(request, timeout=2)
-            times.append((time.perf_counter() - started) * 1000)
-    return times[calls // 10 :]  # drop the warm-up tenth
+@dataclass
+class Payloads:
+    """Bytes each way of every hop of one request (means over sampled requests)."""
+
+    public: tuple[int, int]  # client -> gateway, and back
+    retrieval: tuple[int, int]  # gateway -> one shard
+    ranking: tuple[int, int]
+    reranking: tuple[int, int]
+    triton: tuple[int, int]  # ranking -> Triton (tensors in shared memory travel outside gRPC)
 
 
-def hop_floor(calls: int = 1000) -> dict[str, float]:
-    """Median and p99 milliseconds of one round trip, empty and with 360 candidates each way."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(port)], cwd=REPO_ROOT, env={"PYTHONPATH": str(REPO_ROOT)}
-    )
+class BareStack:
+    """The stand-ins, each its own process, named as the real processes are."""
+
+    def __init__(self, payloads: Payloads, shards: int, log_dir: Path) -> None:
+        self.payloads = payloads
+        self.shards = shards
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.ports: dict[str, int] = {}
+
+    def _start(self, name: str, reply: int, plan: list[list[tuple[str, int]]]) -> str:
+        port = free_port()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with (self.log_dir / f"floor-{name}.log").open("w") as log:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-c", SERVER, str(port), str(reply), json.dumps(plan)],
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.ports[name] = port
+        return f"127.0.0.1:{port}"
+
+    def start(self) -> str:
+        p = self.payloads
+        triton = self._start("triton", p.triton[1], [])
+        shards = [self._start(f"retrieval-{n}", p.retrieval[1], []) for n in range(self.shards)]
+        ranking = self._start("ranking", p.ranking[1], [[(triton, p.triton[0])]])
+        reranking = self._start("reranking", p.reranking[1], [])
+        plan = [[(s, p.retrieval[0]) for s in shards], [(ranking, p.ranking[0])], [(reranking, p.reranking[0])]]
+        gateway = self._start("gateway", p.public[1], plan)
+        for name, port in self.ports.items():
+            wait_serving(f"127.0.0.1:{port}", 30, lambda name=name: self.processes[name].poll() is None)
+        return gateway
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            stop_group(process.pid)
+            process.wait(timeout=10)
+
+
+async def _drive(address: str, request_bytes: int, rate: float, seconds: float) -> int:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = channel.unary_unary(METHOD, request_serializer=lambda d: d, response_deserializer=lambda d: d)
+        payload = b"x" * request_bytes
+        for _ in range(50):  # warm-up: connections and code paths
+            await stub(payload, timeout=5)
+
+        async def call(n: int) -> dict:
+            await stub(payload, timeout=5)
+            return {}
+
+        samples = await open_loop(call, rate, seconds, seed=5, timeout_s=5.0)
+    return sum(1 for s in samples if s.code == "OK")
+
+
+def floor_cpu(payloads: Payloads, shards: int, rate: float, seconds: float, log_dir: Path) -> dict:
+    """CPU ms per request of each bare process, and their total, at an open-loop `rate`."""
+    bare = BareStack(payloads, shards, log_dir)
+    address = bare.start()
     try:
+        before = {name: cpu_seconds(p.pid) for name, p in bare.processes.items()}
+        answered = asyncio.run(_drive(address, payloads.public[0], rate, seconds))
+        ms = {
+            name: round((cpu_seconds(p.pid) - before[name]) * 1000 / max(answered, 1), 3)
+            for name, p in bare.processes.items()
+        }
+    finally:
+        bare.stop()
+    return {"rate": rate, "answered": answered, "ms": ms, "total_ms": round(sum(ms.values()), 3)}
+
+
+def one_hop(calls: int = 1000) -> dict[str, float]:
+    """Median and p99 milliseconds of one bare round trip between two processes, empty and 10 kB."""
+    bare = BareStack(Payloads((0, 0), (0, 0), (0, 0), (0, 0), (0, 0)), 0, Path("results/floor"))
+    address = bare._start("echo", 10_000, [])
+
+    async def measure(size: int) -> list[float]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = channel.unary_unary(METHOD, request_serializer=lambda d: d, response_deserializer=lambda d: d)
+            await channel.channel_ready()
+            times = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                await stub(b"x" * size, timeout=5)
+                times.append((time.perf_counter() - started) * 1000)
+            return times[calls // 10 :]
+
+    try:
+        wait_serving(address, 30, lambda: bare.processes["echo"].poll() is None)
         result = {}
-        for count in (0, 360):
-            times = asyncio.run(_measure(port, count, calls))
-            result[f"p50_ms_{count}_candidates"] = round(float(np.median(times)), 3)
-            result[f"p99_ms_{count}_candidates"] = round(float(np.percentile(times, 99)), 3)
+        for size in (0, 10_000):
+            times = asyncio.run(measure(size))
+            result[f"p50_ms_{size}_bytes"] = round(float(np.median(times)), 3)
+            result[f"p99_ms_{size}_bytes"] = round(float(np.percentile(times, 99)), 3)
         return result
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        bare.stop()
 
 
 if __name__ == "__main__":
-    print(hop_floor())
+    print(one_hop())
+    example = Payloads((60, 300), (150, 9600), (6300, 2200), (10400, 400), (500, 2200))
+    print(json.dumps(floor_cpu(example, 1, 25, 10, Path("results/floor")) | {"payloads": asdict(example)}))

@@ -27,11 +27,21 @@ from funnel.artifacts.store import latest_version
 from funnel.features import BundleFeatures
 from funnel.launcher.processes import free_port
 from funnel.launcher.triton import TritonServer
-from services.ranking.model_repository import TritonModelConfig, write_model_version
-from services.ranking.triton import request_tensors
+from services.ranking.model_repository import CATEGORICAL_INPUT, DENSE_INPUT, TritonModelConfig, write_model_version
 
 CONCURRENCY = (1, 2, 4, 8, 16)
 TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def request_tensors(dense: np.ndarray, categorical: np.ndarray) -> list[triton.InferInput]:
+    """The ranker's input tensors in tritonclient's standard form."""
+    tensors = [
+        triton.InferInput(DENSE_INPUT, list(dense.shape), "FP32"),
+        triton.InferInput(CATEGORICAL_INPUT, list(categorical.shape), "INT64"),
+    ]
+    tensors[0].set_data_from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+    tensors[1].set_data_from_numpy(np.ascontiguousarray(categorical, dtype=np.int64))
+    return tensors
 
 
 def cpu_seconds(root_pid: int) -> float:

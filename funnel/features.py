@@ -125,13 +125,19 @@ class FeatureStore:
 
     def features(
         self, user: UserContext, item_rows: np.ndarray, sources: np.ndarray | None = None,
-        positions: np.ndarray | None = None,
+        positions: np.ndarray | None = None, out: FeatureBatch | None = None,
     ) -> FeatureBatch:  # fmt: skip
         """Rows for one user's candidates; `sources` are SOURCE_CODES per candidate (None = unknown)
-        and `positions` their 0-based places in retrieval's list (None = the order given)."""
+        and `positions` their 0-based places in retrieval's list (None = the order given). `out`,
+        when given, is where the rows are written (a shared-memory slot Triton reads from)."""
         n = len(item_rows)
         vectors = self.item_vectors[item_rows]
-        dense = np.zeros((n, NUM_DENSE), dtype=np.float32)
+        if out is None:
+            dense = np.zeros((n, NUM_DENSE), dtype=np.float32)
+            categorical = np.empty((n, NUM_CATEGORICAL), dtype=np.int64)
+        else:
+            dense, categorical = out.dense, out.categorical
+            dense.fill(0.0)
         history = user.history
         if user.query is not None:
             dense[:, 0] = vectors @ user.query
@@ -159,7 +165,6 @@ class FeatureStore:
         dense[:, 12] = self._maturity[item_rows]
         rank = np.arange(n, dtype=np.float32) if positions is None else np.asarray(positions, dtype=np.float32)
         dense[:, 14] = np.log1p(rank) / np.log1p(MAX_RANK)
-        categorical = np.empty((n, NUM_CATEGORICAL), dtype=np.int64)
         categorical[:, :3] = self._item_categorical[item_rows]
         categorical[:, 3] = user.country
         categorical[:, 4] = 0 if sources is None else sources

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from funnel.artifacts.catalog import Catalog, Users
 from funnel.artifacts.store import ArtifactError, latest_version, read_manifest
-from funnel.policy.content import ContentFilter, exclusion_mask
+from funnel.candidates import Candidates
+from funnel.policy.content import ContentFilter
 from funnel.policy.document import PolicyDocument
-from funnel.sources import FALLBACK_POPULAR
-from funnel.v1 import common_pb2, recommender_pb2
+from funnel.sources import FALLBACK_POPULAR, SOURCE_CODES
+from funnel.v1 import common_pb2
 
 
 class SafetyNet:
@@ -28,13 +30,13 @@ class SafetyNet:
         # Consumed items stay out of a fallback answer exactly when the policy keeps them out.
         self.exclude_consumed = any(rule.name == "exclude_consumed" for rule in policy.rules)
         top = np.argsort(-catalog.popularity, kind="stable")[:fallback_count]
-        score = np.log1p(catalog.popularity[top])
-        self._fallback = [
-            common_pb2.Candidate(item_id=str(catalog.item_ids[row]), score=float(s), source=FALLBACK_POPULAR)
-            for row, s in zip(top, score, strict=True)
-        ]
+        self._fallback = Candidates(
+            catalog.item_ids[top].tolist(),
+            np.full(len(top), SOURCE_CODES[FALLBACK_POPULAR], dtype=np.int32),
+            np.log1p(catalog.popularity[top]).astype(np.float32),
+        )
 
-    def consumed(self, user_id: str, recent_item_ids: list[str]) -> set[str]:
+    def consumed(self, user_id: str, recent_item_ids: Sequence[str]) -> set[str]:
         """The items a user interacted with (stored history and this session), if the policy hides them."""
         if not self.exclude_consumed:
             return set()
@@ -42,25 +44,31 @@ class SafetyNet:
         stored = self.catalog.item_ids[self.users.history(row)].tolist() if row >= 0 else []
         return {*stored, *recent_item_ids}
 
-    def fallback_candidates(self, user_id: str, exclude: set[str]) -> list[common_pb2.Candidate]:
+    def fallback_candidates(self, user_id: str, exclude: set[str]) -> Candidates:
         hidden = exclude | self.consumed(user_id, [])
-        return [c for c in self._fallback if c.item_id not in hidden]
+        keep = [n for n, item in enumerate(self._fallback.item_ids) if item not in hidden]
+        return self._fallback.take(keep)
 
     def enforce(
-        self, candidates: list[common_pb2.Candidate], request: recommender_pb2.RecommendRequest, exclude: set[str]
-    ) -> list[common_pb2.Candidate]:
-        """Content policy, the request's exclusions, consumed items and dedupe, then top-N."""
-        ids = [c.item_id for c in candidates]
-        verdict = self.content.apply(self.catalog.index.rows(ids), request.context)
-        hidden = exclude | self.consumed(request.user_id, list(request.recent_item_ids))
-        keep = verdict.keep & ~exclusion_mask(ids, hidden)
-        limit = request.num_results
-        out: list[common_pb2.Candidate] = []
+        self,
+        candidates: Candidates,
+        user_id: str,
+        context: common_pb2.Context,
+        num_results: int,
+        exclude: set[str],
+        recent_item_ids: Sequence[str],
+    ) -> Candidates:
+        """Content policy, the request's exclusions, consumed items and dedupe, then the top N in the
+        candidates' order (best first)."""
+        ids = candidates.item_ids
+        keep = self.content.allowed(self.catalog.index.rows(ids), context)
+        hidden = exclude | self.consumed(user_id, recent_item_ids)
+        chosen: list[int] = []
         seen: set[str] = set()
-        for candidate, allowed in zip(candidates, keep, strict=True):
-            if allowed and candidate.item_id not in seen:
-                seen.add(candidate.item_id)
-                out.append(candidate)
-                if len(out) == limit:
+        for position, (item, allowed) in enumerate(zip(ids, keep.tolist(), strict=True)):
+            if allowed and item not in hidden and item not in seen:
+                seen.add(item)
+                chosen.append(position)
+                if len(chosen) == num_results:
                     break
-        return out
+        return candidates.take(chosen)

@@ -15,8 +15,9 @@ from contextlib import contextmanager
 import grpc
 
 from funnel.launcher.processes import free_port
-from funnel.v1 import (
-    common_pb2,
+from funnel.sources import SOURCE_CODES
+from funnel.v2 import (
+    candidates_pb2,
     ranking_pb2,
     ranking_pb2_grpc,
     reranking_pb2,
@@ -73,10 +74,11 @@ class FixedRetrieval(retrieval_pb2_grpc.RetrievalServicer):
 
     def Retrieve(self, request, context):
         self.fault.act(context)
-        candidates = [
-            common_pb2.Candidate(item_id=item_id, score=1.0 - n / 1000, source="ann")
-            for n, item_id in enumerate(self.item_ids)
-        ]
+        candidates = candidates_pb2.CandidateList(
+            item_ids=self.item_ids,
+            sources=[SOURCE_CODES["ann"]] * len(self.item_ids),
+            retrieval_scores=[1.0 - n / 1000 for n in range(len(self.item_ids))],
+        )
         return retrieval_pb2.RetrieveResponse(candidates=candidates, index_version="fixed", shard_count=1)
 
 
@@ -86,7 +88,8 @@ class FaultyRanking(ranking_pb2_grpc.RankingServicer):
 
     def Rank(self, request, context):
         self.fault.act(context)
-        return ranking_pb2.RankResponse(candidates=request.candidates, model_name="fake", model_version="0")
+        scores = [1.0 - n / 1000 for n in range(len(request.candidates.item_ids))]
+        return ranking_pb2.RankResponse(scores=scores, model_name="fake", model_version="0")
 
 
 class FaultyReranking(reranking_pb2_grpc.RerankingServicer):

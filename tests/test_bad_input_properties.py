@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from funnel.launcher.health import health_status
-from funnel.v1 import ranking_pb2, recommender_pb2, reranking_pb2, retrieval_pb2
+from funnel.v1 import recommender_pb2
+from funnel.v2 import candidates_pb2, ranking_pb2, reranking_pb2, retrieval_pb2
 
 ALLOWED = {
     grpc.StatusCode.OK,
@@ -27,9 +28,9 @@ ALLOWED = {
 # (process in the stack, method, request type)
 TARGETS = [
     ("gateway", "/funnel.v1.Recommender/Recommend", recommender_pb2.RecommendRequest),
-    ("retrieval-0-0", "/funnel.v1.Retrieval/Retrieve", retrieval_pb2.RetrieveRequest),
-    ("ranking-0", "/funnel.v1.Ranking/Rank", ranking_pb2.RankRequest),
-    ("reranking-0", "/funnel.v1.Reranking/Rerank", reranking_pb2.RerankRequest),
+    ("retrieval-0-0", "/funnel.v2.Retrieval/Retrieve", retrieval_pb2.RetrieveRequest),
+    ("ranking-0", "/funnel.v2.Ranking/Rank", ranking_pb2.RankRequest),
+    ("reranking-0", "/funnel.v2.Reranking/Rerank", reranking_pb2.RerankRequest),
 ]
 # Real ids beside random ones, so that generated requests also reach the code behind validation.
 KNOWN_IDS = ["u0000001", "u0000002", "i0000010", "i0000011", "i0000500", "ann", "popular", "fresh", "US", "DE"]
@@ -144,9 +145,12 @@ def test_bytes_that_are_no_message_get_invalid_argument(stack, process, method, 
 
 def test_nan_scores_and_unicode_ids_in_candidates_are_refused_or_answered(stack):
     """Two values people forget: a NaN score and an id of astral-plane characters."""
-    candidate = {"item_id": "i0000010", "score": math.nan, "source": "ann"}
-    strange = {"item_id": "\U0001f600" * 10, "score": 1.0, "source": "ann"}
+    candidate = ("i0000010", math.nan)
+    strange = ("\U0001f600" * 10, 1.0)
     with grpc.insecure_channel(stack.address("reranking-0")) as channel:
-        for candidates in ([candidate], [strange], [candidate, strange]):
+        for pairs in ([candidate], [strange], [candidate, strange]):
+            candidates = candidates_pb2.CandidateList(
+                item_ids=[item for item, _ in pairs], ranking_scores=[score for _, score in pairs]
+            )
             request = reranking_pb2.RerankRequest(user_id="u0000001", num_results=5, candidates=candidates)
-            check_answer(channel, "/funnel.v1.Reranking/Rerank", request.SerializeToString())
+            check_answer(channel, "/funnel.v2.Reranking/Rerank", request.SerializeToString())

@@ -53,7 +53,8 @@ def test_cold_user_gets_candidates_not_an_error(gateway):
 
 
 def test_session_items_personalise_retrieval_for_a_user_the_model_never_saw(stack, catalog):
-    from funnel.v1 import retrieval_pb2, retrieval_pb2_grpc
+    from funnel.sources import SOURCE_CODES
+    from funnel.v2 import retrieval_pb2, retrieval_pb2_grpc
 
     category = int(np.bincount(catalog.category).argmax())
     session = [str(i) for i in catalog.item_ids[catalog.category == category][:8]]
@@ -62,12 +63,12 @@ def test_session_items_personalise_retrieval_for_a_user_the_model_never_saw(stac
         with grpc.insecure_channel(stack.address("retrieval-0-0")) as channel:
             reply = retrieval_pb2_grpc.RetrievalStub(channel).Retrieve(
                 retrieval_pb2.RetrieveRequest(
-                    user_id="brand-new", num_candidates=50, sources=["ann"], recent_item_ids=recent
+                    user_id="brand-new", num_candidates=50, sources=[SOURCE_CODES["ann"]], recent_item_ids=recent
                 ),
                 timeout=5,
             )
         assert not reply.known_user
-        rows = catalog.index.rows([c.item_id for c in reply.candidates])
+        rows = catalog.index.rows(list(reply.candidates.item_ids))
         return float(np.mean(catalog.category[rows] == category))
 
     assert share_of_category(session) > share_of_category([]) + 0.2
@@ -156,10 +157,10 @@ def test_bad_input_gets_invalid_argument_with_a_message(gateway, request_fields,
 def test_every_process_reports_serving_and_lists_its_services_by_reflection(stack):
     expected = {
         "gateway": "funnel.v1.Recommender",
-        "retrieval-0-0": "funnel.v1.Retrieval",
-        "retrieval-1-0": "funnel.v1.Retrieval",
-        "ranking-0": "funnel.v1.Ranking",
-        "reranking-0": "funnel.v1.Reranking",
+        "retrieval-0-0": "funnel.v2.Retrieval",
+        "retrieval-1-0": "funnel.v2.Retrieval",
+        "ranking-0": "funnel.v2.Ranking",
+        "reranking-0": "funnel.v2.Reranking",
     }
     for name, service in expected.items():
         address = stack.address(name)

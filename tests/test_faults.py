@@ -26,7 +26,7 @@ from tests.conftest import POLICY
 from tests.load import SteadyLoad, failed, summary
 
 USERS = [f"u{n:07d}" for n in range(1, 60)]
-STAGE_CALLS = re.compile(r'^funnel_rpc_requests_total\{code="OK",method="/funnel\.v1\.(\w+)/(\w+)"\} (\S+)$', re.M)
+STAGE_CALLS = re.compile(r'^funnel_rpc_requests_total\{code="OK",method="/funnel\.v\d+\.(\w+)/(\w+)"\} (\S+)$', re.M)
 
 
 @pytest.fixture(scope="module")

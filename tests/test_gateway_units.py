@@ -7,16 +7,16 @@ import time
 import numpy as np
 import pytest
 
+from funnel.candidates import Candidates
 from funnel.runtime.channels import grpc_target
 from funnel.runtime.deadline import Budget, budget_from_grpc
-from funnel.v1 import common_pb2, retrieval_pb2
+from funnel.sources import SOURCE_CODES, SOURCE_NAMES
 from gateway.merge import merge_candidates
 
 
 def shard_response(pairs, source="ann"):
-    return retrieval_pb2.RetrieveResponse(
-        candidates=[common_pb2.Candidate(item_id=i, score=s, source=source) for i, s in pairs]
-    )
+    codes = np.full(len(pairs), SOURCE_CODES[source], dtype=np.int32)
+    return Candidates([i for i, _ in pairs], codes, np.array([s for _, s in pairs], dtype=np.float32))
 
 
 def test_merged_shards_equal_one_index_over_all_items():
@@ -30,7 +30,7 @@ def test_merged_shards_equal_one_index_over_all_items():
     responses = [shard_response(sorted(s, key=lambda p: -p[1])[:50]) for s in shards]
     merged = merge_candidates(responses, {"ann": 50})
     expected = [ids[n] for n in np.argsort(-scores.astype(np.float32), kind="stable")[:50]]
-    assert [c.item_id for c in merged] == expected
+    assert merged.item_ids == expected
 
 
 def test_merge_cuts_each_source_by_its_own_score_then_fuses_them_by_rank():
@@ -40,8 +40,12 @@ def test_merge_cuts_each_source_by_its_own_score_then_fuses_them_by_rank():
     merged = merge_candidates([fresh, ann, popular], {"ann": 10, "popular": 2, "fresh": 2})
     # "d" is third of popular, beyond its limit; "b", found by two sources, rises above "a"; each
     # candidate names the source that ranked it best.
-    assert [(c.item_id, c.source) for c in merged] == [("b", "ann"), ("a", "ann"), ("c", "popular"), ("e", "fresh")]
-    assert [c.score for c in merged] == sorted((c.score for c in merged), reverse=True)
+    sources = [SOURCE_NAMES[code] for code in merged.sources.tolist()]
+    assert list(zip(merged.item_ids, sources, strict=True)) == [
+        ("b", "ann"), ("a", "ann"), ("c", "popular"), ("e", "fresh")
+    ]  # fmt: skip
+    scores = merged.retrieval_scores.tolist()
+    assert scores == sorted(scores, reverse=True)
 
 
 def test_stage_timeout_is_capped_by_what_remains_minus_the_reserve():

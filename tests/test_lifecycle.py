@@ -199,7 +199,7 @@ def _check_running_stack(launcher: list[str], env: dict[str, str], state: list[d
             )
             assert len(response.items) == 3 and not response.degraded, response.stages
     for replica in ("ranking-0", "ranking-1"):
-        served = (run_dir / "logs" / f"{replica}.log").read_text().count("/funnel.v1.Ranking/Rank")
+        served = (run_dir / "logs" / f"{replica}.log").read_text().count("/funnel.v2.Ranking/Rank")
         assert served > 0, f"the gateway balances across ranking replicas; {replica} served none"
     status = subprocess.run([*launcher, "status"], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=60)
     assert status.stdout.count("SERVING") == 5, status.stdout

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import torch
-import tritonclient.grpc as triton
 
 from funnel.artifacts.store import latest_version, read_manifest
 from funnel.features import BundleFeatures
-from services.ranking.model_repository import SCORE_OUTPUT
-from services.ranking.triton import request_tensors
+from services.ranking.triton import TritonRanker
+
+
+async def score_on_triton(url: str, dense: np.ndarray, categorical: np.ndarray, shared_memory: bool):
+    """The ranking service's own Triton client, tensors through shared memory or in the message."""
+    ranker = TritonRanker(url, "ranker", 1024, shared_memory_rows=2000 if shared_memory else 0)
+    try:
+        assert await ranker.model_ready()
+        assert ranker.uses_shared_memory == shared_memory
+        buffer, slot = ranker.features_buffer(len(dense))
+        buffer.dense[:], buffer.categorical[:] = dense, categorical
+        return await ranker.score(buffer, slot, timeout_s=10.0)
+    finally:
+        await ranker.close()
 
 
 def test_triton_scores_equal_in_process_torch_for_the_same_features(stack, artifacts):
@@ -23,10 +36,10 @@ def test_triton_scores_equal_in_process_torch_for_the_same_features(stack, artif
     with torch.no_grad():
         expected = model(torch.from_numpy(dense), torch.from_numpy(categorical)).numpy().ravel()
 
-    client = triton.InferenceServerClient(stack.triton.grpc_url)
-    result = client.infer("ranker", request_tensors(dense, categorical))
-    np.testing.assert_allclose(result.as_numpy(SCORE_OUTPUT).ravel(), expected, rtol=1e-5, atol=1e-6)
-    assert result.get_response().model_version == "1"
+    for shared_memory in (True, False):
+        scores = asyncio.run(score_on_triton(stack.triton.grpc_url, dense, categorical, shared_memory))
+        np.testing.assert_allclose(scores.values, expected, rtol=1e-5, atol=1e-6)
+        assert scores.model_version == "1"
 
 
 def test_model_repository_is_standard_with_dynamic_batching_and_both_configs(artifacts):

@@ -1,4 +1,5 @@
-"""Ranking against a real Triton: answers, bad input, hot model reload, Triton down or slow."""
+"""Ranking against a real Triton: answers, bad input, hot model reload, Triton down or slow, and
+the two ways tensors reach Triton (in the gRPC message, or through system shared memory)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 from funnel.launcher.health import health_status
 from funnel.launcher.processes import free_port
 from funnel.launcher.triton import TritonServer
-from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
+from funnel.sources import SOURCE_CODES
+from funnel.v2 import candidates_pb2, ranking_pb2, ranking_pb2_grpc
 
 SLOW_MODEL = '''
 import time
@@ -38,9 +40,9 @@ class TritonPythonModel:
 def rank_request(count: int = 50, user: str = "u0000001") -> ranking_pb2.RankRequest:
     return ranking_pb2.RankRequest(
         user_id=user,
-        candidates=[
-            common_pb2.Candidate(item_id=f"i{n:07d}", score=1.0 - n / 1000, source="ann") for n in range(count)
-        ],
+        candidates=candidates_pb2.CandidateList(
+            item_ids=[f"i{n:07d}" for n in range(count)], sources=[SOURCE_CODES["ann"]] * count
+        ),
     )
 
 
@@ -54,32 +56,69 @@ def own_triton(artifacts: Path, tmp_path: Path):
     server.stop()
 
 
-def start_ranking(start_service, artifacts: Path, triton: TritonServer):
+def start_ranking(start_service, artifacts: Path, triton: TritonServer, shared_memory: bool = True):
     return start_service(
         "services.ranking",
-        ["--artifact-dir", str(artifacts), "--triton-url", triton.grpc_url, "--readiness-poll-seconds", "0.2"],
-    )
+        [
+            "--artifact-dir", str(artifacts), "--triton-url", triton.grpc_url, "--readiness-poll-seconds", "0.2",
+            "--triton-shared-memory", str(shared_memory).lower(),
+        ],
+    )  # fmt: skip
 
 
-def test_rank_scores_every_candidate_best_first_and_names_the_model_version(stack):
+def test_rank_scores_every_candidate_in_request_order_and_names_the_model_version(stack):
     with grpc.insecure_channel(stack.address("ranking-0")) as channel:
         reply = ranking_pb2_grpc.RankingStub(channel).Rank(rank_request(300), timeout=5)
-    scores = [c.score for c in reply.candidates]
-    assert len(scores) == 300 and scores == sorted(scores, reverse=True)
+    assert len(reply.scores) == 300
+    assert all(0.0 < score < 1.0 for score in reply.scores)  # the ranker ends in a sigmoid
+    assert len(set(reply.scores)) > 100, "a score per candidate, not one score for all"
     assert (reply.model_name, reply.model_version) == ("ranker", "1")
-    assert set(reply.candidates[0].stage_scores) == {"retrieval", "ranking"}
+
+
+def test_scores_are_the_same_through_shared_memory_and_through_the_grpc_message(artifacts, own_triton, start_service):
+    own_triton.start()
+    own_triton.wait_ready()
+    scores = {}
+    for shared in (True, False):
+        ranking = start_ranking(start_service, artifacts, own_triton, shared_memory=shared)
+        with grpc.insecure_channel(ranking.address) as channel:
+            stub = ranking_pb2_grpc.RankingStub(channel)
+            # Several sizes, one after another, so slots are reused with fewer rows than before.
+            scores[shared] = [list(stub.Rank(rank_request(n), timeout=5).scores) for n in (300, 7, 1200)]
+        ranking.stop()
+    assert scores[True] == scores[False]
+    assert [len(s) for s in scores[True]] == [300, 7, 1200]
 
 
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        (ranking_pb2.RankRequest(user_id="u1"), "candidates must not be empty"),
+        (ranking_pb2.RankRequest(user_id="u1"), "candidates.item_ids must not be empty"),
         (rank_request(2001), "2001 candidates, at most 2000 allowed"),
         (
-            ranking_pb2.RankRequest(user_id="u1", candidates=[common_pb2.Candidate(item_id="no-such-item")]),
+            ranking_pb2.RankRequest(user_id="u1", candidates=candidates_pb2.CandidateList(item_ids=["no-such-item"])),
             "1 candidate item ids are not in the catalog, e.g. ['no-such-item']",
         ),
-        (ranking_pb2.RankRequest(user_id="", candidates=[common_pb2.Candidate(item_id="i0000001")]), "user_id"),
+        (
+            ranking_pb2.RankRequest(user_id="", candidates=candidates_pb2.CandidateList(item_ids=["i0000001"])),
+            "user_id",
+        ),
+        (
+            ranking_pb2.RankRequest(
+                user_id="u1", candidates=candidates_pb2.CandidateList(item_ids=["i0000001", "i0000002"], sources=[1])
+            ),
+            "candidates.sources has 1 entries, candidates.item_ids 2",
+        ),
+        (
+            ranking_pb2.RankRequest(
+                user_id="u1", candidates=candidates_pb2.CandidateList(item_ids=["i0000001"], sources=[99])
+            ),
+            "candidates.sources holds an unknown CandidateSource",
+        ),
+        (
+            ranking_pb2.RankRequest(user_id="u1", candidates=rank_request(3).candidates, user_vector=[1.0]),
+            "user_vector has 1 values",
+        ),
     ],
 )
 def test_ranking_rejects_bad_input_with_invalid_argument(stack, request_, message):

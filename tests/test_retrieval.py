@@ -13,10 +13,12 @@ import pytest
 
 from funnel.artifacts.catalog import Embeddings
 from funnel.artifacts.store import latest_version, publish_copy, read_manifest
+from funnel.candidates import Candidates
 from funnel.launcher.health import health_status
 from funnel.launcher.processes import free_port
-from funnel.sources import RETRIEVAL_SOURCES
-from funnel.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
+from funnel.sources import RETRIEVAL_CODES, SOURCE_CODES
+from funnel.v1 import common_pb2
+from funnel.v2 import retrieval_pb2, retrieval_pb2_grpc
 from gateway.merge import merge_candidates
 from services.retrieval.faiss_index import IndexSpec, build_index, shard_of
 
@@ -41,15 +43,12 @@ def test_sharded_search_merged_equals_one_index_over_every_item(artifacts, shard
     parts = [build_index(vectors[assignment == s], ids[assignment == s], IndexSpec("Flat")) for s in range(shards)]
     for query in queries:
         _, expected = whole.search(query[None, :], 100)
-        responses = []
+        answers = []
         for part in parts:
             scores, rows = part.search(query[None, :], 100)
-            found = [
-                common_pb2.Candidate(item_id=str(r), score=float(s), source="ann")
-                for r, s in zip(rows[0], scores[0], strict=True)
-            ]
-            responses.append(retrieval_pb2.RetrieveResponse(candidates=found))
-        merged = [int(c.item_id) for c in merge_candidates(responses, {"ann": 100})]
+            codes = np.full(len(rows[0]), SOURCE_CODES["ann"], dtype=np.int32)
+            answers.append(Candidates([str(r) for r in rows[0]], codes, scores[0]))
+        merged = [int(item) for item in merge_candidates(answers, {"ann": 100}).item_ids]
         # Exact scores: FAISS's float32 BLAS sums in a different order per index, so items whose
         # scores differ by an ulp may swap between one index and the shards; nothing else may differ.
         exact = vectors.astype(np.float64) @ query.astype(np.float64)
@@ -168,11 +167,18 @@ def test_reload_admin_call_swaps_to_a_named_version_and_rejects_a_corrupt_one(ar
     [
         ({"num_candidates": 5000}, "num_candidates must be <= 1000"),
         ({"num_candidates": 0}, "num_candidates must be > 0"),
-        ({"num_candidates": 5, "sources": ["ann", "magic"]}, "unknown sources ['magic']"),
+        ({"num_candidates": 5, "sources": [SOURCE_CODES["ann"], 42]}, "unknown or non-retrieval sources [42]"),
+        ({"num_candidates": 5, "sources": [SOURCE_CODES["pinned"]]}, "unknown or non-retrieval sources [7]"),
         ({"num_candidates": 5, "context": common_pb2.Context(country="Germany")}, "context.country"),
         ({"num_candidates": 5, "recent_item_ids": ["i1"] * 500}, "recent_item_ids: 500 ids"),
-        ({"num_candidates": 5, "source_limits": {"popular": -1}}, "source_limits['popular'] must be > 0"),
-        ({"num_candidates": 5, "source_limits": {"trending": 5}}, "unknown sources ['trending']"),
+        (
+            {"num_candidates": 5, "source_limits": [retrieval_pb2.SourceLimit(source=4, limit=-1)]},
+            "source_limits[4].limit must be > 0",
+        ),
+        (
+            {"num_candidates": 5, "source_limits": [retrieval_pb2.SourceLimit(source=9, limit=5)]},
+            "unknown or non-retrieval sources [9]",
+        ),
     ],
 )
 def test_retrieval_rejects_bad_input_with_invalid_argument(stack, fields, message):
@@ -191,17 +197,23 @@ def test_retrieval_answers_name_the_shard_and_version(stack):
         )
     assert (reply.shard_index, reply.shard_count, reply.known_user) == (1, 2, True)
     assert reply.index_version.endswith("-tiny-eval")
-    assert {c.source for c in reply.candidates} == set(RETRIEVAL_SOURCES)
+    answer = Candidates.read(reply.candidates)
+    assert set(answer.sources.tolist()) == set(RETRIEVAL_CODES)
+    assert len(answer.retrieval_scores) == len(answer.item_ids) == len(answer.sources)
 
 
 def test_source_limits_override_the_candidate_count_per_source(stack):
     with grpc.insecure_channel(stack.address("retrieval-0-0")) as channel:
         reply = retrieval_pb2_grpc.RetrievalStub(channel).Retrieve(
-            retrieval_pb2.RetrieveRequest(user_id="u0000001", num_candidates=20, source_limits={"popular": 3}),
+            retrieval_pb2.RetrieveRequest(
+                user_id="u0000001",
+                num_candidates=20,
+                source_limits=[retrieval_pb2.SourceLimit(source=SOURCE_CODES["popular"], limit=3)],
+            ),
             timeout=5,
         )
-    sources = [c.source for c in reply.candidates]
-    assert (sources.count("ann"), sources.count("popular")) == (20, 3)
+    sources = list(reply.candidates.sources)
+    assert (sources.count(SOURCE_CODES["ann"]), sources.count(SOURCE_CODES["popular"])) == (20, 3)
 
 
 def test_items_the_user_already_consumed_take_no_candidate_slot_unless_turned_off(artifacts, stack, start_service):
@@ -217,7 +229,7 @@ def test_items_the_user_already_consumed_take_no_candidate_slot_unless_turned_of
     def candidates(address: str) -> list[str]:
         with grpc.insecure_channel(address) as channel:
             reply = retrieval_pb2_grpc.RetrievalStub(channel).Retrieve(request, timeout=10)
-        return [c.item_id for c in reply.candidates]
+        return list(reply.candidates.item_ids)
 
     served = candidates(stack.address("retrieval-0-0")) + candidates(stack.address("retrieval-1-0"))
     assert len(served) > 1000 and not history & set(served), "no consumed item in any source of any shard"

@@ -16,7 +16,8 @@ import pytest
 from funnel.artifacts.catalog import Catalog, Users
 from funnel.launcher.processes import free_port
 from funnel.policy.document import parse_policy
-from funnel.v1 import common_pb2, reranking_pb2, reranking_pb2_grpc
+from funnel.v1 import common_pb2
+from funnel.v2 import candidates_pb2, reranking_pb2, reranking_pb2_grpc
 from services.reranking.engine import PolicyEngine
 from tests.conftest import POLICY
 
@@ -161,7 +162,9 @@ def test_policy_hot_reload_under_concurrent_requests_rejects_a_malformed_file(ar
     request = reranking_pb2.RerankRequest(
         user_id="u0000001",
         num_results=10,
-        candidates=[common_pb2.Candidate(item_id=f"i{n:07d}", score=1 - n / 500) for n in range(10, 300)],
+        candidates=candidates_pb2.CandidateList(
+            item_ids=[f"i{n:07d}" for n in range(10, 300)], ranking_scores=[1 - n / 500 for n in range(10, 300)]
+        ),
     )
     versions: list[str] = []
     failures: list[str] = []

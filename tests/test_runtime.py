@@ -12,9 +12,9 @@ import pytest
 
 from funnel.artifacts.store import ArtifactError, latest_version, read_manifest, save_array, write_manifest
 from funnel.launcher.processes import free_port
+from funnel.runtime.calls import CallPolicy, InstrumentedServer
 from funnel.runtime.errors import InvalidArgument, Unavailable
-from funnel.runtime.interceptors import ServerInterceptor
-from funnel.v1 import ranking_pb2, ranking_pb2_grpc
+from funnel.v2 import ranking_pb2, ranking_pb2_grpc
 
 
 class Raising(ranking_pb2_grpc.RankingServicer):
@@ -26,8 +26,8 @@ class Raising(ranking_pb2_grpc.RankingServicer):
 
 
 async def call_raising(error: Exception, metadata=()) -> grpc.aio.AioRpcError:
-    server = grpc.aio.server(interceptors=[ServerInterceptor()])
-    ranking_pb2_grpc.add_RankingServicer_to_server(Raising(error), server)
+    server = grpc.aio.server()
+    ranking_pb2_grpc.add_RankingServicer_to_server(Raising(error), InstrumentedServer(server, CallPolicy()))
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

@@ -16,7 +16,8 @@ from tritonclient.utils import InferenceServerException
 
 from funnel.launcher.processes import free_port
 from funnel.launcher.triton import TritonServer, TritonTls
-from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc, reranking_pb2, reranking_pb2_grpc
+from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
+from funnel.v2 import candidates_pb2, reranking_pb2, reranking_pb2_grpc
 from tests.certs import Identity, issue, make_authority
 from tests.conftest import POLICY
 
@@ -50,7 +51,9 @@ def test_mutual_tls_stage_refuses_every_caller_without_a_certificate_its_ca_sign
     )
     with grpc.secure_channel(reranking.address, workload.credentials()) as channel:
         request = reranking_pb2.RerankRequest(
-            user_id="u0000001", candidates=[common_pb2.Candidate(item_id="i0000001", score=1.0)], num_results=1
+            user_id="u0000001",
+            candidates=candidates_pb2.CandidateList(item_ids=["i0000001"], ranking_scores=[1.0]),
+            num_results=1,
         )
         reply = reranking_pb2_grpc.RerankingStub(channel).Rerank(request, timeout=5)
     assert reply.policy_version, "a caller with a certificate from the trusted CA is served"

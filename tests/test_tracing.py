@@ -90,7 +90,7 @@ def test_one_span_per_stage_call_and_the_trace_crosses_processes(
     while time.monotonic() < deadline:
         with sink.lock:
             names = {(service, span.name) for service, span in sink.spans}
-        if ("test-reranking", "funnel.v1.Reranking/Rerank") in names and ("test-gateway", "reranking") in names:
+        if ("test-reranking", "funnel.v2.Reranking/Rerank") in names and ("test-gateway", "reranking") in names:
             break
         time.sleep(0.1)
     with sink.lock:
@@ -106,7 +106,7 @@ def test_one_span_per_stage_call_and_the_trace_crosses_processes(
     # Two shards: two retrieval calls, each its own span (the dict kept one).
     assert sum(1 for service, s in spans if service == "test-gateway" and s.name == "retrieval") == 2
     # The re-ranking process continues the gateway's trace under the gateway's call span.
-    remote = next(s for service, s in spans if service == "test-reranking" and s.name == "funnel.v1.Reranking/Rerank")
+    remote = next(s for service, s in spans if service == "test-reranking" and s.name == "funnel.v2.Reranking/Rerank")
     assert remote.kind == SERVER
     assert remote.trace_id == root.trace_id and remote.parent_span_id == stage_spans["reranking"].span_id
     # Processes without the variables (the stack's) sent nothing.

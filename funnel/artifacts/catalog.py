@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -18,26 +19,23 @@ MATURITY_NAMES = ("", "G", "PG", "PG13", "R", "NC17")
 
 
 class IdIndex:
-    """Maps external string ids to row numbers with one vectorised binary search per batch."""
+    """Maps external string ids to row numbers: one hash lookup per id, no string array built."""
 
     def __init__(self, ids: np.ndarray) -> None:
-        self._order = np.argsort(ids, kind="stable")
-        self._sorted = ids[self._order]
+        self._rows: dict[str, int] = {}
+        for row, key in enumerate(ids.tolist()):
+            self._rows.setdefault(key, row)  # the first row of a repeated id, as a stable sort found it
 
     def __len__(self) -> int:
-        return len(self._sorted)
+        return len(self._rows)
 
     def rows(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """Row of each id, -1 where the id is unknown."""
-        query = np.asarray(ids, dtype=str)
-        if query.size == 0 or len(self._sorted) == 0:
-            return np.full(query.shape, -1, dtype=np.int64)
-        pos = np.searchsorted(self._sorted, query).clip(0, len(self._sorted) - 1)
-        found = self._sorted[pos] == query
-        return np.where(found, self._order[pos], -1).astype(np.int64)
+        keys = ids.tolist() if isinstance(ids, np.ndarray) else ids
+        return np.fromiter(map(self._rows.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
 
     def row(self, item_id: str) -> int:
-        return int(self.rows([item_id])[0])
+        return self._rows.get(item_id, -1)
 
 
 def country_bit(country: str) -> np.int64:

@@ -36,6 +36,8 @@ class StackConfig:
     first_stage_port: int = 50061
     first_metrics_port: int = 9101
     startup_timeout_s: float = 180.0
+    # Ranking and Triton share this host: input tensors go through Triton's system shared memory.
+    triton_shared_memory: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     gateway_env: dict[str, str] = field(default_factory=dict)  # on top of extra_env, gateway only
 
@@ -102,7 +104,11 @@ class Stack:
             ]
             shard_targets.append(",".join(f"127.0.0.1:{p.port}" for p in replicas))
         ranking = [
-            self.launch(f"ranking-{r}", "services.ranking", ["--triton-url", self.triton.grpc_url])
+            self.launch(
+                f"ranking-{r}",
+                "services.ranking",
+                ["--triton-url", self.triton.grpc_url, "--triton-shared-memory", str(c.triton_shared_memory).lower()],
+            )
             for r in range(c.ranking_replicas)
         ]
         reranking = [

@@ -149,7 +149,14 @@ class ServerSettings:
         10.0, help="after draining, time in-flight calls get to finish", checks=[non_negative]
     )
     worker_threads: int = setting(
-        2, help="threads for CPU-heavy work (FAISS, torch) kept off the event loop", checks=[positive]
+        2, help="threads for CPU-heavy work (loading artifacts; per-call work unless inline_work)", checks=[positive]
+    )
+    inline_work: bool = setting(
+        True,
+        help="run each call's own work (search, features, rules) on the event loop: right when it takes "
+        "under about a millisecond, as in every stage here (a thread-pool round trip costs about 0.1 ms of "
+        "CPU and a wake-up); turn off where one call's work is long (exact search over millions of items), "
+        "so health checks and other calls are not held behind it",
     )
     access_log: bool = setting(True, help="write one JSON log line per served call")
     max_message_bytes: int = setting(4 * 1024 * 1024, help="largest gRPC message accepted", checks=[positive])

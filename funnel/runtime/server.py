@@ -1,6 +1,6 @@
 """The grpc.aio server bootstrap every Funnel process runs.
 
-It owns what is the same everywhere: interceptors, the standard health service (whose status the
+It owns what is the same everywhere: the call policy around every method, the standard health service (whose status the
 service sets from its real readiness), reflection, metrics, a thread pool for CPU-heavy work, and a
 graceful shutdown on SIGTERM: health goes NOT_SERVING, the server keeps answering for
 `drain_seconds` so balancers can move away, then stops taking calls and lets in-flight ones finish
@@ -25,9 +25,9 @@ from grpc_reflection.v1alpha import reflection
 
 from funnel.runtime.admission import ConcurrencyLimit
 from funnel.runtime.auth import BearerTokens, load_tokens
+from funnel.runtime.calls import CallPolicy, InstrumentedServer
 from funnel.runtime.config import ServerSettings
 from funnel.runtime.errors import ConfigError
-from funnel.runtime.interceptors import ServerInterceptor
 from funnel.runtime.logs import configure_logging
 from funnel.runtime.metrics import READY, start_metrics_server
 from funnel.runtime.tls import PLAINTEXT, Tls
@@ -63,18 +63,24 @@ class Runtime:
     """What a service gets from the bootstrap."""
 
     def __init__(
-        self, server: grpc.aio.Server, settings: ServerSettings, executor: ThreadPoolExecutor, tls: Tls = PLAINTEXT
+        self, server: InstrumentedServer, settings: ServerSettings, executor: ThreadPoolExecutor, tls: Tls = PLAINTEXT
     ) -> None:
-        self.server = server
+        self.server = server  # register servicers here: each method gets the call policy
         self.settings = settings
         self.tls = tls  # also what the service's own outgoing calls use
         self._executor = executor
         self.readiness: Readiness  # set by serve() once the service names are known
 
     async def run_cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run CPU-heavy work (FAISS, torch, numpy over large arrays) off the event loop."""
+        """Run CPU-heavy work (loading artifacts, building indexes) off the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def run_call_work(self, fn: Callable[..., T], *args: Any) -> T:
+        """One call's own work: inline when it is short (the default), else on the thread pool."""
+        if self.settings.inline_work:
+            return fn(*args)
+        return await self.run_cpu(fn, *args)
 
 
 class Service(Protocol):
@@ -121,9 +127,10 @@ async def serve(
         age_ms = int(settings.max_connection_age_seconds * 1000)
         options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)]
     limit = ConcurrencyLimit(settings.max_in_flight, settings.latency_target_ms / 1000)
-    server = grpc.aio.server(interceptors=[ServerInterceptor(settings.access_log, tokens, limit)], options=options)
+    server = grpc.aio.server(options=options)
     executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix=f"{name}-cpu")
-    runtime = Runtime(server, settings, executor, tls)
+    policy = CallPolicy(settings.access_log, tokens, limit)
+    runtime = Runtime(InstrumentedServer(server, policy), settings, executor, tls)
     service = build(runtime)
 
     health = health_aio.HealthServicer()

@@ -25,6 +25,12 @@ log = logging.getLogger("funnel.tracing")
 tracer = trace.get_tracer("funnel")
 
 EXPORTERS = ("otlp", "console")
+_enabled = False  # set once at start-up by configure_tracing
+
+
+def tracing_on() -> bool:
+    """Whether spans are recorded and sent: when off, callers skip the span machinery entirely."""
+    return _enabled
 
 
 def tracing_requested(env: Mapping[str, str] = os.environ) -> bool:
@@ -60,6 +66,8 @@ def configure_tracing(process: str, env: Mapping[str, str] = os.environ) -> bool
     provider = TracerProvider(resource=resource or Resource.create())
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    global _enabled
+    _enabled = True
     log.info("tracing on", extra={"exporter": name})
     return True
 
@@ -80,6 +88,8 @@ def context_from(metadata: Iterable[tuple[str, object]] | None) -> Context:
 
 def trace_metadata() -> tuple[tuple[str, str], ...]:
     """Metadata carrying the current span's context downstream; empty when tracing is off."""
+    if not _enabled:
+        return ()
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return tuple(carrier.items())

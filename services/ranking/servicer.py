@@ -11,12 +11,12 @@ import grpc
 import numpy as np
 
 from funnel.artifacts.store import read_manifest, wait_for_latest
+from funnel.candidates import Candidates
 from funnel.features import BundleFeatures, UserContext, country_slot
 from funnel.runtime.errors import InvalidArgument, Unavailable
 from funnel.runtime.metrics import ARTIFACT_INFO
 from funnel.runtime.server import Runtime
-from funnel.sources import source_code
-from funnel.v1 import ranking_pb2, ranking_pb2_grpc
+from funnel.v2 import ranking_pb2, ranking_pb2_grpc
 from funnel.validation import check_context, check_id, check_ids
 from services.ranking.settings import RankingSettings
 from services.ranking.triton import TritonRanker
@@ -33,12 +33,11 @@ class LoadedFeatures(BundleFeatures):
         self.version = read_manifest(bundle)["version"]
         super().__init__(bundle)
 
-    def user_context(self, request: ranking_pb2.RankRequest) -> UserContext:
+    def user_context(self, request: ranking_pb2.RankRequest, query: np.ndarray | None) -> UserContext:
         """What the features know of the requesting user: stored history plus this session's items,
-        the time of their latest stored action, their country and the user tower's vector."""
-        recent = self.catalog.index.rows(list(request.recent_item_ids))
-        # Without retrieval's vector (retrieval degraded) the one stored with the bundle is used.
-        query = np.asarray(request.user_vector, dtype=np.float32) if len(request.user_vector) else None
+        the time of their latest stored action, their country and the user tower's vector (`query`;
+        None when retrieval degraded: the one stored with the bundle is used)."""
+        recent = self.catalog.index.rows(request.recent_item_ids)
         row = self.users.index.row(request.user_id)
         return self.context(row, recent[recent >= 0], country_slot(request.context.country), query)
 
@@ -50,7 +49,13 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
         self.runtime = runtime
         self.settings = settings
         self.features: LoadedFeatures | None = None
-        self.triton = TritonRanker(settings.triton_url, settings.model_name, settings.triton_max_batch, runtime.tls)
+        self.triton = TritonRanker(
+            settings.triton_url,
+            settings.model_name,
+            settings.triton_max_batch,
+            runtime.tls,
+            shared_memory_rows=settings.max_candidates if settings.triton_shared_memory else 0,
+        )
         self._watch: asyncio.Task[None] | None = None
         self._model_version = ""  # the last version Triton answered with, for the info metric
         ranking_pb2_grpc.add_RankingServicer_to_server(self, runtime.server)
@@ -89,9 +94,10 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
     ) -> ranking_pb2.RankResponse:
         check_id(request.user_id, "user_id")
         check_context(request.context)
-        count = len(request.candidates)
+        candidates = Candidates.read(request.candidates)
+        count = len(candidates)
         if count == 0:
-            raise InvalidArgument("candidates must not be empty")
+            raise InvalidArgument("candidates.item_ids must not be empty")
         if count > self.settings.max_candidates:
             raise InvalidArgument(f"{count} candidates, at most {self.settings.max_candidates} allowed")
         check_ids(request.recent_item_ids, "recent_item_ids", self.settings.max_recent_items)
@@ -101,35 +107,30 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
         dim = loaded.store.item_vectors.shape[1]
         if len(request.user_vector) not in (0, dim):
             raise InvalidArgument(f"user_vector has {len(request.user_vector)} values; the bundle's vectors have {dim}")
-        if not np.all(np.isfinite(request.user_vector)):
+        user_vector = np.array(request.user_vector, dtype=np.float32) if len(request.user_vector) else None
+        if user_vector is not None and not np.isfinite(user_vector).all():
             raise InvalidArgument("user_vector holds a non-finite value")
-
-        item_ids = [candidate.item_id for candidate in request.candidates]
-        rows = loaded.catalog.index.rows(item_ids)
+        rows = loaded.catalog.index.rows(candidates.item_ids)
         if (rows < 0).any():
-            unknown = [item_ids[i] for i in np.flatnonzero(rows < 0)[:5]]
+            unknown = [candidates.item_ids[i] for i in np.flatnonzero(rows < 0)[:5]]
             raise InvalidArgument(f"{int((rows < 0).sum())} candidate item ids are not in the catalog, e.g. {unknown}")
-        sources = np.array([source_code(candidate.source) for candidate in request.candidates], dtype=np.int64)
-        features = await self.runtime.run_cpu(
-            lambda: loaded.store.features(loaded.user_context(request), rows, sources)
-        )
 
+        buffer, slot = self.triton.features_buffer(count)
+        try:
+            user = loaded.user_context(request, user_vector)
+            await self.runtime.run_call_work(loaded.store.features, user, rows, candidates.sources, None, buffer)
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
         remaining = context.time_remaining()
         timeout = (DEFAULT_TIMEOUT_S if remaining is None else remaining) - RESPONSE_MARGIN_S
-        scores = await self.triton.score(features, timeout)
+        scores = await self.triton.score(buffer, slot, timeout)
         if scores.model_version != self._model_version:
             if self._model_version:
                 ARTIFACT_INFO.labels("model", self._model_version).set(0)
             ARTIFACT_INFO.labels("model", scores.model_version).set(1)
             self._model_version = scores.model_version
-
-        order = np.argsort(-scores.values, kind="stable")
         response = ranking_pb2.RankResponse(model_name=self.settings.model_name, model_version=scores.model_version)
-        for position in order:
-            source = request.candidates[int(position)]
-            score = float(scores.values[position])
-            ranked = response.candidates.add(item_id=source.item_id, score=score, source=source.source)
-            ranked.stage_scores.update(source.stage_scores)
-            ranked.stage_scores.setdefault("retrieval", source.score)
-            ranked.stage_scores["ranking"] = score
+        response.scores.extend(scores.values.tolist())
         return response

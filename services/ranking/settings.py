@@ -20,6 +20,11 @@ class RankingSettings(ServerSettings):
     )
     max_candidates: int = setting(2000, help="largest candidate list a request may carry", checks=[positive])
     max_recent_items: int = setting(100, help="largest recent_item_ids list accepted", checks=[positive])
+    triton_shared_memory: bool = setting(
+        False,
+        help="send the input tensors through Triton's system shared memory (Triton on this host: a sidecar "
+        "in the pod, or loopback); falls back to the gRPC message when Triton refuses the region",
+    )
     readiness_poll_seconds: float = setting(1.0, help="how often Triton model readiness is checked", checks=[positive])
     artifact_poll_seconds: float = setting(
         1.0, help="how often to look for a bundle while none is loaded", checks=[positive]

@@ -35,9 +35,12 @@ class TritonPythonModel:
         dense = [pb_utils.get_input_tensor_by_name(r, self.dense_name).as_numpy() for r in requests]
         categorical = [pb_utils.get_input_tensor_by_name(r, self.categorical_name).as_numpy() for r in requests]
         sizes = [len(x) for x in dense]
+        # One request (the usual case below saturation) is scored as it came: no copy into a batch.
+        if len(requests) > 1:
+            dense, categorical = [np.concatenate(dense)], [np.concatenate(categorical)]
         with torch.inference_mode():
-            scores = self.model(torch.from_numpy(np.concatenate(dense)), torch.from_numpy(np.concatenate(categorical)))
-        scores = scores.numpy().astype(np.float32)
+            scores = self.model(torch.from_numpy(dense[0]), torch.from_numpy(categorical[0]))
+        scores = np.asarray(scores.numpy(), dtype=np.float32)
         responses, start = [], 0
         for size in sizes:
             part = scores[start : start + size].reshape(-1, 1)

@@ -29,7 +29,7 @@ class Phase(IntEnum):
 
 @dataclass
 class Slate:
-    item_ids: np.ndarray  # str, one per input candidate
+    item_ids: list[str]  # one per input candidate
     rows: np.ndarray  # catalog row per input candidate (-1 unknown)
     scores: np.ndarray  # float32 score per input candidate; scorers add to it
     order: np.ndarray  # input positions still in the list, in display order
@@ -118,9 +118,10 @@ class Dedupe(Rule):
         self.check(self.candidates >= 1, "candidates must be >= 1")
 
     def apply(self, slate: Slate) -> Outcome:
-        ids = slate.item_ids[slate.order]
-        _, first = np.unique(ids, return_index=True)
-        duplicate = np.ones(len(ids), dtype=bool)
+        # Catalog rows stand for ids: content policy, which runs first, removed every unknown id.
+        rows = slate.rows[slate.order]
+        _, first = np.unique(rows, return_index=True)
+        duplicate = np.ones(len(rows), dtype=bool)
         duplicate[first] = False
         removed = slate.drop(duplicate, self.name, "duplicate item")
         if self.threshold is None or len(slate.order) < 2:

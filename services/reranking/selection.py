@@ -100,12 +100,15 @@ class Pin(Rule):
             "positions must be integers >= 1",
         )
         self.check(len(set(values)) == len(values), "two items pinned at the same position")
+        # By catalog row: a pinned item the catalog does not hold is removed by content policy anyway.
+        rows = catalog.index.rows(list(self.positions))
+        self.position_of_row = {int(r): v for r, v in zip(rows.tolist(), values, strict=True) if r >= 0}
+        self.rows = np.array(sorted(self.position_of_row), dtype=np.int64)
 
     def apply(self, slate: Slate) -> Outcome:
-        ids = slate.item_ids[slate.order]
-        pinned = np.isin(ids, list(self.positions))
+        pinned = np.isin(slate.rows[slate.order], self.rows)
         unpinned = list(slate.order[~pinned])
-        placements = sorted((self.positions[str(slate.item_ids[p])], int(p)) for p in slate.order[pinned])
+        placements = sorted((self.position_of_row[int(slate.rows[p])], int(p)) for p in slate.order[pinned])
         for position, member in placements:
             unpinned.insert(min(position - 1, len(unpinned)), member)
             slate.notes[member].append(f"{self.name}: placed at {position}")

@@ -12,12 +12,15 @@ import numpy as np
 
 from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import wait_for_latest
+from funnel.candidates import Candidates, check_item_ids
 from funnel.policy.document import PolicyDocument, load_policy
 from funnel.policy.watch import watch_policy
 from funnel.runtime.errors import InvalidArgument, Unavailable
 from funnel.runtime.metrics import ARTIFACT_INFO
 from funnel.runtime.server import Runtime
-from funnel.v1 import common_pb2, reranking_pb2, reranking_pb2_grpc
+from funnel.sources import PINNED, SOURCE_CODES, SOURCE_NAMES
+from funnel.v1 import common_pb2
+from funnel.v2 import reranking_pb2, reranking_pb2_grpc
 from funnel.validation import check_context, check_count, check_id, check_ids
 from services.reranking.engine import PolicyEngine
 from services.reranking.settings import RerankingSettings
@@ -78,53 +81,53 @@ class RerankingService(reranking_pb2_grpc.RerankingServicer):
         check_count(request.num_results, "num_results", self.settings.max_results)
         check_ids(request.exclude_item_ids, "exclude_item_ids", self.settings.max_excluded)
         check_ids(request.recent_item_ids, "recent_item_ids", self.settings.max_recent_items)
-        if len(request.candidates) > self.settings.max_candidates:
-            raise InvalidArgument(
-                f"{len(request.candidates)} candidates, at most {self.settings.max_candidates} allowed"
-            )
-        for candidate in request.candidates:
-            check_id(candidate.item_id, "candidates.item_id")
-            if not np.isfinite(candidate.score):
-                raise InvalidArgument(f"candidate {candidate.item_id!r} has a non-finite score")
+        count = len(request.candidates.item_ids)
+        if count > self.settings.max_candidates:
+            raise InvalidArgument(f"{count} candidates, at most {self.settings.max_candidates} allowed")
+        candidates = Candidates.read(request.candidates)
+        check_item_ids(candidates.item_ids, "candidates.item_ids")
+        if count and not (request.candidates.ranking_scores or request.candidates.retrieval_scores):
+            raise InvalidArgument("candidates need ranking_scores or retrieval_scores to be ordered by")
         engine = self.engine
         if engine is None:
             raise Unavailable("policy not loaded yet")
-        return await self.runtime.run_cpu(_rerank, engine, request)
+        return await self.runtime.run_call_work(_rerank, engine, request, candidates)
 
 
-def _rerank(engine: PolicyEngine, request: reranking_pb2.RerankRequest) -> reranking_pb2.RerankResponse:
-    candidates = request.candidates
+def _rerank(
+    engine: PolicyEngine, request: reranking_pb2.RerankRequest, candidates: Candidates
+) -> reranking_pb2.RerankResponse:
     result = engine.run(
         request.user_id,
-        [c.item_id for c in candidates],
-        np.array([c.score for c in candidates], dtype=np.float32),
+        candidates.item_ids,
+        candidates.scores,
         request.context,
-        set(request.exclude_item_ids),
+        request.exclude_item_ids,
         request.num_results,
         request.debug,
-        list(request.recent_item_ids),
+        request.recent_item_ids,
     )
     response = reranking_pb2.RerankResponse(policy_version=engine.version)
     for rule, outcome in result.reports:
         response.rules.append(common_pb2.RuleReport(rule=rule, removed=outcome.removed, moved=outcome.moved))
-    applied = ", ".join(rule for rule, _ in result.reports)
-    for rank, position in enumerate(result.positions.tolist()):
-        if position < len(candidates):
-            source = candidates[position]
-            item = response.candidates.add(item_id=source.item_id, score=source.score, source=source.source)
-            item.stage_scores.update(source.stage_scores)
-        else:  # a pinned item the funnel did not retrieve
-            item = response.candidates.add(item_id=str(result.slate.item_ids[position]), score=0.0, source="pinned")
-        if request.debug:
-            item.reasons.extend(_reasons(item, rank, applied, engine, result.slate.notes.get(position, [])))
+    pinned = result.slate.item_ids[len(candidates) :]  # pinned items the funnel did not retrieve
+    if pinned:
+        candidates = candidates.extended(pinned, SOURCE_CODES[PINNED])
+    final = candidates.take(result.positions)
+    final.write(response.candidates)
+    if request.debug:
+        applied = ", ".join(rule for rule, _ in result.reports)
+        for rank, position in enumerate(result.positions.tolist()):
+            reasons = _reasons(final, rank, applied, engine, result.slate.notes.get(position, []))
+            response.reasons.add(reasons=reasons)
     return response
 
 
-def _reasons(
-    candidate: common_pb2.Candidate, rank: int, applied: str, engine: PolicyEngine, notes: list[str]
-) -> list[str]:
-    reasons = [f"found by {candidate.source or 'unknown source'}"]
-    reasons.extend(f"{stage} score {score:.4f}" for stage, score in sorted(candidate.stage_scores.items()))
+def _reasons(final: Candidates, rank: int, applied: str, engine: PolicyEngine, notes: list[str]) -> list[str]:
+    reasons = [f"found by {SOURCE_NAMES.get(int(final.sources[rank]), 'unknown')}"]
+    reasons.append(f"retrieval score {final.retrieval_scores[rank]:.4f}")
+    if final.ranking_scores is not None:
+        reasons.append(f"ranking score {final.ranking_scores[rank]:.4f}")
     reasons.extend(notes)
     reasons.append(f"position {rank + 1} after policy {engine.version} ({applied})")
     return reasons

@@ -15,17 +15,17 @@ import numpy as np
 import torch
 
 from funnel.artifacts.store import MANIFEST, ArtifactError, latest_version, wait_for_latest
+from funnel.candidates import Candidates
 from funnel.features import country_slot
 from funnel.policy.document import PolicyDocument, load_policy
 from funnel.policy.watch import watch_policy
 from funnel.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from funnel.runtime.metrics import ARTIFACT_INFO
 from funnel.runtime.server import Runtime
-from funnel.sources import RETRIEVAL_SOURCES
-from funnel.v1 import retrieval_pb2, retrieval_pb2_grpc
+from funnel.sources import RETRIEVAL_CODES, SOURCE_NAMES
+from funnel.v2 import retrieval_pb2, retrieval_pb2_grpc
 from funnel.validation import check_context, check_count, check_id, check_ids
 from services.retrieval.faiss_index import IndexSpec
-from services.retrieval.hits import Hits
 from services.retrieval.index import ShardIndex
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.sources import Query
@@ -150,25 +150,26 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         check_ids(request.exclude_item_ids, "exclude_item_ids", s.max_excluded)
         check_ids(request.recent_item_ids, "recent_item_ids", s.max_recent_items)
         check_context(request.context)
-        for source, limit in request.source_limits.items():
-            check_count(limit, f"source_limits[{source!r}]", s.max_candidates)
-        unknown = (set(request.sources) | set(request.source_limits)) - set(RETRIEVAL_SOURCES)
+        limits = {code: request.num_candidates for code in (request.sources or RETRIEVAL_CODES)}
+        for entry in request.source_limits:
+            check_count(entry.limit, f"source_limits[{entry.source}].limit", s.max_candidates)
+            limits[entry.source] = entry.limit
+        unknown = sorted(set(limits) - set(RETRIEVAL_CODES))
         if unknown:
-            raise InvalidArgument(f"unknown sources {sorted(unknown)}; known: {list(RETRIEVAL_SOURCES)}")
+            raise InvalidArgument(f"unknown or non-retrieval sources {unknown}; this service serves {RETRIEVAL_CODES}")
         index = self.index  # one reference for the whole call, so a swap never mixes versions
         if index is None:
             raise Unavailable("index not loaded yet")
-        sources = list(request.sources) or list(RETRIEVAL_SOURCES)
-        return await self.runtime.run_cpu(_retrieve, index, request, sources, s)
+        return await self.runtime.run_call_work(_retrieve, index, request, limits, s)
 
 
 def _retrieve(
-    index: ShardIndex, request: retrieval_pb2.RetrieveRequest, sources: list[str], settings: RetrievalSettings
+    index: ShardIndex, request: retrieval_pb2.RetrieveRequest, limits: dict[int, int], settings: RetrievalSettings
 ) -> retrieval_pb2.RetrieveResponse:
     user_row = index.users.index.row(request.user_id)
-    recent = index.catalog.index.rows(list(request.recent_item_ids))
+    recent = index.catalog.index.rows(request.recent_item_ids)
     history = np.concatenate([index.history(user_row), recent[recent >= 0]])
-    excluded = index.catalog.index.rows(list(request.exclude_item_ids))
+    excluded = index.catalog.index.rows(request.exclude_item_ids)
     excluded = excluded[excluded >= 0]
     if settings.exclude_history:
         excluded = np.concatenate([excluded, history])
@@ -177,23 +178,19 @@ def _retrieve(
         slot = int(index.users.country[user_row]) + 1
     vector = index.encoder.encode(history, slot)
     query = Query(history=history, allowed=index.allowed.for_request(request.context, excluded), vector=vector)
+    hits = [(code, index.sources[SOURCE_NAMES[code]].fetch(query, limit)) for code, limit in limits.items()]
+    rows = np.concatenate([h.rows for _, h in hits]) if hits else np.zeros(0, dtype=np.int64)
+    ids = index.item_id_list
     response = retrieval_pb2.RetrieveResponse(
         index_version=index.version,
         shard_index=settings.shard_index,
         shard_count=settings.shard_count,
         known_user=user_row >= 0,
-        user_vector=vector[0].tolist(),
     )
-    limits = request.source_limits
-    for source in sources:
-        _append(response, index, index.sources[source].fetch(query, limits.get(source, request.num_candidates)), source)
+    response.user_vector.extend(vector[0].tolist())
+    Candidates(
+        [ids[row] for row in rows.tolist()],
+        np.repeat(np.array([code for code, _ in hits], dtype=np.int32), [len(h.rows) for _, h in hits]),
+        np.concatenate([h.scores for _, h in hits]).astype(np.float32) if hits else np.zeros(0, np.float32),
+    ).write(response.candidates)
     return response
-
-
-def _append(response: retrieval_pb2.RetrieveResponse, index: ShardIndex, hits: Hits, source: str) -> None:
-    # The hottest loop of the service: plain Python lists and add() are several times faster than
-    # numpy scalars and message constructors here.
-    ids = index.item_id_list
-    add = response.candidates.add
-    for row, score in zip(hits.rows.tolist(), hits.scores.tolist(), strict=True):
-        add(item_id=ids[row], score=score, source=source)

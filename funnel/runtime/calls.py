@@ -1,0 +1,213 @@
+"""Cross-cutting behaviour of every unary call, written once: request ids, admission, auth, metrics,
+access logs, error mapping.
+
+It is applied when a service registers its methods (`InstrumentedServer`), not as a grpc.aio
+interceptor: an interceptor is awaited on every call and builds a new handler each time, which cost
+about 0.1 ms of CPU a call here. Health and reflection are registered on the bare server, so they
+are never shed, never need a token and never fill the access log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from opentelemetry.trace import SpanKind
+
+from funnel.runtime.admission import ConcurrencyLimit
+from funnel.runtime.auth import BearerTokens
+from funnel.runtime.errors import FunnelError, InvalidArgument, ResourceExhausted, Unauthenticated
+from funnel.runtime.logs import REQUEST_ID
+from funnel.runtime.metrics import IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS, SHED
+from funnel.runtime.tracing import context_from, trace_metadata, tracer, tracing_on
+
+REQUEST_ID_KEY = "x-request-id"
+# Trailer with the server's own time on the call, so a caller can tell its wait from the work.
+SERVER_TIME_KEY = "x-server-ms"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+log = logging.getLogger("funnel.rpc")
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def request_id_from(metadata: Sequence[tuple[str, Any]] | None) -> str:
+    """The caller's request id when it is well formed, else a fresh one."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _SAFE_REQUEST_ID.match(value):
+            return value
+    return uuid.uuid4().hex
+
+
+def outgoing_metadata() -> tuple[tuple[str, str], ...]:
+    """Metadata for a downstream call: the current request id, and the trace context when tracing."""
+    request_id = REQUEST_ID.get()
+    return (((REQUEST_ID_KEY, request_id),) if request_id else ()) + trace_metadata()
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """Stands in for a request whose bytes do not parse, so the call ends INVALID_ARGUMENT
+    (grpc would otherwise answer UNKNOWN with the parser's exception)."""
+
+    error: str
+
+
+class CallPolicy:
+    """What every served call goes through:
+
+    - binds the request id (from `x-request-id` or new) for logs and downstream calls, and echoes
+      it in trailing metadata;
+    - refuses a call at once with RESOURCE_EXHAUSTED when the concurrency limit is reached, and
+      with UNAUTHENTICATED without an accepted bearer token (when tokens are configured);
+    - counts calls and records latency by method and final status, and writes one access-log
+      line per call when asked to;
+    - turns FunnelError into its status and any other exception into INTERNAL with a short message
+      and the request id, never UNKNOWN with a stack trace. The stack goes to the log.
+    """
+
+    def __init__(
+        self, access_log: bool = True, tokens: BearerTokens | None = None, limit: ConcurrencyLimit | None = None
+    ) -> None:
+        self.access_log = access_log
+        self.tokens = tokens
+        self.limit = limit
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """`handler` with the policy around it (unary-unary methods; others pass through)."""
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behavior = _traced(handler.unary_unary, method) if tracing_on() else handler.unary_unary
+        return grpc.unary_unary_rpc_method_handler(
+            self._around(behavior, method),
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+
+    def _around(self, behavior: Behavior, method: str) -> Behavior:
+        limit, tokens, access_log = self.limit, self.tokens, self.access_log
+        counters: dict[Any, Callable[[], None]] = {}  # per final status, filled as statuses occur
+
+        def count(code: Any) -> None:
+            if code not in counters:
+                counters[code] = RPC_REQUESTS.labels(method, getattr(code, "name", str(code))).inc
+            counters[code]()
+
+        observe = RPC_LATENCY.labels(method).observe
+        shed = SHED.labels(method).inc
+
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            metadata = context.invocation_metadata()
+            request_id = request_id_from(metadata)
+            token = REQUEST_ID.set(request_id)
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            trailer = ((REQUEST_ID_KEY, request_id),)
+            admitted = limit is None or limit.try_acquire()
+            IN_FLIGHT.inc()
+            try:
+                if not admitted:
+                    shed()
+                    raise ResourceExhausted(
+                        f"overloaded: {limit.in_flight} calls in flight, limit {int(limit.limit)}; retry with backoff"
+                    )
+                if tokens is not None and not tokens.accepts(metadata):
+                    raise Unauthenticated("missing or invalid bearer token in the 'authorization' metadata")
+                if isinstance(request, Undecodable):
+                    raise InvalidArgument(f"the request is not a valid message for {method}: {request.error}")
+                reply = await behavior(request, context)
+                server_ms = f"{(time.perf_counter() - started) * 1000:.3f}"
+                context.set_trailing_metadata((*trailer, (SERVER_TIME_KEY, server_ms)))
+                return reply
+            except FunnelError as exc:
+                code = exc.code
+                log.info("rpc refused", extra={"method": method, "code": code.name, "detail": exc.message})
+                await context.abort(code, exc.message, trailer)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unhandled error", extra={"method": method})
+                await context.abort(code, f"internal error (request id {request_id})", trailer)
+            finally:
+                elapsed = time.perf_counter() - started
+                if admitted and limit is not None:
+                    limit.release(elapsed)
+                IN_FLIGHT.dec()
+                count(code)
+                observe(elapsed)
+                if access_log:
+                    log.info("rpc", extra={"method": method, "code": code.name, "ms": round(elapsed * 1000, 2)})
+                REQUEST_ID.reset(token)
+
+        return handle
+
+
+class InstrumentedServer:
+    """What a service registers its servicers on: the grpc.aio server, with every method handler
+    wrapped once, at registration, by the call policy."""
+
+    def __init__(self, server: grpc.aio.Server, policy: CallPolicy) -> None:
+        self.server = server
+        self.policy = policy
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self.server.add_generic_rpc_handlers([_WrappedGeneric(handler, self.policy) for handler in handlers])
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        wrapped = {name: self.policy.wrap(handler, f"/{service}/{name}") for name, handler in handlers.items()}
+        self.server.add_registered_method_handlers(service, wrapped)
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers are wrapped the first time each is asked for."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, policy: CallPolicy) -> None:
+        self.inner = inner
+        self.policy = policy
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        if method not in self._wrapped:
+            handler = self.inner.service(handler_call_details)
+            if handler is None:
+                return None
+            self._wrapped[method] = self.policy.wrap(handler, method)
+        return self._wrapped[method]
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # any parser failure means the caller sent bad bytes
+            return Undecodable(str(exc) or type(exc).__name__)
+
+    return parse
+
+
+def _traced(behavior: Behavior, method: str) -> Behavior:
+    """One SERVER span per call, a child of the caller's span when its metadata carries one."""
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        parent = context_from(context.invocation_metadata())
+        with tracer.start_as_current_span(method.lstrip("/"), context=parent, kind=SpanKind.SERVER) as span:
+            span.set_attribute("rpc.system", "grpc")
+            span.set_attribute("funnel.request_id", REQUEST_ID.get())
+            return await behavior(request, context)
+
+    return handle
