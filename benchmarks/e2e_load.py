@@ -1,15 +1,21 @@
-"""The whole funnel under load: an open-loop rate sweep through the gateway, per scenario.
+"""The whole funnel under load, per scenario: latency against rate, CPU per request against the floor.
 
     python -m benchmarks.e2e_load --artifacts artifacts --artifacts-1m artifacts-1m   (make bench)
 
-Each scenario starts its own stack (Triton, shards, stages, gateway on loopback), warms it up,
-then sends Poisson arrivals at rising rates, each for a fixed time, as many users from the data
-set would (5% of them users the model has never seen). A step records every request: end-to-end
-latency, status, degraded flag and each stage's gateway-side and server-side time. The sweep
-covers every rate up to the reference rate (100 req/s), then goes on until the first rate whose p99
-exceeds the SLO or that has an error; the highest rate below the first such miss is the scenario's
-sustainable rate. Everything, load generator included, shares this machine's
-cores, which the report states.
+Each scenario starts its own stack (Triton, shards, stages, gateway on loopback), warms it up, then:
+
+- sends Poisson arrivals at rising rates, each for a fixed time, as many users from the data set
+  would (5% of them users the model has never seen). A step records every request: end-to-end
+  latency, status, degraded flag and each stage's gateway-side and server-side time. The sweep
+  covers every rate up to 200 req/s, then goes on until the first rate whose p99 exceeds the SLO
+  or that has an error; the highest rate below the first such miss is the sustainable rate;
+- counts the CPU each process spends per answered request at a fixed rate, and the same for the
+  floor: the same hops done bare, carrying the bytes this scenario's requests carry
+  (`benchmarks/grpc_floor.py`, `benchmarks/payloads.py`), in the same run;
+- asks for 100 results at a concurrency of 8 on the otherwise idle stack (the widest requests);
+- for the first scenario, profiles the process that spends the most CPU per request.
+
+Everything, load generator included, shares this machine's cores, which the report states.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ import grpc
 import numpy as np
 
 from benchmarks.cpu import cpu_seconds
-from benchmarks.grpc_floor import one_hop as hop_floor
+from benchmarks.grpc_floor import floor_cpu, one_hop
 from benchmarks.loadgen import Sample, open_loop
+from benchmarks.payloads import measure_payloads
 from benchmarks.profile import profile_process
 from benchmarks.report import write_report
 from funnel.artifacts.catalog import COUNTRIES, Users
@@ -46,6 +53,7 @@ class Scenario:
     artifacts: Path
     shards: int = 1
     ranking_replicas: int = 1
+    triton_shared_memory: bool = True
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -110,7 +118,7 @@ def to_step(rate: float, seconds: float, samples: list[Sample]) -> Step:
 class Traffic:
     """Who asks: users of the data set, 5% of them unknown (cold start), each from their country."""
 
-    def __init__(self, artifacts: Path, seed: int = 11) -> None:
+    def __init__(self, artifacts: Path, seed: int = 11, num_results: int = 10) -> None:
         bundle = latest_version(artifacts / "bundles")
         if bundle is None:
             raise SystemExit(f"no bundle under {artifacts}; build it first (make artifacts)")
@@ -120,7 +128,7 @@ class Traffic:
         self.requests = [
             recommender_pb2.RecommendRequest(
                 user_id=str(users.user_ids[row]) if n % 20 else f"cold-{n:06d}",
-                num_results=10,
+                num_results=num_results,
                 context=common_pb2.Context(country=COUNTRIES[int(users.country[row])]),
             )
             for n, row in enumerate(rows)
@@ -153,11 +161,11 @@ def sweep(
     seconds: float,
     slo_ms: float,
     label: str,
-    through: float = 100.0,
+    through: float = 200.0,
 ) -> list[Step]:
-    """Every rate up to `through` (the report's reference rate), then on until the SLO is missed;
-    stops early only when the system is saturated (median over four times the SLO, or over 5% of
-    requests failing), since higher rates would only queue."""
+    """Every rate up to `through` (the report's widest reference rate), then on until the SLO is
+    missed; stops early only when the system is saturated (median over four times the SLO, or over
+    5% of requests failing), since higher rates would only queue."""
     asyncio.run(run_step(address, traffic, 20, 3, seed=0))  # warm-up: connections, caches, JIT paths
     steps = []
     for n, rate in enumerate(rates):
@@ -199,6 +207,7 @@ def start_stack(
             ranking_replicas=scenario.ranking_replicas,
             auto_ports=True,
             gateway_port=0,
+            triton_shared_memory=scenario.triton_shared_memory,
             extra_env=scenario.env,
             gateway_env=gateway_env or {},
             startup_timeout_s=600,
@@ -215,21 +224,56 @@ def cpu_per_request(stack: Stack, address: str, traffic: Traffic, rate: float, s
     client_before = time.process_time()
     step = asyncio.run(run_step(address, traffic, rate, seconds, seed=77))
     per_request = {
-        name: round((cpu_seconds(pid) - before[name]) * 1000 / max(step.ok, 1), 2) for name, pid in processes.items()
+        name: round((cpu_seconds(pid) - before[name]) * 1000 / max(step.ok, 1), 3) for name, pid in processes.items()
     }
-    per_request["load generator (this process)"] = round((time.process_time() - client_before) * 1000 / step.ok, 2)
-    total = sum(per_request.values())
-    print(f"   CPU per request at {rate:.0f} req/s: {per_request} -> total {total:.1f} ms", flush=True)
+    total = round(sum(per_request.values()), 3)  # the stack's own processes: the load generator is apart
+    client = round((time.process_time() - client_before) * 1000 / max(step.ok, 1), 3)
+    print(f"   CPU per request at {rate:.0f} req/s: {per_request} -> total {total:.2f} ms (+ client {client})")
     return {
         "rate": rate,
+        "answered": step.ok,
+        "degraded": step.degraded,
         "ms": per_request,
-        "total_ms": round(total, 2),
-        "capacity_rps": round(1000 * CORES / total, 1),
+        "total_ms": total,
+        "load_generator_ms": client,
+        "capacity_rps": round(1000 * CORES / (total + client), 1),
     }
 
 
-def slowest_stage(step: Step) -> str:
-    return max(STAGES, key=lambda s: float(np.median(step.server_ms[s])))
+def wide_requests(address: str, artifacts: Path, concurrency: int, seconds: float) -> dict:
+    """100-result requests from `concurrency` clients at once, each sending its next when answered,
+    on an otherwise idle stack: how many answers degraded, and their latency."""
+    traffic = Traffic(artifacts, seed=5, num_results=100)
+
+    async def run() -> list[tuple[float, bool]]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = recommender_pb2_grpc.RecommenderStub(channel)
+            answers: list[tuple[float, bool]] = []
+            stop = time.monotonic() + seconds
+
+            async def client(n: int) -> None:
+                sent = n
+                while time.monotonic() < stop:
+                    started = time.perf_counter()
+                    reply = await stub.Recommend(traffic[sent], timeout=2.0)
+                    answers.append(((time.perf_counter() - started) * 1000, reply.degraded))
+                    sent += concurrency
+
+            await asyncio.gather(*(client(n) for n in range(concurrency)))
+            return answers
+
+    answers = asyncio.run(run())
+    latencies = np.array([ms for ms, _ in answers])
+    result = {
+        "concurrency": concurrency,
+        "num_results": 100,
+        "answered": len(answers),
+        "degraded": sum(degraded for _, degraded in answers),
+        "p50_ms": round(float(np.median(latencies)), 2),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+    }
+    print(f"   100 results at concurrency {concurrency}: {result}")
+    return result
 
 
 def run_scenario(scenario: Scenario, args: argparse.Namespace, profile: bool) -> dict:
@@ -240,26 +284,34 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, profile: bool) ->
         print(f"   up in {time.monotonic() - started:.0f} s; sweeping {args.rates} req/s, {args.seconds:.0f} s each")
         traffic = Traffic(scenario.artifacts)
         address = stack.address("gateway")
-        steps = sweep(address, traffic, args.rates, args.seconds, args.slo_ms, scenario.name, args.profile_rate)
+        steps = sweep(address, traffic, args.rates, args.seconds, args.slo_ms, scenario.name, args.through)
         result = {
             "scenario": asdict(scenario) | {"artifacts": str(scenario.artifacts)},
             "steps": [asdict(step) | {"summary": step.summary()} for step in steps],
             "sustainable_rps": sustainable_rate(steps, args.slo_ms),
         }
+        result["wide_requests"] = wide_requests(address, scenario.artifacts, 8, args.seconds)
+        payloads = measure_payloads(stack, traffic.requests[:40], scenario.triton_shared_memory)
+        result["payload_bytes"] = asdict(payloads)
+        result["cpu_per_request"] = cpu_per_request(stack, address, traffic, args.cpu_rate, args.seconds)
         if profile:
-            result["cpu_per_request"] = cpu_per_request(stack, address, traffic, args.cpu_rate, args.seconds)
-            reference = next((s for s in steps if s.rate == args.profile_rate), steps[0])
-            stage = slowest_stage(reference)
-            process = next(p for p in stack.processes if p.name.startswith(stage))
-            print(f"   profiling {process.name} (slowest stage by server time) at {args.profile_rate:.0f} req/s")
+            cpu = result["cpu_per_request"]["ms"]
+            process = max(stack.processes, key=lambda p: cpu.get(p.name, 0.0) if p.name != "triton" else 0.0)
+            print(f"   profiling {process.name} (most CPU per request) at {args.profile_rate:.0f} req/s")
             result["profile"] = profile_process(
                 process.pid,
                 seconds=args.seconds,
                 load=lambda: asyncio.run(run_step(address, traffic, args.profile_rate, args.seconds, seed=99)),
-            ) | {"stage": stage, "process": process.name}
-        return result
+            ) | {"process": process.name}
     finally:
         stack.stop()
+    # The bare stand-ins run alone, as the stack did: the same cores, the same rate, the same bytes.
+    floor = floor_cpu(payloads, scenario.shards, args.cpu_rate, args.seconds, args.out / "run" / scenario.name)
+    result["floor"] = floor
+    ratio = result["cpu_per_request"]["total_ms"] / floor["total_ms"]
+    print(f"   floor (bare hops, same bytes) at {args.cpu_rate:.0f} req/s: {floor['ms']} -> {floor['total_ms']:.2f} ms;"
+          f" the funnel spends {ratio:.2f} times that")  # fmt: skip
+    return result
 
 
 def machine() -> dict:
@@ -279,17 +331,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="demo-size artifacts")
     parser.add_argument("--artifacts-1m", type=Path, help="1M-item artifacts; omitted = demo scenarios only")
     parser.add_argument("--rates", type=float, nargs="+", default=[25, 50, 100, 150, 200, 300, 400])
+    parser.add_argument("--through", type=float, default=200.0, help="every rate up to this one is run")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each rate step")
     parser.add_argument("--slo-ms", type=float, default=50.0, help="p99 end-to-end objective")
-    parser.add_argument("--profile-rate", type=float, default=100.0, help="reference rate: profile and report")
+    parser.add_argument("--profile-rate", type=float, default=100.0, help="rate of the profile")
     parser.add_argument("--cpu-rate", type=float, default=50.0, help="rate of the CPU-per-request step")
+    parser.add_argument("--scenarios", nargs="+", help="names of the scenarios to run (default: all)")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
     scenarios = [
         Scenario("demo", args.artifacts),
-        Scenario("demo, 2 ranking replicas", args.artifacts, ranking_replicas=2),
+        Scenario("demo, tensors in the gRPC message", args.artifacts, triton_shared_memory=False),
         Scenario("demo, 2 retrieval shards", args.artifacts, shards=2),
     ]
     if args.artifacts_1m is not None:
@@ -298,14 +352,17 @@ def main(argv: list[str] | None = None) -> int:
             Scenario("1M items", args.artifacts_1m, env=ivf),
             Scenario("1M items, 2 retrieval shards", args.artifacts_1m, shards=2, env=ivf),
         ]
-    print("== one bare gRPC hop between two processes (the floor under the overhead)", flush=True)
-    floor = hop_floor()
-    print(f"   {floor}")
+    if args.scenarios:
+        scenarios = [s for s in scenarios if s.name in args.scenarios]
+    print("== one bare gRPC hop between two processes", flush=True)
+    hop = one_hop()
+    print(f"   {hop}")
     results = {
         "machine": machine(),
-        "grpc_hop_floor": floor,
+        "grpc_hop": hop,
         "slo_ms": args.slo_ms,
         "seconds_per_step": args.seconds,
+        "cpu_rate": args.cpu_rate,
         "scenarios": [run_scenario(s, args, profile=n == 0) for n, s in enumerate(scenarios)],
     }
     (args.out / "results.json").write_text(json.dumps(results))

@@ -12,6 +12,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 STAGES = ("retrieval", "ranking", "reranking")
+SUMMARY_RATES = (25, 50, 100, 200)
+# CPU per request of the code before the lean request path (issue 15), measured the same way.
+BEFORE = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "before-lean-path.json"
 PARTS = ("retrieval server", "ranking server", "reranking server", "wire and stage queues", "gateway and client")
 
 
@@ -113,29 +116,35 @@ def write_report(results: dict, out: Path, reference_rate: float = 100.0) -> Pat
         "",
         "## Summary",
         "",
-        f"| scenario | sustainable rate (p99 ≤ {slo:.0f} ms, no errors) | p50 / p99 at {reference_rate:.0f} req/s "
-        "| errors, degraded there | overhead p50 |",
-        "|---|---|---|---|---|",
+        f"| scenario | sustainable rate (p99 ≤ {slo:.0f} ms, no errors) | "
+        + " | ".join(f"p50 / p99 at {rate:.0f} req/s (degraded)" for rate in SUMMARY_RATES)
+        + " | gateway overhead p50 at 25 req/s |",
+        "|---|---|" + "---|" * len(SUMMARY_RATES) + "---|",
     ]
     for s in scenarios:
-        step = step_at(s, reference_rate)
-        if step is None:
-            continue
-        summary = step["summary"]
-        lines.append(
-            f"| {s['scenario']['name']} | {s['sustainable_rps']:.0f} req/s | {_fmt(summary['p50_ms'])} / "
-            f"{_fmt(summary['p99_ms'])} ms ({step['rate']:.0f} req/s) | {summary['errors']}, "
-            f"{summary['degraded_rate']:.1%} | {_fmt(summary['overhead_p50_ms'])} ms |"
-        )
+        cells = []
+        for rate in SUMMARY_RATES:
+            step = next((x for x in s["steps"] if x["rate"] == rate), None)
+            if step is None:
+                cells.append("not run (saturated below)")
+                continue
+            x = step["summary"]
+            errors = f", {x['errors']} errors" if x["errors"] else ""
+            cells.append(f"{_fmt(x['p50_ms'])} / {_fmt(x['p99_ms'])} ms ({x['degraded_rate']:.1%}{errors})")
+        first = next((x for x in s["steps"] if x["rate"] == 25), None)
+        overhead = _fmt(first["summary"]["overhead_p50_ms"]) + " ms" if first else "-"
+        lines.append(f"| {s['scenario']['name']} | {s['sustainable_rps']:.0f} req/s | " + " | ".join(cells)
+                     + f" | {overhead} |")  # fmt: skip
     lines += [
         "",
-        "Overhead = end-to-end latency minus the sum of the stage servers' own times (each stage reports its "
-        "time in the `x-server-ms` trailer): the client's and the gateway's work plus the three hops' transport "
-        "and (de)serialisation. In the breakdown, *wire and stage queues* is the gateway's wait for each stage "
-        "minus that stage's own handler time: the hops themselves, and the time a call waits for the stage "
-        "process's CPU before its handler starts (under load, mostly that).",
+        "Gateway overhead = end-to-end latency minus the sum of the stage servers' own times (each stage reports "
+        "its time in the `x-server-ms` trailer): the client's and the gateway's work plus the three hops' "
+        "transport and (de)serialisation. In the breakdown, *wire and stage queues* is the gateway's wait for "
+        "each stage minus that stage's own handler time: the hops themselves, and the time a call waits for the "
+        "stage process's CPU before its handler starts (under load, mostly that).",
         "",
-        *floor_lines(results.get("grpc_hop_floor")),
+        *cpu_lines(results),
+        *wide_lines(scenarios),
         "![latency against rate](latency_vs_rate.png)",
         "",
         f"## Where the time goes (medians at {reference_rate:.0f} req/s, or the highest rate below it)",
@@ -162,23 +171,9 @@ def write_report(results: dict, out: Path, reference_rate: float = 100.0) -> Pat
             )
         lines.append("")
     lines += ["![latency CDF](latency_cdf.png)", ""]
-    cpu = scenarios[0].get("cpu_per_request")
-    if cpu:
-        lines += [
-            f"## CPU per request (scenario '{scenarios[0]['scenario']['name']}', {cpu['rate']:.0f} req/s)",
-            "",
-            "| process (Triton's row includes its python-backend stub) | ms of CPU per answered request |",
-            "|---|---|",
-            *[f"| {name} | {ms:.2f} |" for name, ms in cpu["ms"].items()],
-            f"| **total** | **{cpu['total_ms']:.2f}** |",
-            "",
-            f"At {cpu['total_ms']:.1f} ms of CPU per request, these cores can answer at most about "
-            f"{cpu['capacity_rps']:.0f} requests per second, before any queueing.",
-            "",
-        ]
     profile = scenarios[0].get("profile")
     if profile:
-        lines += [f"## Profile of the slowest stage: {profile.get('stage')} ({profile.get('process')})", ""]
+        lines += [f"## Profile of the process spending the most CPU per request: {profile.get('process')}", ""]
         if "error" in profile:
             lines += [f"Not taken: {profile['error']}", ""]
         else:
@@ -203,18 +198,80 @@ def write_report(results: dict, out: Path, reference_rate: float = 100.0) -> Pat
     return path
 
 
-def floor_lines(floor: dict | None) -> list[str]:
-    if not floor:
-        return []
-    least = floor["p50_ms_0_candidates"] + 3 * floor["p50_ms_360_candidates"]
-    return [
-        f"The floor under it, measured in the same run (`benchmarks/grpc_floor.py`): one bare Python grpc.aio "
-        f"round trip between two processes takes {floor['p50_ms_0_candidates']:.2f} ms at p50 empty and "
-        f"{floor['p50_ms_360_candidates']:.2f} ms carrying 360 candidates. A request makes four hops (client to "
-        f"gateway, gateway to each stage, three of them carrying the candidate list), so about {least:.1f} ms of "
-        "overhead is there before the gateway does any work of its own.",
+def cpu_lines(results: dict) -> list[str]:
+    """CPU per answered request per process: before this code (stored), now, and the bare floor."""
+    before = json.loads(BEFORE.read_text()) if BEFORE.exists() else {}
+    rate = results.get("cpu_rate", 50)
+    lines = [
+        f"## CPU per answered request ({rate:.0f} req/s, open loop)",
+        "",
+        "Milliseconds of CPU each process spent per answered request (user + system, from `/proc`; Triton's "
+        "row includes its python-backend stub; the load generator is not counted). *Floor*: the same hops done "
+        "bare in the same run: a grpc.aio process per stage that answers raw bytes without parsing them, making "
+        "the same calls with as many bytes each way as this scenario's requests carry (`benchmarks/grpc_floor.py`). "
+        f"*Before*: the same measurement of the code before the lean request path ({before.get('commit', '-')}, "
+        f"stored in `{BEFORE.relative_to(BEFORE.parents[2])}`).",
         "",
     ]
+    for s in results["scenarios"]:
+        cpu, floor = s.get("cpu_per_request"), s.get("floor")
+        if not cpu or not floor:
+            continue
+        old = before.get("scenarios", {}).get(s["scenario"]["name"], {}).get("ms", {})
+        bare = _floor_by_process(floor["ms"], cpu["ms"])
+        lines += [
+            f"### {s['scenario']['name']}",
+            "",
+            "| process | before | now | floor | now / floor |",
+            "|---|---|---|---|---|",
+        ]
+        for name, ms in cpu["ms"].items():
+            times = f"{ms / bare[name]:.1f}x" if bare.get(name) else "-"
+            lines.append(f"| {name} | {_ms(old.get(name))} | {ms:.2f} | {_ms(bare.get(name))} | {times} |")
+        was_total = sum(old.values()) if old else None
+        ratio = cpu["total_ms"] / floor["total_ms"]
+        lines += [
+            f"| **total** | **{_ms(was_total)}** | **{cpu['total_ms']:.2f}** | **{floor['total_ms']:.2f}** | "
+            f"**{ratio:.2f}x** |",
+            "",
+            f"Bytes per request on each hop (to, from): {s.get('payload_bytes')}. At {cpu['total_ms']:.1f} ms of "
+            f"CPU per request (+ {cpu['load_generator_ms']:.1f} ms for the load generator) these cores answer at most "
+            f"about {cpu['capacity_rps']:.0f} requests per second.",
+            "",
+        ]
+    return lines
+
+
+def _floor_by_process(floor: dict[str, float], processes: dict[str, float]) -> dict[str, float]:
+    """The stand-in of each real process (a shard's replicas share their shard's stand-in name)."""
+    matched = {}
+    for name in processes:
+        key = name if name in floor else name.rsplit("-", 1)[0] if name.startswith("retrieval-") else name
+        key = key if key in floor else key.rsplit("-", 1)[0]
+        if key in floor:
+            matched[name] = floor[key]
+    return matched
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def wide_lines(scenarios: list[dict]) -> list[str]:
+    rows = [s for s in scenarios if s.get("wide_requests")]
+    if not rows:
+        return []
+    lines = [
+        "## The widest requests: 100 results, 8 clients at once, otherwise idle",
+        "",
+        "| scenario | answered | degraded | p50 | p99 |",
+        "|---|---|---|---|---|",
+    ]
+    for s in rows:
+        w = s["wide_requests"]
+        lines.append(f"| {s['scenario']['name']} | {w['answered']} | {w['degraded']} | {w['p50_ms']:.1f} ms | "
+                     f"{w['p99_ms']:.1f} ms |")  # fmt: skip
+    return [*lines, ""]
 
 
 def full_ranking_section(results: dict) -> list[str]:

@@ -1,7 +1,8 @@
 """A candidate list as columns: the in-process form of `funnel.v2.CandidateList`, and its checks.
 
 Every stage reads the message into numpy columns once and writes it from them once: no message per
-candidate, no per-candidate map, nothing converted twice. A column that is neither empty nor as
+candidate, no per-candidate map, nothing converted twice, and the numeric columns go between numpy
+and the wire format without a Python object per value (`funnel/wire.py`). A column that is neither empty nor as
 long as `item_ids` is refused with INVALID_ARGUMENT naming it, before any work is done.
 """
 
@@ -15,8 +16,18 @@ from funnel.runtime.errors import InvalidArgument
 from funnel.sources import SOURCE_CODES
 from funnel.v2 import candidates_pb2
 from funnel.validation import MAX_ID_LENGTH
+from funnel.wire import FLOAT32, SMALL_ENUM, read_columns, write_column
 
 _KNOWN_SOURCES = max(SOURCE_CODES.values())
+SOURCES_FIELD, RETRIEVAL_FIELD, RANKING_FIELD = (
+    candidates_pb2.CandidateList.DESCRIPTOR.fields_by_name[name].number
+    for name in ("sources", "retrieval_scores", "ranking_scores")
+)
+_COLUMNS = {
+    "sources": (SOURCES_FIELD, SMALL_ENUM, np.dtype(np.int32)),
+    "retrieval_scores": (RETRIEVAL_FIELD, FLOAT32, np.dtype(np.float32)),
+    "ranking_scores": (RANKING_FIELD, FLOAT32, np.dtype(np.float32)),
+}
 
 
 @dataclass
@@ -60,16 +71,23 @@ class Candidates:
 
     def write(self, message: candidates_pb2.CandidateList) -> candidates_pb2.CandidateList:
         """Fill `message` (empty) with every column; returns it."""
-        message.item_ids.extend(self.item_ids)
-        # Plain lists: upb copies them in one C loop, where numpy scalars go one call at a time.
-        message.sources.extend(self.sources.tolist())
-        message.retrieval_scores.extend(self.retrieval_scores.tolist())
+        write_column(message, SOURCES_FIELD, self.sources, SMALL_ENUM)
+        write_column(message, RETRIEVAL_FIELD, self.retrieval_scores, FLOAT32)
         if self.ranking_scores is not None:
-            message.ranking_scores.extend(self.ranking_scores.tolist())
+            write_column(message, RANKING_FIELD, self.ranking_scores, FLOAT32)
+        message.item_ids.extend(self.item_ids)
         return message
 
-    def to_message(self) -> candidates_pb2.CandidateList:
-        return self.write(candidates_pb2.CandidateList())
+    def to_message(self, ordering_only: bool = False) -> candidates_pb2.CandidateList:
+        """The list as a message: every column, or with `ordering_only` the ids and the latest
+        stage's scores alone (what a stage that only orders the list needs)."""
+        if not ordering_only:
+            return self.write(candidates_pb2.CandidateList())
+        message = candidates_pb2.CandidateList()
+        field = RETRIEVAL_FIELD if self.ranking_scores is None else RANKING_FIELD
+        write_column(message, field, self.scores, FLOAT32)
+        message.item_ids.extend(self.item_ids)
+        return message
 
     @classmethod
     def read(cls, message: candidates_pb2.CandidateList, field: str = "candidates") -> Candidates:
@@ -77,23 +95,25 @@ class Candidates:
         (0) for each item. Raises InvalidArgument naming `field`'s bad column."""
         item_ids = message.item_ids[:]
         count = len(item_ids)
-        for name in ("sources", "retrieval_scores", "ranking_scores"):
-            length = len(getattr(message, name))
-            if length not in (0, count):
-                raise InvalidArgument(f"{field}.{name} has {length} entries, {field}.item_ids {count}: each column "
-                                      f"must be empty or as long as item_ids")  # fmt: skip
-        sources = np.array(message.sources[:], dtype=np.int32) if message.sources else np.zeros(count, np.int32)
-        if count and message.sources and (sources.min() < 0 or sources.max() > _KNOWN_SOURCES):
+        columns = read_columns(message, _COLUMNS)
+        for name, values in columns.items():
+            if len(values) not in (0, count):
+                raise InvalidArgument(
+                    f"{field}.{name} has {len(values)} entries, {field}.item_ids {count}: "
+                    "each column must be empty or as long as item_ids"
+                )
+        sources = columns["sources"] if len(columns["sources"]) else np.zeros(count, dtype=np.int32)
+        if count and (sources.min() < 0 or sources.max() > _KNOWN_SOURCES):
             raise InvalidArgument(f"{field}.sources holds an unknown CandidateSource")
-        retrieval = _floats(message.retrieval_scores, count, f"{field}.retrieval_scores")
-        ranking = _floats(message.ranking_scores, count, f"{field}.ranking_scores") if message.ranking_scores else None
-        return cls(item_ids, sources, retrieval, ranking)
+        retrieval = _finite(columns["retrieval_scores"], count, f"{field}.retrieval_scores")
+        ranking = columns["ranking_scores"]
+        ranked = _finite(ranking, count, f"{field}.ranking_scores") if len(ranking) else None
+        return cls(item_ids, sources, retrieval, ranked)
 
 
-def _floats(column: object, count: int, what: str) -> np.ndarray:
-    if not column:
+def _finite(values: np.ndarray, count: int, what: str) -> np.ndarray:
+    if not len(values):
         return np.zeros(count, dtype=np.float32)
-    values = np.array(column[:], dtype=np.float32)  # type: ignore[index]
     if not np.isfinite(values).all():
         raise InvalidArgument(f"{what} holds a non-finite value")
     return values

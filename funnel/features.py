@@ -155,8 +155,9 @@ class FeatureStore:
         # Strictly before the user's latest action: what happened in that same second may be the
         # very interaction a training example asks about.
         t = user.reference_time
-        dense[:, 7] = np.log1p(self.activity.counts(item_rows, t, 30 * DAY)) / self._trend_scale
-        dense[:, 8] = np.log1p(self.activity.counts(item_rows, t, 365 * DAY)) / self._trend_scale
+        month, year = self.activity.window_counts(item_rows, t, (30 * DAY, 365 * DAY))
+        dense[:, 7] = np.log1p(month) / self._trend_scale
+        dense[:, 8] = np.log1p(year) / self._trend_scale
         first = self.activity.first_seen[item_rows]
         seen = (first >= 0) & (first < t)
         dense[:, 9] = np.where(seen, np.log1p(np.maximum(t - first, 0) / DAY) / np.log1p(3650.0), 0.0)

@@ -14,18 +14,25 @@ def merge_candidates(shards: list[Candidates], limits: dict[str, int]) -> Candid
     (for the ANN source exactly the top-k one index over every item would give); then the sources
     fused by rank (`funnel.fusion`). Scores are the fused scores, sources the one that ranked each
     item best."""
+    names = list(limits)
+    codes = np.array([SOURCE_CODES[name] for name in names], dtype=np.int32)
+    item_ids = [item for shard in shards for item in shard.item_ids]
+    sources = np.concatenate([shard.sources for shard in shards]) if shards else np.zeros(0, np.int32)
+    scores = np.concatenate([shard.retrieval_scores for shard in shards]) if shards else np.zeros(0, np.float32)
+    # Each hit's place in `limits` (-1: a source not asked for); one stable sort groups the hits by
+    # source and orders each group by its score, ties in shard order.
+    place = np.full(max(int(sources.max(initial=0)), int(codes.max(initial=0))) + 1, -1, dtype=np.int64)
+    place[codes] = np.arange(len(codes))
+    group = place[sources]
+    order = np.lexsort((-scores, group))
+    order = order[group[order] >= 0]
+    ends = np.searchsorted(group[order], np.arange(len(codes)), side="right")
+    ranked_ids = [item_ids[n] for n in order.tolist()]
     ranked: dict[str, list[str]] = {}
-    for source, limit in limits.items():
-        code = SOURCE_CODES[source]
-        ids: list[str] = []
-        scores: list[np.ndarray] = []
-        for shard in shards:
-            where = np.flatnonzero(shard.sources == code)
-            ids.extend(shard.item_ids[n] for n in where.tolist())
-            scores.append(shard.retrieval_scores[where])
-        order = np.argsort(-np.concatenate(scores), kind="stable") if scores else np.zeros(0, dtype=np.int64)
+    start = 0
+    for name, end in zip(names, ends.tolist(), strict=True):
         # dict.fromkeys keeps the first (best) of any repeat, in order.
-        ranked[source] = list(dict.fromkeys([ids[n] for n in order.tolist()]))[:limit]
-    item_ids, fused, best = fuse_columns(ranked)
-    codes = np.array([SOURCE_CODES[source] for source in ranked], dtype=np.int32)
-    return Candidates(item_ids, codes[best] if len(codes) else best.astype(np.int32), fused.astype(np.float32))
+        ranked[name] = list(dict.fromkeys(ranked_ids[start:end]))[: limits[name]]
+        start = end
+    fused_ids, fused, best = fuse_columns(ranked)
+    return Candidates(fused_ids, codes[best] if len(codes) else best.astype(np.int32), fused.astype(np.float32))

@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from funnel.runtime.calls import SERVER_TIME_KEY, outgoing_metadata
 from funnel.runtime.metrics import STAGE_LATENCY
-from funnel.runtime.tracing import tracer
+from funnel.runtime.tracing import tracer, tracing_on
 from funnel.v1 import common_pb2
 from gateway.resilience import LatencyWindow, RetryBudget
 
@@ -94,6 +94,12 @@ class StageCall(Generic[T]):
         return CAUSE_OF_CODE.get(self.code, common_pb2.DEGRADATION_CAUSE_ERROR) if self.code else 0
 
 
+def _outcome(result: StageCall) -> str:
+    if result.ok:
+        return "ok"
+    return "late" if result.code == grpc.StatusCode.DEADLINE_EXCEEDED else "error"
+
+
 class StageClient:
     """Calls one target: at most one extra call (a retry of an unavailable replica, or a hedge of a
     slow call when `hedge_quantile` is set), each only while the retry budget allows."""
@@ -123,29 +129,33 @@ class StageClient:
         return None if observed is None else max(observed, self.min_hedge_delay_s)
 
     async def call(self, request: Any, timeout_s: float) -> StageCall:
+        if not tracing_on():  # the span machinery costs a few microseconds a call even as a no-op
+            return await self._timed_call(request, timeout_s)
         with tracer.start_as_current_span(self.stage, kind=SpanKind.CLIENT) as span:
-            started = time.perf_counter()
-            if timeout_s <= 0.0005:
-                result: StageCall = StageCall(None, 0.0, "no budget left", grpc.StatusCode.DEADLINE_EXCEEDED)
+            result = await self._timed_call(request, timeout_s)
+            span.set_attribute("funnel.stage", self.stage)
+            span.set_attribute("funnel.outcome", _outcome(result))
+            span.set_attribute("funnel.timeout_ms", round(timeout_s * 1000, 1))
+            span.set_attribute("funnel.attempts", result.attempts)
+            if not result.ok:
+                span.set_status(Status(StatusCode.ERROR, result.error))
+        return result
+
+    async def _timed_call(self, request: Any, timeout_s: float) -> StageCall:
+        started = time.perf_counter()
+        if timeout_s <= 0.0005:
+            result: StageCall = StageCall(None, 0.0, "no budget left", grpc.StatusCode.DEADLINE_EXCEEDED)
+        else:
+            self.retry_budget.record_call()
+            hedge_after = self.hedge_delay()
+            if hedge_after is None:
+                result = await self._call_then_retry(request, timeout_s)
             else:
-                self.retry_budget.record_call()
-                hedge_after = self.hedge_delay()
-                if hedge_after is None:
-                    result = await self._call_then_retry(request, timeout_s)
-                else:
-                    result = await self._call_with_hedge(request, timeout_s, hedge_after)
-            result.latency_ms = (time.perf_counter() - started) * 1000.0
-            if result.ok:
-                self.latency.add(result.latency_ms / 1000.0)
-            outcome = "ok" if result.ok else "late" if result.code == grpc.StatusCode.DEADLINE_EXCEEDED else "error"
-            if span.is_recording():
-                span.set_attribute("funnel.stage", self.stage)
-                span.set_attribute("funnel.outcome", outcome)
-                span.set_attribute("funnel.timeout_ms", round(timeout_s * 1000, 1))
-                span.set_attribute("funnel.attempts", result.attempts)
-                if not result.ok:
-                    span.set_status(Status(StatusCode.ERROR, result.error))
-        self._observe[outcome](result.latency_ms / 1000.0)
+                result = await self._call_with_hedge(request, timeout_s, hedge_after)
+        result.latency_ms = (time.perf_counter() - started) * 1000.0
+        if result.ok:
+            self.latency.add(result.latency_ms / 1000.0)
+        self._observe[_outcome(result)](result.latency_ms / 1000.0)
         return result
 
     async def _call_then_retry(self, request: Any, timeout_s: float) -> StageCall:

@@ -19,9 +19,10 @@ import numpy as np
 from funnel.candidates import Candidates
 from funnel.runtime.deadline import Budget
 from funnel.runtime.errors import InvalidArgument
-from funnel.sources import SOURCE_CODES
+from funnel.sources import PINNED, SOURCE_CODES
 from funnel.v1 import common_pb2, recommender_pb2
 from funnel.v2 import candidates_pb2, ranking_pb2, reranking_pb2, retrieval_pb2
+from funnel.wire import FLOAT32, read_columns
 from gateway.merge import merge_candidates
 from gateway.safety_net import SafetyNet
 from gateway.stage_client import StageCall, StageClient
@@ -35,6 +36,7 @@ NO_CANDIDATES = common_pb2.DEGRADATION_CAUSE_NO_CANDIDATES
 PARTIAL = common_pb2.DEGRADATION_CAUSE_PARTIAL
 ERROR = common_pb2.DEGRADATION_CAUSE_ERROR
 _SKIPPED_BECAUSE = {SWITCHED_OFF: "switched off (--stages)", NO_CANDIDATES: "no candidates"}
+_RANK_SCORES = {"scores": (ranking_pb2.RankResponse.DESCRIPTOR.fields_by_name["scores"].number, FLOAT32, FLOAT32)}
 
 
 @dataclass
@@ -207,7 +209,7 @@ class RankCandidates(Step):
         call = calls[0]
         if not call.ok:
             return self.fall_back(state, Outcome(DEGRADED, call.cause, f"ranking failed ({call.error})"))
-        scores = np.array(call.response.scores, dtype=np.float32)
+        scores = read_columns(call.response, _RANK_SCORES)["scores"]
         if len(scores) != len(state.candidates) or not np.isfinite(scores).all():
             message = f"ranking answered {len(scores)} scores (non-finite or not one per candidate)"
             return self.fall_back(state, Outcome(DEGRADED, ERROR, message))
@@ -234,10 +236,13 @@ class RerankCandidates(Step):
 
     def build(self, state: RequestState) -> reranking_pb2.RerankRequest:
         request = state.request
+        # The policy orders by the latest scores and answers positions in the list, which the
+        # gateway keeps: the other columns are only read for debug reasons.
+        candidates = state.candidates.to_message(ordering_only=not request.debug)
         return reranking_pb2.RerankRequest(
             user_id=request.user_id,
             context=request.context,
-            candidates=state.candidates.to_message(),
+            candidates=candidates,
             num_results=request.num_results,
             exclude_item_ids=request.exclude_item_ids,
             debug=request.debug,
@@ -249,10 +254,18 @@ class RerankCandidates(Step):
         if not call.ok:
             return self.fall_back(state, Outcome(DEGRADED, call.cause, call.error))
         response: reranking_pb2.RerankResponse = call.response
-        try:
-            state.final = Candidates.read(response.candidates)
-        except InvalidArgument as exc:
-            return self.fall_back(state, Outcome(DEGRADED, ERROR, f"malformed answer: {exc.message}"))
+        positions = np.array(response.positions, dtype=np.int64)
+        ids = response.candidates.item_ids
+        if len(positions) != len(ids) or (len(positions) and positions.max() >= len(state.candidates)):
+            message = f"malformed answer: {len(positions)} positions for {len(ids)} items"
+            return self.fall_back(state, Outcome(DEGRADED, ERROR, message))
+        pinned = np.flatnonzero(positions < 0)
+        if len(pinned):  # items the policy placed that the funnel did not find
+            extra = state.candidates.extended([ids[n] for n in pinned.tolist()], SOURCE_CODES[PINNED])
+            positions[pinned] = len(state.candidates) + np.arange(len(pinned))
+            state.final = extra.take(positions)
+        else:
+            state.final = state.candidates.take(positions)
         if state.request.debug:
             state.rules = response.rules
             state.reasons = [list(entry.reasons) for entry in response.reasons]

@@ -41,7 +41,14 @@ def stack(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     run_dir = tmp_path_factory.mktemp("run")
     stack = Stack(
         StackConfig(
-            artifacts=artifacts, run_dir=run_dir, policy=POLICY, retrieval_shards=2, auto_ports=True, gateway_port=0
+            artifacts=artifacts,
+            run_dir=run_dir,
+            policy=POLICY,
+            retrieval_shards=2,
+            auto_ports=True,
+            gateway_port=0,
+            # Stages log every call here (off by default), so tests can follow a request id through them.
+            extra_env={"FUNNEL_ACCESS_LOG": "true"},
         )
     )
     stack.start()

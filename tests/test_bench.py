@@ -22,22 +22,32 @@ def test_a_sweep_records_every_request_and_the_report_draws_it(stack, artifacts,
         assert (step.overhead_ms() > 0).all()
     assert sustainable_rate(steps, slo_ms=1000) == 20
 
+    cpu = {"rate": 10, "ms": {"gateway": 2.0, "retrieval-0-0": 1.5, "ranking-0": 1.0, "triton": 0.5},
+           "total_ms": 5.0, "load_generator_ms": 1.0, "capacity_rps": 333.0}  # fmt: skip
+    floor = {"rate": 10, "ms": {"gateway": 1.0, "retrieval-0": 0.5, "ranking": 0.5, "triton": 0.5}, "total_ms": 2.5}
     results = {
         "machine": {"cores": "2", "cpu": "test", "python": "3.11"},
         "slo_ms": 1000,
         "seconds_per_step": 2,
-        "grpc_hop_floor": {"p50_ms_0_candidates": 0.6, "p50_ms_360_candidates": 0.9},
+        "cpu_rate": 10,
         "scenarios": [
             {
                 "scenario": {"name": "test"},
                 "steps": [s.__dict__ | {"summary": s.summary()} for s in steps],
                 "sustainable_rps": 20.0,
+                "cpu_per_request": cpu,
+                "floor": floor,
+                "payload_bytes": {"public": (40, 300)},
+                "wide_requests": {"answered": 80, "degraded": 0, "p50_ms": 30.0, "p99_ms": 60.0},
             }
         ],
     }
     report = write_report(results, tmp_path, reference_rate=20)
     text = report.read_text()
-    assert "| test | 20 req/s |" in text and "about 3.3 ms of overhead" in text
+    assert "| test | 20 req/s |" in text
+    assert "| retrieval-0-0 | " in text and "| 1.50 | 0.50 | 3.0x |" in text, "each replica beside its stand-in"
+    assert "| **total** |" in text and "**5.00** | **2.50** | **2.00x** |" in text
+    assert "| test | 80 | 0 | 30.0 ms | 60.0 ms |" in text
     for plot in ("latency_cdf.png", "latency_vs_rate.png", "stage_breakdown.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     parts = breakdown(results["scenarios"][0]["steps"][-1])
@@ -67,4 +77,20 @@ def test_cpu_per_request_is_counted_for_every_process_of_the_stack(stack, artifa
     result = cpu_per_request(stack, stack.address("gateway"), Traffic(artifacts), rate=10, seconds=2)
     assert set(result["ms"]) >= {"gateway", "ranking-0", "reranking-0", "triton"}
     assert all(ms > 0 for ms in result["ms"].values()), result
-    assert result["total_ms"] == round(sum(result["ms"].values()), 2)
+    assert result["total_ms"] == round(sum(result["ms"].values()), 3)
+    assert result["load_generator_ms"] > 0 and "load generator" not in str(result["ms"])
+
+
+def test_the_floor_carries_the_bytes_the_stack_carries_through_bare_processes_of_the_same_shape(
+    stack, artifacts, tmp_path
+):
+    from benchmarks.grpc_floor import floor_cpu
+    from benchmarks.payloads import measure_payloads
+
+    payloads = measure_payloads(stack, Traffic(artifacts).requests[:5], shared_memory=True)
+    assert payloads.retrieval[1] > 1000, "a shard's answer carries hundreds of candidates"
+    assert payloads.ranking[0] > payloads.ranking[1] > 100, "ids and sources go, one score per item comes back"
+    assert payloads.triton[0] < 1000, "tensors go through shared memory, not the message"
+    floor = floor_cpu(payloads, shards=2, rate=10, seconds=2, log_dir=tmp_path)
+    assert set(floor["ms"]) == {"gateway", "retrieval-0", "retrieval-1", "ranking", "reranking", "triton"}
+    assert floor["answered"] >= 10 and all(ms > 0 for ms in floor["ms"].values()), floor

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -198,9 +200,12 @@ def _check_running_stack(launcher: list[str], env: dict[str, str], state: list[d
                 recommender_pb2.RecommendRequest(user_id=f"u{n:07d}", num_results=3), timeout=10
             )
             assert len(response.items) == 3 and not response.degraded, response.stages
+    ports = {p["name"]: p["metrics_port"] for p in state}
+    served = re.compile(r'funnel_rpc_requests_total\{code="OK",method="/funnel.v2.Ranking/Rank"\} (\S+)')
     for replica in ("ranking-0", "ranking-1"):
-        served = (run_dir / "logs" / f"{replica}.log").read_text().count("/funnel.v2.Ranking/Rank")
-        assert served > 0, f"the gateway balances across ranking replicas; {replica} served none"
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[replica]}/metrics", timeout=5) as page:
+            found = served.search(page.read().decode())
+        assert found and float(found.group(1)) > 0, f"the gateway balances across replicas; {replica} served none"
     status = subprocess.run([*launcher, "status"], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=60)
     assert status.stdout.count("SERVING") == 5, status.stdout
 

@@ -39,12 +39,20 @@ class ItemActivity:
             first_seen[items[starts]] = keys[starts] % _SHIFT + origin
         return cls(keys, first_seen, origin, int(timestamp.max()) if len(timestamp) else 0)
 
-    def counts(self, rows: np.ndarray, before: int, window_s: int) -> np.ndarray:
-        """Interactions with each of `rows` in the `window_s` seconds before `before` (exclusive)."""
-        rows = np.asarray(rows, dtype=np.int64) * _SHIFT
-        high = np.clip(before - self.origin, 0, _SHIFT - 1)
-        low = np.clip(before - window_s - self.origin, 0, _SHIFT - 1)
-        return (np.searchsorted(self.keys, rows + high) - np.searchsorted(self.keys, rows + low)).astype(np.float32)
+    def window_counts(self, rows: np.ndarray, before: int, windows_s: tuple[int, ...]) -> list[np.ndarray]:
+        """Interactions with each of `rows` in each window of `windows_s` seconds before `before`
+        (exclusive). The window end is searched once, and the rows in sorted order, where each
+        binary search starts close to where the last one ended."""
+        order = np.argsort(rows, kind="stable")
+        keys = np.asarray(rows, dtype=np.int64)[order] * _SHIFT
+        end = np.searchsorted(self.keys, keys + np.clip(before - self.origin, 0, _SHIFT - 1))
+        out = []
+        for window_s in windows_s:
+            start = np.searchsorted(self.keys, keys + np.clip(before - window_s - self.origin, 0, _SHIFT - 1))
+            counts = np.empty(len(order), dtype=np.float32)
+            counts[order] = end - start
+            out.append(counts)
+        return out
 
     def save(self, directory: Path) -> None:
         save_array(directory, f"{NAME}_keys", self.keys)

@@ -17,6 +17,9 @@ import numpy as np
 from funnel.artifacts.store import load_array, save_array
 
 NAME = "covisitation"
+# Scores are accumulated in a dense vector when the catalog is at most this many times the number of
+# neighbours looked up, else by sorting the neighbours.
+_DENSE_FACTOR = 32
 
 
 @dataclass
@@ -46,8 +49,19 @@ class CoVisitation:
         # Positions of every seed's neighbours, concatenated without a Python loop.
         offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
         positions = offsets + np.arange(total)
-        items, inverse = np.unique(self.neighbours[positions], return_inverse=True)
-        values = np.bincount(inverse, weights=self.weights[positions] * np.repeat(seed_weight, lengths))
+        neighbours = self.neighbours[positions]
+        weights = self.weights[positions] * np.repeat(seed_weight, lengths)
+        items_in_catalog = len(self.indptr) - 1
+        if items_in_catalog <= _DENSE_FACTOR * total:
+            # A small catalog: one pass over a dense vector beats sorting the neighbours. Either way
+            # each item's weights are summed in the same order, so the values are the same floats.
+            present = np.zeros(items_in_catalog, dtype=bool)
+            present[neighbours] = True
+            items = np.flatnonzero(present)
+            values = np.bincount(neighbours, weights=weights, minlength=items_in_catalog)[items]
+        else:
+            items, inverse = np.unique(neighbours, return_inverse=True)
+            values = np.bincount(inverse, weights=weights)
         return items.astype(np.int64), values.astype(np.float32)
 
     def save(self, directory: Path) -> None:

@@ -18,6 +18,7 @@ from funnel.runtime.metrics import ARTIFACT_INFO
 from funnel.runtime.server import Runtime
 from funnel.v2 import ranking_pb2, ranking_pb2_grpc
 from funnel.validation import check_context, check_id, check_ids
+from funnel.wire import FLOAT32, write_column
 from services.ranking.settings import RankingSettings
 from services.ranking.triton import TritonRanker
 
@@ -26,6 +27,7 @@ log = logging.getLogger("funnel.ranking")
 # Time kept back from the caller's deadline to build and send the response.
 RESPONSE_MARGIN_S = 0.002
 DEFAULT_TIMEOUT_S = 1.0
+SCORES_FIELD = ranking_pb2.RankResponse.DESCRIPTOR.fields_by_name["scores"].number
 
 
 class LoadedFeatures(BundleFeatures):
@@ -132,5 +134,5 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
             ARTIFACT_INFO.labels("model", scores.model_version).set(1)
             self._model_version = scores.model_version
         response = ranking_pb2.RankResponse(model_name=self.settings.model_name, model_version=scores.model_version)
-        response.scores.extend(scores.values.tolist())
+        write_column(response, SCORES_FIELD, scores.values, FLOAT32)
         return response

@@ -10,6 +10,11 @@ from funnel.runtime.config import ServerSettings, non_empty, port_setting, posit
 @dataclass(frozen=True, kw_only=True)
 class RankingSettings(ServerSettings):
     port: int = port_setting(50071)
+    access_log: bool = setting(
+        False,
+        help="write one JSON log line per served call (off: the gateway logs every client request with its "
+        "request id, and refused or failed calls are logged here anyway)",
+    )
     artifact_dir: str = setting(
         help="artifact root; features come from the newest bundle under <dir>/bundles", checks=[non_empty]
     )

@@ -55,7 +55,7 @@ class TritonRanker:
             grpc.aio.secure_channel(url, creds, options=options) if creds else grpc.aio.insecure_channel(url, options)
         )
         self._infer = service_pb2_grpc.GRPCInferenceServiceStub(self._channel).ModelInfer
-        self._template = _request_template(model_name)
+        self._template = request_template(model_name)
         self.region = InputRegion(shared_memory_rows) if shared_memory_rows > 0 else None
         self._registered = False
 
@@ -107,7 +107,7 @@ class TritonRanker:
         try:
             if slot is not None and len(features) <= self.max_batch:
                 try:
-                    return await self._call(self._shared_request(slot, len(features)), timeout_s)
+                    return await self._call(shared_request(self._template, slot, len(features)), timeout_s)
                 except Unavailable as exc:
                     if "shared memory" not in str(exc).lower():
                         raise
@@ -116,7 +116,7 @@ class TritonRanker:
                     self._registered = False
             step = self.max_batch
             requests = [
-                self._plain_request(features.dense[i : i + step], features.categorical[i : i + step])
+                plain_request(self._template, features.dense[i : i + step], features.categorical[i : i + step])
                 for i in range(0, len(features), step)
             ]
             parts = await asyncio.gather(*(self._call(request, timeout_s) for request in requests))
@@ -125,23 +125,6 @@ class TritonRanker:
                 slot.release()
         versions = {part.model_version for part in parts}
         return Scores(np.concatenate([part.values for part in parts]), ",".join(sorted(versions)))
-
-    def _plain_request(self, dense: np.ndarray, categorical: np.ndarray) -> service_pb2.ModelInferRequest:
-        request = service_pb2.ModelInferRequest()
-        request.CopyFrom(self._template)
-        request.inputs[0].shape[0] = request.inputs[1].shape[0] = len(dense)
-        request.raw_input_contents.extend((dense.tobytes(), categorical.tobytes()))
-        return request
-
-    def _shared_request(self, slot: Slot, rows: int) -> service_pb2.ModelInferRequest:
-        request = service_pb2.ModelInferRequest()
-        request.CopyFrom(self._template)
-        for tensor, (offset, size) in zip(request.inputs, slot.extents(rows), strict=True):
-            tensor.shape[0] = rows
-            tensor.parameters["shared_memory_region"].string_param = slot.region_name
-            tensor.parameters["shared_memory_offset"].int64_param = offset
-            tensor.parameters["shared_memory_byte_size"].int64_param = size
-        return request
 
     async def _call(self, request: service_pb2.ModelInferRequest, timeout_s: float) -> Scores:
         try:
@@ -174,10 +157,33 @@ class TritonRanker:
         await self._control.close()
 
 
-def _request_template(model_name: str) -> service_pb2.ModelInferRequest:
+def request_template(model_name: str) -> service_pb2.ModelInferRequest:
     """The parts of every inference request that never change: model, tensor names, types, widths."""
     request = service_pb2.ModelInferRequest(model_name=model_name)
     for name, datatype, width in ((DENSE_INPUT, "FP32", NUM_DENSE), (CATEGORICAL_INPUT, "INT64", NUM_CATEGORICAL)):
         request.inputs.add(name=name, datatype=datatype, shape=[0, width])
     request.outputs.add(name=SCORE_OUTPUT)
+    return request
+
+
+def plain_request(
+    template: service_pb2.ModelInferRequest, dense: np.ndarray, categorical: np.ndarray
+) -> service_pb2.ModelInferRequest:
+    """An inference request carrying the tensors' bytes in the message."""
+    request = service_pb2.ModelInferRequest()
+    request.CopyFrom(template)
+    request.inputs[0].shape[0] = request.inputs[1].shape[0] = len(dense)
+    request.raw_input_contents.extend((dense.tobytes(), categorical.tobytes()))
+    return request
+
+
+def shared_request(template: service_pb2.ModelInferRequest, slot: Slot, rows: int) -> service_pb2.ModelInferRequest:
+    """An inference request naming where the tensors of `rows` rows lie in the shared-memory region."""
+    request = service_pb2.ModelInferRequest()
+    request.CopyFrom(template)
+    for tensor, (offset, size) in zip(request.inputs, slot.extents(rows), strict=True):
+        tensor.shape[0] = rows
+        tensor.parameters["shared_memory_region"].string_param = slot.region_name
+        tensor.parameters["shared_memory_offset"].int64_param = offset
+        tensor.parameters["shared_memory_byte_size"].int64_param = size
     return request

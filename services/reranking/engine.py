@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from funnel.arrays import member_of
 from funnel.artifacts.catalog import Catalog, Users
 from funnel.policy.content import ContentFilter
 from funnel.policy.document import PolicyDocument
@@ -75,7 +76,7 @@ class PolicyEngine:
         reports.append((self.content.name, Outcome(removed=int((~verdict.keep).sum()))))
         slate.order = slate.order[verdict.keep]
         # By catalog row: content policy, just applied, removed every id the catalog does not hold.
-        excluded = np.isin(slate.rows[slate.order], self.catalog.index.rows(exclude_item_ids))
+        excluded = member_of(slate.rows[slate.order], self.catalog.index.rows(exclude_item_ids))
         reports.append(
             ("exclude_requested", Outcome(removed=slate.drop(excluded, "exclude_requested", "excluded by the request")))
         )
@@ -85,7 +86,7 @@ class PolicyEngine:
             reports.append((rule.name, rule.apply(slate)))
         if phased[Phase.SELECT]:
             # Pinned items take their positions afterwards; the selection fills the other slots.
-            pinned = np.isin(slate.rows[slate.order], self.pinned_rows)
+            pinned = member_of(slate.rows[slate.order], self.pinned_rows)
             pinned_positions = slate.order[pinned]
             slate.order = slate.order[~pinned]
             slots = max(0, num_results - len(pinned_positions))

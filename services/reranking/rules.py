@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from funnel.arrays import member_of
 from funnel.artifacts.catalog import Catalog, Users
 from funnel.policy.document import PolicyError
 
@@ -99,7 +100,7 @@ class ExcludeConsumed(Rule):
 
     def apply(self, slate: Slate) -> Outcome:
         stored = self.users.history(slate.user_row) if slate.user_row >= 0 else np.zeros(0, dtype=np.int64)
-        consumed = np.isin(slate.rows[slate.order], np.concatenate([stored, slate.session_rows]))
+        consumed = member_of(slate.rows[slate.order], np.concatenate([stored, slate.session_rows]))
         return Outcome(removed=slate.drop(consumed, self.name, "already consumed"))
 
 
@@ -130,7 +131,9 @@ class Dedupe(Rule):
         vectors = self.vectors[slate.rows[head]]
         similar = np.triu(vectors @ vectors.T > self.threshold, k=1)
         near = np.zeros(len(head), dtype=bool)
-        for i in range(len(head)):  # greedy: a kept item hides the later items close to it
+        # Greedy: a kept item hides the later items close to it. Only items with a close later item
+        # can hide anything, and near copies are rare, so the loop visits a handful of rows at most.
+        for i in np.flatnonzero(similar.any(axis=1)).tolist():
             if not near[i]:
                 near |= similar[i]
         mask = np.zeros(len(slate.order), dtype=bool)
@@ -216,15 +219,18 @@ class MaximalMarginalRelevance(Rule):
         relevance = (relevance - relevance.min()) / spread if spread > 0 else np.zeros(len(head))
         vectors = self.vectors[slate.rows[head]]
         placed = np.zeros(len(head), dtype=bool)
-        closest = np.full(len(head), -np.inf)
+        weighted = self.trade_off * relevance
+        penalty = 1 - self.trade_off
+        closest: np.ndarray | None = None  # highest similarity to a placed item; none placed yet
         picks = []
         for _ in range(min(len(head), slate.num_results + 10)):  # only the top of the list is shown
-            gain = self.trade_off * relevance - (1 - self.trade_off) * np.where(np.isfinite(closest), closest, 0.0)
+            gain = weighted.copy() if closest is None else weighted - penalty * closest
             gain[placed] = -np.inf
             pick = int(np.argmax(gain))
             placed[pick] = True
             picks.append(pick)
-            closest = np.maximum(closest, vectors @ vectors[pick])
+            similarity = (vectors @ vectors[pick]).astype(np.float64)
+            closest = similarity if closest is None else np.maximum(closest, similarity)
         rest = np.flatnonzero(~placed)
         new_head = head[np.concatenate([picks, rest]).astype(np.int64)]
         for rank, old in enumerate(picks if slate.debug else []):

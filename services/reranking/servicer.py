@@ -110,11 +110,13 @@ def _rerank(
     response = reranking_pb2.RerankResponse(policy_version=engine.version)
     for rule, outcome in result.reports:
         response.rules.append(common_pb2.RuleReport(rule=rule, removed=outcome.removed, moved=outcome.moved))
-    pinned = result.slate.item_ids[len(candidates) :]  # pinned items the funnel did not retrieve
+    count = len(candidates)
+    pinned = result.slate.item_ids[count:]  # pinned items the funnel did not retrieve
     if pinned:
         candidates = candidates.extended(pinned, SOURCE_CODES[PINNED])
     final = candidates.take(result.positions)
     final.write(response.candidates)
+    response.positions.extend(np.where(result.positions < count, result.positions, -1).tolist())
     if request.debug:
         applied = ", ".join(rule for rule, _ in result.reports)
         for rank, position in enumerate(result.positions.tolist()):

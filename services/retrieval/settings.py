@@ -10,6 +10,11 @@ from funnel.runtime.config import ServerSettings, non_empty, non_negative, port_
 @dataclass(frozen=True, kw_only=True)
 class RetrievalSettings(ServerSettings):
     port: int = port_setting(50061)
+    access_log: bool = setting(
+        False,
+        help="write one JSON log line per served call (off: the gateway logs every client request with its "
+        "request id, and refused or failed calls are logged here anyway)",
+    )
     artifact_dir: str = setting(
         help="artifact root; the newest complete bundle under <dir>/bundles is served", checks=[non_empty]
     )

@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 
 from funnel import sources as names
+from funnel.arrays import best_first
 from funnel.artifacts.catalog import Catalog
 from funnel.artifacts.covisitation import CoVisitation
 from services.retrieval.filtered_search import filtered_search
@@ -78,7 +79,7 @@ class CoVisitationSource:
         items, values = self.covisitation.scores(query.history)
         keep = self.on_shard[items] & query.allowed[items]
         items, values = items[keep], values[keep]
-        top = np.argsort(-values, kind="stable")[:k]
+        top = best_first(values, k)
         return Hits(items[top], values[top])
 
 
