@@ -119,13 +119,13 @@ bench-reranking: artifacts ## The policy engine in-process, 500 candidates to 20
 	$(PY) -m benchmarks.reranking_engine --artifacts $(ARTIFACTS)
 
 k8s-render: install ## Print the Kubernetes objects of an overlay (OVERLAY=dev|prod)
-	@$(PY) -m funnel.deploy render --overlay $(OVERLAY)
+	@$(PY) -m deploy render --overlay $(OVERLAY)
 
 k8s-validate: install ## Offline: render every overlay; strict schemas (1.30, newest); wiring, hardening, network; Dockerfiles
-	$(PY) -m funnel.deploy validate
+	$(PY) -m deploy validate
 
 images: install ## Build one image per service with Docker (says so and stops where no engine runs)
-	$(PY) -m funnel.deploy images
+	$(PY) -m deploy images
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .

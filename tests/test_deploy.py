@@ -13,8 +13,8 @@ import sys
 import pytest
 from kubernetes import client
 
-from funnel.deploy.__main__ import main
-from funnel.deploy.render import render
+from deploy.__main__ import main
+from deploy.render import render
 from funnel.launcher.stack import REPO_ROOT
 from tests.fake_kube_api import FakeKubeApi
 
@@ -35,7 +35,7 @@ def applies(api: FakeKubeApi) -> list:
 
 def test_dry_run_sends_every_object_as_a_server_side_apply_and_persists_nothing(kube, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "funnel.deploy", "apply", "--overlay", "dev", "--dry-run"],
+        [sys.executable, "-m", "deploy", "apply", "--overlay", "dev", "--dry-run"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from funnel.deploy.images import DOCKERFILES, check, parse
-from funnel.deploy.imports import REPO_ROOT, closure
+from deploy.images import DOCKERFILES, check, parse
+from deploy.imports import REPO_ROOT, closure
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))

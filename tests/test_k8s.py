@@ -16,11 +16,11 @@ from collections.abc import Callable
 
 import pytest
 
-from funnel.deploy.manifests import Manifests
-from funnel.deploy.render import OVERLAYS, render
-from funnel.deploy.schema_checks import VERSIONS
-from funnel.deploy.validate import manifest_problems
-from funnel.deploy.wiring_checks import container_env, funnel_containers
+from deploy.manifests import Manifests
+from deploy.render import OVERLAYS, render
+from deploy.schema_checks import VERSIONS
+from deploy.validate import manifest_problems
+from deploy.wiring_checks import container_env, funnel_containers
 from funnel.launcher.health import health_status, wait_serving
 from funnel.launcher.processes import alive, free_port, spawn, stop_group, tail
 from funnel.launcher.stack import REPO_ROOT
@@ -282,7 +282,7 @@ def test_each_stage_starts_from_its_rendered_environment_and_answers_its_probes(
 
 
 def test_overlays_deploy_the_images_of_this_version(rendered):
-    from funnel.deploy.__main__ import project_version
+    from deploy.__main__ import project_version
 
     for objects in rendered.values():
         manifests = Manifests(objects)
@@ -301,7 +301,7 @@ def test_make_k8s_validate_passes():
 
 def test_images_without_a_docker_engine_say_so_and_build_nothing(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "funnel.deploy", "images"],
+        [sys.executable, "-m", "deploy", "images"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

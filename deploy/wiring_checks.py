@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
-from funnel.deploy.images import DOCKERFILES, image_basename, parse
-from funnel.deploy.imports import REPO_ROOT
-from funnel.deploy.manifests import Container, Manifests
-from funnel.deploy.render import Object, object_id
+from deploy.images import DOCKERFILES, image_basename, parse
+from deploy.imports import REPO_ROOT
+from deploy.manifests import Container, Manifests
+from deploy.render import Object, object_id
 from funnel.runtime.config import ServerSettings, env_name, load_settings
 from funnel.runtime.errors import ConfigError
 from funnel.runtime.server import LIVENESS_SERVICE

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from funnel.deploy.render import Object
+from deploy.render import Object
 
 WORKLOAD_KINDS = ("Deployment", "Job")
 

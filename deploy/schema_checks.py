@@ -7,7 +7,7 @@ import json
 
 import kubernetes_validate
 
-from funnel.deploy.render import Object, object_id
+from deploy.render import Object, object_id
 
 # The oldest Kubernetes Funnel supports, and the newest kubernetes-validate ships.
 OLDEST_SUPPORTED = "1.30.0"

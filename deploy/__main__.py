@@ -1,11 +1,11 @@
 """Deploy Funnel to Kubernetes.
 
-  python -m funnel.deploy render   --overlay dev                 the overlay's YAML, to stdout
-  python -m funnel.deploy validate [--overlay dev|prod|all]      the offline checks (make k8s-validate)
-  python -m funnel.deploy apply    --overlay dev [--dry-run]     server-side apply, as "funnel-deploy"
-  python -m funnel.deploy scale    retrieval --replicas 4 [--shard 1] --overlay prod
-  python -m funnel.deploy status   --overlay prod [--wait 300]   readiness per stage
-  python -m funnel.deploy images   [--tag 0.1.0]                 docker build of every image (make images)
+  python -m deploy render   --overlay dev                         the overlay's YAML, to stdout
+  python -m deploy validate [--overlay dev|prod|all]              the offline checks (make k8s-validate)
+  python -m deploy apply    --overlay dev [--dry-run]             server-side apply, as "funnel-deploy"
+  python -m deploy scale    retrieval --replicas 4 [--shard 1] --overlay prod
+  python -m deploy status   --overlay prod [--wait 300]           readiness per stage
+  python -m deploy images   [--tag 0.1.0]                         docker build of every image (make images)
 
 The cluster comes from the in-cluster service account or the kubeconfig (KUBECONFIG,
 ~/.kube/config; --context picks one). Exit status: 0 done / ready, 1 a check failed, an object
@@ -20,11 +20,11 @@ import subprocess
 import sys
 import time
 
-from funnel.deploy import cluster
-from funnel.deploy.images import DOCKERFILES
-from funnel.deploy.imports import REPO_ROOT
-from funnel.deploy.render import OVERLAYS, RenderError, render, render_text
-from funnel.deploy.validate import image_problems, print_report, validate
+from deploy import cluster
+from deploy.images import DOCKERFILES
+from deploy.imports import REPO_ROOT
+from deploy.render import OVERLAYS, RenderError, render, render_text
+from deploy.validate import image_problems, print_report, validate
 
 
 def project_version() -> str:
@@ -115,7 +115,7 @@ def _images(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m funnel.deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
     render_cmd = commands.add_parser("render", help="print an overlay's YAML")

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from funnel.deploy.imports import REPO_ROOT
+from deploy.imports import REPO_ROOT
 
 K8S_DIR = REPO_ROOT / "k8s"
 OVERLAYS = ("dev", "prod")

@@ -13,7 +13,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from funnel.deploy.render import Object, object_id
+from deploy.render import Object, object_id
 
 FIELD_MANAGER = "funnel-deploy"
 PART_OF = "app.kubernetes.io/part-of=funnel"

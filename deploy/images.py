@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from funnel.deploy.imports import REPO_ROOT, closure, normalise
+from deploy.imports import REPO_ROOT, closure, normalise
 
 # Image basename (the last part of its repository name) -> Dockerfile, relative to the root.
 DOCKERFILES = {

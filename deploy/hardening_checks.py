@@ -3,8 +3,8 @@ a disruption budget, and references that resolve."""
 
 from __future__ import annotations
 
-from funnel.deploy.manifests import Container, Manifests, pod_labels, selects
-from funnel.deploy.render import Object, object_id
+from deploy.manifests import Container, Manifests, pod_labels, selects
+from deploy.render import Object, object_id
 
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 

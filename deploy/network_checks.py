@@ -7,8 +7,8 @@ destination's ingress both allow it, where a pod no policy selects for a directi
 
 from __future__ import annotations
 
-from funnel.deploy.manifests import Manifests, pod_labels
-from funnel.deploy.render import Object
+from deploy.manifests import Manifests, pod_labels
+from deploy.render import Object
 
 # (source component, destination component, port): the calls the funnel makes.
 REQUIRED = (

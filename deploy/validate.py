@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from funnel.deploy.hardening_checks import hardening_problems
-from funnel.deploy.images import DOCKERFILES, check, parse
-from funnel.deploy.imports import REPO_ROOT
-from funnel.deploy.manifests import Manifests
-from funnel.deploy.network_checks import network_problems
-from funnel.deploy.render import Object, render
-from funnel.deploy.schema_checks import VERSIONS, schema_problems
-from funnel.deploy.wiring_checks import wiring_problems
+from deploy.hardening_checks import hardening_problems
+from deploy.images import DOCKERFILES, check, parse
+from deploy.imports import REPO_ROOT
+from deploy.manifests import Manifests
+from deploy.network_checks import network_problems
+from deploy.render import Object, render
+from deploy.schema_checks import VERSIONS, schema_problems
+from deploy.wiring_checks import wiring_problems
 
 
 @dataclass
