@@ -87,12 +87,24 @@ def _labels_of(manifests: Manifests, component: str) -> dict[str, str] | None:
     return pod_labels(workloads[0]) if workloads else None
 
 
+def triton_beside_ranking(manifests: Manifests) -> bool:
+    """Whether every ranking pod runs Triton beside it, serving gRPC on loopback only."""
+    pods = manifests.pods_selected_by({"app.kubernetes.io/component": "ranking"})
+    return bool(pods) and all(
+        any("--grpc-address=127.0.0.1" in c.get("args", []) for c in pod["spec"]["template"]["spec"]["containers"])
+        for pod in pods
+    )
+
+
 def network_problems(manifests: Manifests) -> list[str]:
     """Required calls that are blocked and forbidden ones that are open (only where policies exist)."""
     if not manifests.of_kind("NetworkPolicy"):
         return []
     problems = []
+    sidecar = _labels_of(manifests, "triton") is None and triton_beside_ranking(manifests)
     for (source, destination, port), wanted in [(edge, True) for edge in REQUIRED] + [(e, False) for e in FORBIDDEN]:
+        if sidecar and "triton" in (source, destination):
+            continue  # Triton listens on loopback in ranking's pods: no other pod can reach it at all
         src, dst = _labels_of(manifests, source), _labels_of(manifests, destination)
         if src is None or dst is None:
             problems.append(

@@ -23,6 +23,8 @@ from services.ranking.model_repository import CLUSTER_CONFIGS
 from services.ranking.settings import RankingSettings
 from services.retrieval.settings import RetrievalSettings
 
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]")  # Triton on one of these runs in ranking's own pod
+
 
 def settings_class(entry_module: str) -> type[ServerSettings]:
     """The settings dataclass an entry module's process loads (`<module>.settings`)."""
@@ -229,6 +231,11 @@ def _gateway_problems(
 
 
 def _triton_problems(manifests: Manifests, ranking: Container, settings: RankingSettings) -> list[str]:
+    host, _, port_text = settings.triton_url.rpartition(":")
+    if host in LOOPBACK:
+        return _sidecar_problems(ranking, settings, int(port_text) if port_text.isdigit() else -1)
+    if settings.triton_shared_memory:
+        return [f"{ranking.name}: FUNNEL_TRITON_SHARED_MEMORY needs Triton in the same pod, on loopback"]
     service, port, problem = _service_target(manifests, settings.triton_url)
     if problem or service is None:
         return [f"{ranking.name}: FUNNEL_TRITON_URL: {problem}"]
@@ -242,29 +249,61 @@ def _triton_problems(manifests: Manifests, ranking: Container, settings: Ranking
         service_port = next(p for p in service["spec"]["ports"] if p["port"] == port)
         if container.port(service_port.get("targetPort", port)) != int(flags.get("--grpc-port", "8001")):
             problems.append(f"{object_id(service)}: port {port} does not reach Triton's --grpc-port")
-        if flags.get("--load-model") != settings.model_name:
-            problems.append(
-                f"{container.name}: loads {flags.get('--load-model')!r}, ranking calls {settings.model_name!r}"
-            )
-        if flags.get("--model-control-mode") != "explicit":
-            problems.append(f"{container.name}: --model-control-mode must be explicit for ReloadModel")
-        config = flags.get("--model-config-name", "")
-        if config not in CLUSTER_CONFIGS:
-            problems.append(
-                f"{container.name}: --model-config-name={config!r}; the repository has {sorted(CLUSTER_CONFIGS)}"
-            )
-        gpus = container.spec.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
-        if (CLUSTER_CONFIGS.get(config) == "KIND_GPU") != bool(gpus):
-            problems.append(f"{container.name}: model config {config!r} and the GPU limit {gpus!r} disagree")
-        repository = flags.get("--model-repository", "")
-        if container.mount_for(repository) is None:
-            problems.append(f"{container.name}: --model-repository={repository} is on no mounted volume")
-        problems += _triton_tls_problems(container, flags, settings)
-        http_port = int(flags.get("--http-port", "8000"))
-        for probe_name, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
-            probe = container.spec.get(probe_name, {}).get("httpGet", {})
-            if probe.get("path") != path or container.port(probe.get("port", -1)) != http_port:
-                problems.append(f"{container.name}: {probe_name} must GET {path} on the HTTP port {http_port}")
+        problems += _triton_container_problems(container, flags, settings)
+    return problems
+
+
+def _sidecar_problems(ranking: Container, settings: RankingSettings, port: int) -> list[str]:
+    """Triton in ranking's own pod: it must be there, on that port, and share /dev/shm with ranking
+    (as the same user, since a region is readable by its owner only) when tensors go through it."""
+    sidecars = [
+        Container(ranking.workload, spec)
+        for spec in ranking.pod["containers"]
+        if spec is not ranking.spec and "tritonserver" in [*spec.get("command", []), *spec.get("args", [])[:1]]
+    ]
+    if not sidecars:
+        return [f"{ranking.name}: FUNNEL_TRITON_URL is on loopback but no Triton container shares the pod"]
+    container = sidecars[0]
+    flags = _flags(container.spec.get("args", []))
+    problems = []
+    if int(flags.get("--grpc-port", "8001")) != port:
+        problems.append(f"{container.name}: --grpc-port is not the port of FUNNEL_TRITON_URL ({port})")
+    if settings.triton_shared_memory:
+        shared = [ranking.mount_for("/dev/shm"), container.mount_for("/dev/shm")]
+        if any(m is None for m in shared) or shared[0]["volume"] != shared[1]["volume"]:
+            problems.append(f"{container.name}: ranking and Triton must mount the same volume at /dev/shm")
+        users = [c.spec.get("securityContext", {}).get("runAsUser", ranking.pod.get("securityContext", {}).get(
+            "runAsUser")) for c in (ranking, container)]  # fmt: skip
+        if users[0] != users[1]:
+            problems.append(f"{container.name}: runs as user {users[1]}, ranking as {users[0]}: Triton could not "
+                            "open ranking's shared-memory region")  # fmt: skip
+    return problems + _triton_container_problems(container, flags, settings)
+
+
+def _triton_container_problems(container: Container, flags: dict[str, str], settings: RankingSettings) -> list[str]:
+    """What any Triton container serving ranking must get right, wherever it runs."""
+    problems = []
+    if flags.get("--load-model") != settings.model_name:
+        problems.append(f"{container.name}: loads {flags.get('--load-model')!r}, ranking calls {settings.model_name!r}")
+    if flags.get("--model-control-mode") != "explicit":
+        problems.append(f"{container.name}: --model-control-mode must be explicit for ReloadModel")
+    config = flags.get("--model-config-name", "")
+    if config not in CLUSTER_CONFIGS:
+        problems.append(
+            f"{container.name}: --model-config-name={config!r}; the repository has {sorted(CLUSTER_CONFIGS)}"
+        )
+    gpus = container.spec.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
+    if (CLUSTER_CONFIGS.get(config) == "KIND_GPU") != bool(gpus):
+        problems.append(f"{container.name}: model config {config!r} and the GPU limit {gpus!r} disagree")
+    repository = flags.get("--model-repository", "")
+    if container.mount_for(repository) is None:
+        problems.append(f"{container.name}: --model-repository={repository} is on no mounted volume")
+    problems += _triton_tls_problems(container, flags, settings)
+    http_port = int(flags.get("--http-port", "8000"))
+    for probe_name, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
+        probe = container.spec.get(probe_name, {}).get("httpGet", {})
+        if probe.get("path") != path or container.port(probe.get("port", -1)) != http_port:
+            problems.append(f"{container.name}: {probe_name} must GET {path} on the HTTP port {http_port}")
     return problems
 
 

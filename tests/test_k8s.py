@@ -62,7 +62,9 @@ def test_overlay_renders_and_passes_every_check(rendered, overlay):
 def test_every_stage_and_shard_scales_on_its_own(rendered):
     for overlay, objects in rendered.items():
         deployments = {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"}
-        assert deployments == {"gateway", "retrieval-0", "retrieval-1", "ranking", "reranking", "triton"}, overlay
+        stages = {"gateway", "retrieval-0", "retrieval-1", "ranking", "reranking"}
+        # With the sidecar, Triton is part of every ranking pod and scales with ranking.
+        assert deployments == stages | ({"triton"} if overlay != "dev-sidecar" else set()), overlay
         targets = {o["spec"]["scaleTargetRef"]["name"] for o in objects if o["kind"] == "HorizontalPodAutoscaler"}
         assert targets == deployments
     prod = rendered["prod"]
@@ -295,7 +297,7 @@ def test_make_k8s_validate_passes():
         ["make", "--no-print-directory", "k8s-validate"], cwd=REPO_ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("  ok   ") == 8 and "FAIL" not in result.stdout
+    assert result.stdout.count("  ok   ") == 4 * len(OVERLAYS) and "FAIL" not in result.stdout
     assert "images: ok" in result.stdout
 
 
@@ -354,3 +356,59 @@ def test_each_tls_check_catches_what_it_is_for(rendered, case):
     mutate(objects)
     problems = problems_of(objects)
     assert any(expected in problem for problem in problems), problems
+
+
+def test_the_sidecar_overlay_runs_triton_in_each_ranking_pod_sharing_memory_on_loopback(rendered):
+    objects = rendered["dev-sidecar"]
+    pod = find(objects, "Deployment", "ranking")["spec"]["template"]["spec"]
+    app, triton = pod["containers"]
+    assert triton["name"] == "triton" and "--grpc-address=127.0.0.1" in triton["args"]
+    env = {e["name"]: e.get("value") for e in app["env"]}
+    assert env["FUNNEL_TRITON_URL"] == "127.0.0.1:8001" and env["FUNNEL_TRITON_SHARED_MEMORY"] == "true"
+    shm = {v["name"]: v for v in pod["volumes"]}["dshm"]
+    assert shm["emptyDir"]["medium"] == "Memory"
+    for spec in (app, triton):
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in spec["volumeMounts"]
+    assert not [
+        o for o in objects if o["kind"] in ("Service", "HorizontalPodAutoscaler") and "triton" in o["metadata"]["name"]
+    ]
+
+
+def _sidecar(edit: Callable[[dict, dict, dict], None]) -> Callable[[Objects], None]:
+    def mutate(objects: Objects) -> None:
+        pod = find(objects, "Deployment", "ranking")["spec"]["template"]["spec"]
+        edit(pod, pod["containers"][0], pod["containers"][1])
+
+    return mutate
+
+
+SIDECAR_BROKEN = {
+    "Triton as another user": (
+        _sidecar(lambda pod, app, triton: triton["securityContext"].update(runAsUser=1000)),
+        "runs as user 1000, ranking as 10001",
+    ),
+    "no shared /dev/shm": (
+        _sidecar(lambda pod, app, triton: app["volumeMounts"].remove({"name": "dshm", "mountPath": "/dev/shm"})),
+        "must mount the same volume at /dev/shm",
+    ),
+    "no Triton in the pod": (_sidecar(lambda pod, app, triton: pod["containers"].pop()), "no Triton container"),
+    "another port": (
+        _sidecar(lambda pod, app, triton: triton["args"].append("--grpc-port=9001")),
+        "--grpc-port is not the port of FUNNEL_TRITON_URL",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIDECAR_BROKEN))
+def test_each_sidecar_check_catches_what_it_is_for(rendered, case):
+    mutate, expected = SIDECAR_BROKEN[case]
+    objects = copy.deepcopy(rendered["dev-sidecar"])
+    mutate(objects)
+    problems = problems_of(objects)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_shared_memory_with_a_triton_in_other_pods_is_caught(rendered):
+    objects = copy.deepcopy(rendered["dev"])
+    container(objects, "ranking")["env"].append({"name": "FUNNEL_TRITON_SHARED_MEMORY", "value": "true"})
+    assert any("needs Triton in the same pod" in problem for problem in problems_of(objects))
