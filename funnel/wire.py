@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 
 _LENGTH_DELIMITED = 2
 FLOAT32 = np.dtype("<f4")
+ROW = np.dtype("<u4")  # fixed32
 SMALL_ENUM = np.dtype(np.uint8)  # enum values below 128: one varint byte each
 
 

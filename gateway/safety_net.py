@@ -34,6 +34,8 @@ class SafetyNet:
             catalog.item_ids[top].tolist(),
             np.full(len(top), SOURCE_CODES[FALLBACK_POPULAR], dtype=np.int32),
             np.log1p(catalog.popularity[top]).astype(np.float32),
+            rows=top.astype(np.int64),
+            catalog_version=self.version,
         )
 
     def consumed(self, user_id: str, recent_item_ids: Sequence[str]) -> set[str]:
@@ -61,7 +63,7 @@ class SafetyNet:
         """Content policy, the request's exclusions, consumed items and dedupe, then the top N in the
         candidates' order (best first)."""
         ids = candidates.item_ids
-        keep = self.content.allowed(self.catalog.index.rows(ids), context)
+        keep = self.content.allowed(candidates.rows_in(self.catalog.index, self.version), context)
         hidden = exclude | self.consumed(user_id, recent_item_ids)
         chosen: list[int] = []
         seen: set[str] = set()

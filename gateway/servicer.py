@@ -28,7 +28,7 @@ from gateway.resilience import QualityFactor
 from gateway.safety_net import SafetyNet
 from gateway.settings import GatewaySettings
 from gateway.stages import StageChannels
-from gateway.steps import DEGRADED, FAILED, OK, RankCandidates, RequestState, RerankCandidates, RetrieveCandidates, Step
+from gateway.steps import DEGRADED, FAILED, RankCandidates, RequestState, RerankCandidates, RetrieveCandidates, Step
 
 log = logging.getLogger("funnel.gateway")
 CAUSE_LABELS = {
@@ -84,8 +84,9 @@ class Funnel:
                 attempts=outcome.attempts,
                 items_in=items_in,
                 items_out=outcome.items_out,
+                rules=outcome.rules,
             )
-            if outcome.status != OK and outcome.cause not in (0, common_pb2.DEGRADATION_CAUSE_SWITCHED_OFF):
+            if outcome.status in (DEGRADED, FAILED):
                 DEGRADED_TOTAL.labels(step.name, CAUSE_LABELS[outcome.cause]).inc()
             CANDIDATES.labels(step.name).observe(outcome.items_out)
             if step.counts_for_pressure:
@@ -96,8 +97,6 @@ class Funnel:
 
         final = state.final
         assert final is not None  # the last step always leaves an answer (its own or the safety net's)
-        if request.debug:
-            response.stages[-1].rules.extend(state.rules)
         names = [SOURCE_NAMES.get(code, "") for code in final.sources.tolist()]
         for n, (item_id, score, source) in enumerate(zip(final.item_ids, final.scores.tolist(), names, strict=True)):
             item = response.items.add(item_id=item_id, score=score, source=source)

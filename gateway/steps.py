@@ -21,7 +21,7 @@ from funnel.runtime.deadline import Budget
 from funnel.runtime.errors import InvalidArgument
 from funnel.sources import PINNED, SOURCE_CODES
 from funnel.v1 import common_pb2, recommender_pb2
-from funnel.v2 import candidates_pb2, ranking_pb2, reranking_pb2, retrieval_pb2
+from funnel.v2 import ranking_pb2, reranking_pb2, retrieval_pb2
 from funnel.wire import FLOAT32, read_columns
 from gateway.merge import merge_candidates
 from gateway.safety_net import SafetyNet
@@ -52,7 +52,6 @@ class RequestState:
     user_vector: Sequence[float] = ()
     final: Candidates | None = None  # the answer, in display order
     reasons: list[list[str]] = field(default_factory=list)  # per final item, with debug
-    rules: Sequence[common_pb2.RuleReport] = ()
 
 
 @dataclass
@@ -67,6 +66,7 @@ class Outcome:
     latency_ms: float = 0.0
     server_ms: float = 0.0
     attempts: int = 0
+    rules: Sequence[common_pb2.RuleReport] = ()  # what each policy rule did, with debug
 
 
 class Step:
@@ -194,13 +194,11 @@ class RankCandidates(Step):
 
     def build(self, state: RequestState) -> ranking_pb2.RankRequest:
         request = state.request
-        # Ranking reads ids and sources (its features); scores would be sent for nothing.
-        candidates = candidates_pb2.CandidateList(item_ids=state.candidates.item_ids)
-        candidates.sources.extend(state.candidates.sources.tolist())
         return ranking_pb2.RankRequest(
             user_id=request.user_id,
             context=request.context,
-            candidates=candidates,
+            # Ranking reads ids and sources (its features); scores would be sent for nothing.
+            candidates=state.candidates.to_message(scores="none"),
             recent_item_ids=request.recent_item_ids,
             user_vector=state.user_vector,
         )
@@ -238,7 +236,10 @@ class RerankCandidates(Step):
         request = state.request
         # The policy orders by the latest scores and answers positions in the list, which the
         # gateway keeps: the other columns are only read for debug reasons.
-        candidates = state.candidates.to_message(ordering_only=not request.debug)
+        if request.debug:
+            candidates = state.candidates.to_message()
+        else:
+            candidates = state.candidates.to_message(sources=False, scores="latest")
         return reranking_pb2.RerankRequest(
             user_id=request.user_id,
             context=request.context,
@@ -266,10 +267,11 @@ class RerankCandidates(Step):
             state.final = extra.take(positions)
         else:
             state.final = state.candidates.take(positions)
+        outcome = Outcome(OK, version=f"policy:{response.policy_version}", items_out=len(state.final))
         if state.request.debug:
-            state.rules = response.rules
             state.reasons = [list(entry.reasons) for entry in response.reasons]
-        return Outcome(OK, version=f"policy:{response.policy_version}", items_out=len(state.final))
+            outcome.rules = response.rules
+        return outcome
 
     def fall_back(self, state: RequestState, outcome: Outcome) -> Outcome:
         request = state.request

@@ -18,10 +18,9 @@ import grpc
 import numpy as np
 
 from funnel.artifacts.catalog import Catalog, Embeddings, Users
-from funnel.artifacts.store import latest_version
+from funnel.artifacts.store import latest_version, read_manifest
 from funnel.candidates import Candidates
 from funnel.policy.document import PolicyDocument
-from funnel.sources import SOURCE_CODES
 from funnel.v2 import ranking_pb2, retrieval_pb2
 from gateway.stage_client import Metadata, StageError
 from services.reranking.engine import PolicyEngine
@@ -90,20 +89,11 @@ def reranking_handler(artifacts: Path, policy: PolicyDocument) -> Callable[[Any]
     """The re-ranking service's own request code on the test bundle."""
     bundle = latest_version(artifacts / "bundles")
     engine = PolicyEngine(Catalog.load(bundle), Users.load(bundle), Embeddings.load(bundle).items, policy)
-    return lambda request: _rerank(engine, request, Candidates.read(request.candidates))
+    version = read_manifest(bundle, verify=False)["version"]
+    return lambda request: _rerank(engine, request, Candidates.read(request.candidates), version)
 
 
 def reverse_ranking(request: ranking_pb2.RankRequest) -> ranking_pb2.RankResponse:
     """Scores that reverse the order it was given: a change the gateway's answer must show."""
     count = len(request.candidates.item_ids)
     return ranking_pb2.RankResponse(scores=np.linspace(0.1, 0.9, count).tolist(), model_version="reverse")
-
-
-def popular_only(request: retrieval_pb2.RetrieveRequest) -> retrieval_pb2.RetrieveResponse:
-    """A shard that finds nothing but never fails: for tests of what comes after retrieval."""
-    response = retrieval_pb2.RetrieveResponse(index_version="empty")
-    response.candidates.sources.extend([])
-    return response
-
-
-SOURCE_ANN = SOURCE_CODES["ann"]

@@ -61,17 +61,17 @@ def test_the_fast_codec_writes_what_the_generated_code_reads_and_reads_what_it_w
 
 def test_a_message_a_client_wrote_unpacked_reads_the_same():
     """Parsers must accept repeated scalars unpacked too; the codec reads what protobuf parsed."""
-    unpacked = b"".join(b"\x15" + np.float32(v).tobytes() for v in (0.5, -1.25)) + b"\x22\x01a\x22\x01b"
+    unpacked = b"".join(b"\x15" + np.float32(v).tobytes() for v in (0.5, -1.25)) + b"\x2a\x01a\x2a\x01b"
     read = Candidates.read(candidates_pb2.CandidateList.FromString(unpacked))
     assert read.item_ids == ["a", "b"] and read.retrieval_scores.tolist() == [0.5, -1.25]
 
 
-def test_ordering_only_sends_the_ids_and_the_latest_scores():
+def test_a_list_can_be_sent_with_the_ids_and_the_latest_scores_alone():
     ranked = random_candidates(50, ranked=True)
-    message = ranked.to_message(ordering_only=True)
+    message = ranked.to_message(sources=False, scores="latest")
     assert list(message.item_ids) == ranked.item_ids and not message.sources and not message.retrieval_scores
     assert list(message.ranking_scores) == ranked.ranking_scores.tolist()
-    unranked = random_candidates(50, ranked=False).to_message(ordering_only=True)
+    unranked = random_candidates(50, ranked=False).to_message(sources=False, scores="latest")
     assert unranked.retrieval_scores and not unranked.ranking_scores
 
 

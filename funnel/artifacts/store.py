@@ -103,7 +103,12 @@ def save_array(directory: Path, name: str, array: np.ndarray) -> None:
 
 
 def load_array(directory: Path, name: str, mmap: bool = False) -> np.ndarray:
+    """The array of `name`.npy; with `mmap`, read-only over the file's pages (shared by every process
+    on the node that maps the same file)."""
     path = directory / f"{name}.npy"
     if not path.is_file():
         raise ArtifactError(f"{directory}: missing {name}.npy")
-    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    # A plain ndarray over the same mapping: np.memmap's Python-level __getitem__ and
+    # __array_finalize__ run on every index of a request otherwise, for nothing.
+    return np.asarray(array) if mmap else array

@@ -112,7 +112,7 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
         user_vector = np.array(request.user_vector, dtype=np.float32) if len(request.user_vector) else None
         if user_vector is not None and not np.isfinite(user_vector).all():
             raise InvalidArgument("user_vector holds a non-finite value")
-        rows = loaded.catalog.index.rows(candidates.item_ids)
+        rows = candidates.rows_in(loaded.catalog.index, loaded.version)
         if (rows < 0).any():
             unknown = [candidates.item_ids[i] for i in np.flatnonzero(rows < 0)[:5]]
             raise InvalidArgument(f"{int((rows < 0).sum())} candidate item ids are not in the catalog, e.g. {unknown}")

@@ -51,9 +51,10 @@ class PolicyEngine:
         num_results: int,
         debug: bool = False,
         recent_item_ids: Sequence[str] = (),
+        rows: np.ndarray | None = None,
     ) -> RerankResult:
-        """`item_ids` and `scores` are the candidates; the result's positions index `item_ids`
-        followed by the pinned items that were not among them."""
+        """`item_ids` and `scores` are the candidates (`rows` their catalog rows, when known); the
+        result's positions index `item_ids` followed by the pinned items that were not among them."""
         # Pinned items join the candidates (below every real one) so they meet the same filters.
         if self.pinned:
             given = set(item_ids)
@@ -63,7 +64,10 @@ class PolicyEngine:
         ids = list(item_ids) + extra if extra else list(item_ids)
         floor = float(scores.min()) - 1.0 if len(scores) else 0.0
         all_scores = np.concatenate([scores, np.full(len(extra), floor)]).astype(np.float32)
-        rows = self.catalog.index.rows(ids)
+        if rows is None:
+            rows = self.catalog.index.rows(ids)
+        elif extra:
+            rows = np.concatenate([rows, self.catalog.index.rows(extra)])
         order = np.argsort(-all_scores, kind="stable")
         session = self.catalog.index.rows(recent_item_ids)
         user_row = self.users.index.row(user_id)

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 
 from funnel.artifacts.catalog import Catalog, Embeddings, Users
-from funnel.artifacts.store import wait_for_latest
+from funnel.artifacts.store import read_manifest, wait_for_latest
 from funnel.candidates import Candidates, check_item_ids
 from funnel.policy.document import PolicyDocument, load_policy
 from funnel.policy.watch import watch_policy
@@ -36,6 +36,7 @@ class RerankingService(reranking_pb2_grpc.RerankingServicer):
         self.settings = settings
         self.engine: PolicyEngine | None = None
         self._tables: tuple[Catalog, Users, np.ndarray] | None = None
+        self.bundle_version = ""  # whose catalog rows a candidate list may carry for this process
         self._watch: asyncio.Task[None] | None = None
         reranking_pb2_grpc.add_RerankingServicer_to_server(self, runtime.server)
 
@@ -48,6 +49,7 @@ class RerankingService(reranking_pb2_grpc.RerankingServicer):
         self._tables = await self.runtime.run_cpu(
             lambda: (Catalog.load(bundle), Users.load(bundle), Embeddings.load(bundle, mmap=True).items)
         )
+        self.bundle_version = read_manifest(bundle, verify=False)["version"]
         self.engine = PolicyEngine(*self._tables, policy)
         ARTIFACT_INFO.labels("policy", policy.version).set(1)
         log.info(
@@ -91,12 +93,13 @@ class RerankingService(reranking_pb2_grpc.RerankingServicer):
         engine = self.engine
         if engine is None:
             raise Unavailable("policy not loaded yet")
-        return await self.runtime.run_call_work(_rerank, engine, request, candidates)
+        return await self.runtime.run_call_work(_rerank, engine, request, candidates, self.bundle_version)
 
 
 def _rerank(
-    engine: PolicyEngine, request: reranking_pb2.RerankRequest, candidates: Candidates
+    engine: PolicyEngine, request: reranking_pb2.RerankRequest, candidates: Candidates, version: str
 ) -> reranking_pb2.RerankResponse:
+    """The policy over `candidates`; `version` is the bundle whose catalog the engine holds."""
     result = engine.run(
         request.user_id,
         candidates.item_ids,
@@ -106,6 +109,7 @@ def _rerank(
         request.num_results,
         request.debug,
         request.recent_item_ids,
+        candidates.rows_in(engine.catalog.index, version),
     )
     response = reranking_pb2.RerankResponse(policy_version=engine.version)
     for rule, outcome in result.reports:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from funnel.artifacts.store import MANIFEST, ArtifactError, latest_version, wait_for_latest
-from funnel.candidates import Candidates
+from funnel.candidates import Candidates, pick
 from funnel.features import country_slot
 from funnel.policy.document import PolicyDocument, load_policy
 from funnel.policy.watch import watch_policy
@@ -180,7 +180,6 @@ def _retrieve(
     query = Query(history=history, allowed=index.allowed.for_request(request.context, excluded), vector=vector)
     hits = [(code, index.sources[SOURCE_NAMES[code]].fetch(query, limit)) for code, limit in limits.items()]
     rows = np.concatenate([h.rows for _, h in hits]) if hits else np.zeros(0, dtype=np.int64)
-    ids = index.item_id_list
     response = retrieval_pb2.RetrieveResponse(
         index_version=index.version,
         shard_index=settings.shard_index,
@@ -189,8 +188,10 @@ def _retrieve(
     )
     response.user_vector.extend(vector[0].tolist())
     Candidates(
-        [ids[row] for row in rows.tolist()],
+        pick(index.item_id_list, rows),
         np.repeat(np.array([code for code, _ in hits], dtype=np.int32), [len(h.rows) for _, h in hits]),
         np.concatenate([h.scores for _, h in hits]).astype(np.float32) if hits else np.zeros(0, np.float32),
+        rows=rows,
+        catalog_version=index.version,
     ).write(response.candidates)
     return response
