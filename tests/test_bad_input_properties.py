@@ -47,6 +47,7 @@ SCALARS = {
     FieldDescriptor.TYPE_INT32: st.integers(-(2**31), 2**31 - 1),
     FieldDescriptor.TYPE_INT64: st.integers(-(2**63), 2**63 - 1),
     FieldDescriptor.TYPE_UINT32: st.integers(0, 2**32 - 1),
+    FieldDescriptor.TYPE_FIXED32: st.integers(0, 2**32 - 1),
     FieldDescriptor.TYPE_ENUM: st.integers(-5, 20),  # unknown enum values included
     FieldDescriptor.TYPE_FLOAT: st.floats(allow_nan=True, allow_infinity=True, width=32),
     FieldDescriptor.TYPE_DOUBLE: st.floats(allow_nan=True, allow_infinity=True),

@@ -118,6 +118,35 @@ def test_stages_refuse_unequal_columns_with_invalid_argument_naming_the_field(st
     assert "candidates.sources has 1 entries, candidates.item_ids 2" in refused.value.details()
 
 
+@pytest.mark.parametrize("stage", ["ranking-0", "reranking-0"])
+def test_carried_rows_are_used_for_their_own_bundle_only_and_refused_beyond_its_catalog(stack, artifacts, stage):
+    from funnel.artifacts.store import latest_version, read_manifest
+
+    version = read_manifest(latest_version(artifacts / "bundles"), verify=False)["version"]
+    ids = ["i0000001", "i0000002"]
+
+    def call(rows: list[int], catalog_version: str):
+        candidates = candidates_pb2.CandidateList(
+            item_ids=ids, ranking_scores=[1.0, 0.5], catalog_rows=rows, catalog_version=catalog_version
+        )
+        with grpc.insecure_channel(stack.address(stage)) as channel:
+            if stage == "ranking-0":
+                request = ranking_pb2.RankRequest(user_id="u0000001", candidates=candidates)
+                return ranking_pb2_grpc.RankingStub(channel).Rank(request, timeout=5)
+            request = reranking_pb2.RerankRequest(user_id="u0000001", num_results=2, candidates=candidates)
+            return reranking_pb2_grpc.RerankingStub(channel).Rerank(request, timeout=5)
+
+    # Another version's rows are ignored (the ids are looked up), whatever they say.
+    call([999_999_999, 5], "some-other-bundle")
+    with pytest.raises(grpc.RpcError) as refused:
+        call([999_999_999, 5], version)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "catalog_rows holds a row beyond" in refused.value.details()
+    with pytest.raises(grpc.RpcError) as unversioned:
+        call([1, 2], "")
+    assert "catalog_rows needs candidates.catalog_version" in unversioned.value.details()
+
+
 def test_source_codes_are_the_contracts_enum_values():
     for name, code in SOURCE_CODES.items():
         enum = "CANDIDATE_SOURCE_" + ("UNSPECIFIED" if name == "unknown" else name.upper())
