@@ -9,11 +9,13 @@ StageReport per step, written here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
 import grpc
 
+from funnel.live.store import LiveStore, StoreError, connect
 from funnel.policy.document import load_policy
 from funnel.runtime.deadline import budget_from_grpc
 from funnel.runtime.errors import Unavailable
@@ -24,6 +26,8 @@ from funnel.runtime.server import Runtime
 from funnel.sources import SOURCE_NAMES
 from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
 from funnel.validation import check_context, check_count, check_id, check_ids
+from gateway.impressions import ImpressionRecorder
+from gateway.live_state import HydrateLiveState, LiveLimits
 from gateway.resilience import QualityFactor
 from gateway.safety_net import SafetyNet
 from gateway.settings import GatewaySettings
@@ -48,10 +52,17 @@ class Funnel:
     """The steps, and what runs them: the request handler's logic, free of any server, so tests
     can drive it with in-memory stages."""
 
-    def __init__(self, settings: GatewaySettings, steps: list[Step], quality: QualityFactor) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        steps: list[Step],
+        quality: QualityFactor,
+        impressions: ImpressionRecorder | None = None,
+    ) -> None:
         self.settings = settings
         self.steps = steps
         self.quality = quality
+        self.impressions = impressions  # what is served is recorded here, off the request path
         self.source_limits = settings.source_limits()  # fixed for the process; not rebuilt per request
 
     async def recommend(
@@ -66,6 +77,8 @@ class Funnel:
             reserve_s=max(s.local_reserve_ms / 1000, s.local_reserve_fraction * budget.total_s),
             # Under latency pressure every source shrinks alike, so the candidate mix is kept.
             source_limits={source: self.quality.scale(n) for source, n in self.source_limits.items()},
+            recent_item_ids=list(request.recent_item_ids),
+            exclude_item_ids=list(request.exclude_item_ids),
             exclude=set(request.exclude_item_ids),
         )
         response = recommender_pb2.RecommendResponse(request_id=request_id, quality_factor=self.quality.value)
@@ -103,6 +116,8 @@ class Funnel:
             if request.debug and n < len(state.reasons):
                 item.reasons.extend(state.reasons[n])
         response.degraded = any(stage.status in (DEGRADED, FAILED) for stage in response.stages)
+        if self.impressions is not None:
+            self.impressions.offer(request.user_id, final.item_ids, request_id)
         return response
 
 
@@ -114,6 +129,8 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         self.settings = settings
         self.channels = StageChannels(settings, runtime.tls)
         self.funnel: Funnel | None = None
+        self.store: LiveStore | None = None
+        self.impressions: ImpressionRecorder | None = None
         recommender_pb2_grpc.add_RecommenderServicer_to_server(self, runtime.server)
 
     async def start(self) -> None:
@@ -128,8 +145,10 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         ]
         # Stages that are down do not stop the gateway (it degrades), but warm connections to the
         # others keep connection set-up off the first requests' budgets.
+        if s.state_store:
+            steps.insert(0, await self._live_state())
         unreachable = await self.channels.connect(timeout_s=2.0)
-        self.funnel = Funnel(s, steps, QualityFactor(s.quality_floor))
+        self.funnel = Funnel(s, steps, QualityFactor(s.quality_floor), self.impressions)
         log.info(
             "gateway ready",
             extra={
@@ -140,7 +159,31 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         )
         await self.runtime.readiness.set(True, "fallback catalog and policy loaded")
 
+    async def _live_state(self) -> HydrateLiveState:
+        s = self.settings
+        # The read's socket timeout is a backstop; each read is cut off at the step's budget.
+        self.store = LiveStore(connect(s.state_store, timeout_s=1.0), s.retention())
+        # A warm connection keeps its set-up off the first request's budget; a store that is down
+        # does not stop the gateway (answers degrade until it returns).
+        with contextlib.suppress(StoreError):
+            await self.store.ping()
+        if s.record_impressions:
+            self.impressions = ImpressionRecorder(self.store, s.impression_queue)
+            self.impressions.start()
+        limits = LiveLimits(
+            recent=s.live_recent_items,
+            dismissed=s.live_dismissed_items,
+            served=s.served_filter_items if s.served_filter_seconds > 0 else 0,
+            max_recent=s.max_recent_items,
+            max_excluded=s.max_excluded,
+        )
+        return HydrateLiveState(self.store, s.state_budget_ms, limits)
+
     async def stop(self) -> None:
+        if self.impressions is not None:
+            await self.impressions.stop()
+        if self.store is not None:
+            await self.store.close()
         await self.channels.close()
 
     async def Recommend(

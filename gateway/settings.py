@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from funnel import sources
 from funnel.fusion import DEFAULT_LIMITS
+from funnel.live.schema import Retention
 from funnel.runtime.channels import listed_hosts
 from funnel.runtime.config import ServerSettings, non_empty, non_negative, port_setting, positive, setting
 
@@ -109,6 +110,36 @@ class GatewaySettings(ServerSettings):
     max_results: int = setting(100, help="largest num_results a client may ask for", checks=[positive])
     max_excluded: int = setting(1000, help="largest exclude_item_ids list a client may send", checks=[positive])
     max_recent_items: int = setting(100, help="largest recent_item_ids list a client may send", checks=[positive])
+
+    state_store: str = setting(
+        "",
+        help="Redis URL of the online store (redis://host:port/db): each request reads the user's live state "
+        "(recent interactions, dismissals, what was served) and the answer is recorded as impressions; empty: "
+        "answers use the bundle's stored history only",
+    )
+    state_budget_ms: float = setting(
+        10.0, help="most reading a user's live state may take; later, the answer uses stored history (DEGRADED)",
+        checks=[positive],
+    )  # fmt: skip
+    live_recent_items: int = setting(
+        50, help="latest live interactions sent on as recent items (user tower, ranking features, seen)",
+        checks=[non_negative],
+    )  # fmt: skip
+    live_dismissed_items: int = setting(500, help="dismissed items left out, newest", checks=[non_negative])
+    served_filter_seconds: float = setting(
+        1800.0,
+        help="items served to the user within this long are left out of their next answers, so each answer "
+        "shows something new (0 = never left out; impressions are recorded all the same)",
+        checks=[non_negative],
+    )
+    served_filter_items: int = setting(300, help="most served items left out, newest", checks=[non_negative])
+    record_impressions: bool = setting(True, help="record what each answer served (off the request path)")
+    impression_queue: int = setting(
+        10_000, help="answers waiting to be recorded; beyond it impressions are dropped and counted", checks=[positive]
+    )
+
+    def retention(self) -> Retention:
+        return Retention(served_ttl_ms=int(max(self.served_filter_seconds, 1.0) * 1000))
 
     def enabled_stages(self) -> set[str]:
         return {part.strip() for part in self.stages.split(",") if part.strip()}

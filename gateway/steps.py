@@ -35,6 +35,8 @@ SWITCHED_OFF = common_pb2.DEGRADATION_CAUSE_SWITCHED_OFF
 NO_CANDIDATES = common_pb2.DEGRADATION_CAUSE_NO_CANDIDATES
 PARTIAL = common_pb2.DEGRADATION_CAUSE_PARTIAL
 ERROR = common_pb2.DEGRADATION_CAUSE_ERROR
+DEADLINE = common_pb2.DEGRADATION_CAUSE_DEADLINE
+UNAVAILABLE = common_pb2.DEGRADATION_CAUSE_UNAVAILABLE
 _SKIPPED_BECAUSE = {SWITCHED_OFF: "switched off (--stages)", NO_CANDIDATES: "no candidates"}
 _RANK_SCORES = {"scores": (ranking_pb2.RankResponse.DESCRIPTOR.fields_by_name["scores"].number, FLOAT32, FLOAT32)}
 
@@ -47,7 +49,10 @@ class RequestState:
     budget: Budget
     reserve_s: float
     source_limits: dict[str, int]  # candidates kept per source, scaled by the quality factor
-    exclude: set[str] = field(default_factory=set)
+    # What the stages are sent: the request's lists, with the user's live state folded in.
+    recent_item_ids: list[str] = field(default_factory=list)  # newest last
+    exclude_item_ids: list[str] = field(default_factory=list)
+    exclude: set[str] = field(default_factory=set)  # every exclusion, for the gateway's own fallbacks
     candidates: Candidates = field(default_factory=Candidates.empty)  # best first
     user_vector: Sequence[float] = ()
     final: Candidates | None = None  # the answer, in display order
@@ -144,8 +149,8 @@ class RetrieveCandidates(Step):
             source_limits=[
                 retrieval_pb2.SourceLimit(source=SOURCE_CODES[source], limit=n) for source, n in limits.items()
             ],
-            exclude_item_ids=request.exclude_item_ids,
-            recent_item_ids=request.recent_item_ids,
+            exclude_item_ids=state.exclude_item_ids,
+            recent_item_ids=state.recent_item_ids,
         )
 
     def accept(self, state: RequestState, calls: list[StageCall]) -> Outcome:
@@ -174,9 +179,7 @@ class RetrieveCandidates(Step):
 
     def fall_back(self, state: RequestState, outcome: Outcome) -> Outcome:
         request = state.request
-        state.candidates = self.safety.fallback_candidates(
-            request.user_id, state.exclude | set(request.recent_item_ids)
-        )
+        state.candidates = self.safety.fallback_candidates(request.user_id, state.exclude | set(state.recent_item_ids))
         if not len(state.candidates):
             outcome.status = FAILED
         outcome.message = f"every shard failed ({outcome.message}); served the gateway's popular fallback"
@@ -199,7 +202,7 @@ class RankCandidates(Step):
             context=request.context,
             # Ranking reads ids and sources (its features); scores would be sent for nothing.
             candidates=state.candidates.to_message(scores="none"),
-            recent_item_ids=request.recent_item_ids,
+            recent_item_ids=state.recent_item_ids,
             user_vector=state.user_vector,
         )
 
@@ -245,9 +248,9 @@ class RerankCandidates(Step):
             context=request.context,
             candidates=candidates,
             num_results=request.num_results,
-            exclude_item_ids=request.exclude_item_ids,
+            exclude_item_ids=state.exclude_item_ids,
             debug=request.debug,
-            recent_item_ids=request.recent_item_ids,
+            recent_item_ids=state.recent_item_ids,
         )
 
     def accept(self, state: RequestState, calls: list[StageCall]) -> Outcome:
@@ -281,7 +284,7 @@ class RerankCandidates(Step):
             request.context,
             request.num_results,
             state.exclude,
-            request.recent_item_ids,
+            state.recent_item_ids,
         )
         if request.debug:
             note = f"gateway safety net: content policy {self.safety.policy.version} applied"

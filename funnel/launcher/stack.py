@@ -1,4 +1,5 @@
-"""The local stack: Triton, every stage replica and the gateway as processes on 127.0.0.1.
+"""The local stack: Triton, Redis, every stage replica, the events service and the gateway as
+processes on 127.0.0.1.
 
 Used by `make up` / `make down` (state kept in `.run/stack.json`) and by the tests (in-process,
 with free ports). Every process runs in its own process group so stopping it leaves nothing behind.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from funnel.launcher.health import wait_serving
 from funnel.launcher.processes import alive, free_port, spawn, stop_group, tail
+from funnel.launcher.redis import RedisServer
 from funnel.launcher.triton import TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +40,10 @@ class StackConfig:
     startup_timeout_s: float = 180.0
     # Ranking and Triton share this host: input tensors go through Triton's system shared memory.
     triton_shared_memory: bool = True
+    # Users' live state in a Redis server (and the events service writing it); off: answers use
+    # the bundle's stored history only, as before live data (the replay evaluations run so).
+    live_state: bool = True
+    redis_port: int = 6390
     extra_env: dict[str, str] = field(default_factory=dict)
     gateway_env: dict[str, str] = field(default_factory=dict)  # on top of extra_env, gateway only
 
@@ -58,7 +64,8 @@ class Stack:
         self._next_port = config.first_stage_port
         self._next_metrics = config.first_metrics_port
         self.triton: TritonServer | None = None
-        self._launches: dict[str, tuple[str, list[str], dict[str, str] | None]] = {}
+        self.redis: RedisServer | None = None
+        self._launches: dict[str, tuple[str, list[str], dict[str, str] | None, bool]] = {}
 
     # -- ports -----------------------------------------------------------------------------
     def _port(self) -> int:
@@ -90,6 +97,7 @@ class Stack:
         process = self.triton.start()
         self.processes.append(ProcessInfo("triton", process.pid, grpc_port, metrics, str(self.triton.log_path)))
         self.triton.wait_ready(c.startup_timeout_s)
+        store_flags = self._start_store() if c.live_state else []
 
         shard_targets = []
         policy = ["--policy-path", str(c.policy)]  # retrieval applies its content rules inside the search
@@ -128,11 +136,36 @@ class Stack:
                 ",".join(f"127.0.0.1:{p.port}" for p in reranking),
                 "--policy-path",
                 str(c.policy),
+                *store_flags,
             ],
             port=c.gateway_port or free_port(),
             env=c.gateway_env,
         )
         self.wait_all_serving()
+
+    def _start_store(self) -> list[str]:
+        """Redis and the events service writing it; the gateway's flags for reading it."""
+        c = self.config
+        port = free_port() if c.auto_ports else c.redis_port
+        self.redis = RedisServer(c.run_dir / "redis", port, c.run_dir / "logs" / "redis.log")
+        self._progress(f"starting Redis on 127.0.0.1:{port} (append-only, fsync always, {self.redis.data_dir})")
+        process = self.redis.start()
+        self.processes.append(ProcessInfo("redis", process.pid, port, 0, str(self.redis.log_path)))
+        self.redis.wait_ready(c.startup_timeout_s)
+        store = ["--state-store", self.redis.url]
+        self.launch("events", "services.events", store, artifacts=False)
+        return store
+
+    def restart_store(self) -> None:
+        """Start Redis again on its port and data directory, after it stopped or was killed."""
+        assert self.redis is not None, "the stack runs without live state"
+        old = self.get("redis")
+        if alive(old.pid):
+            raise RuntimeError("redis is still running")
+        self.processes.remove(old)
+        process = self.redis.start()
+        self.processes.insert(0, ProcessInfo("redis", process.pid, old.port, 0, old.log))
+        self.redis.wait_ready(self.config.startup_timeout_s)
 
     def launch(
         self,
@@ -142,12 +175,13 @@ class Stack:
         port: int | None = None,
         env: dict[str, str] | None = None,
         metrics_port: int | None = None,
+        artifacts: bool = True,
     ) -> ProcessInfo:
         """Start one service process; it is waited for by `wait_all_serving`."""
         c = self.config
         port = port or self._port()
         metrics_port = metrics_port or self._metrics_port()
-        self._launches[name] = (module, args, env)
+        self._launches[name] = (module, args, env, artifacts)
         log = c.run_dir / "logs" / f"{name}.log"
         command = [
             sys.executable,
@@ -157,8 +191,7 @@ class Stack:
             str(port),
             "--metrics-port",
             str(metrics_port),
-            "--artifact-dir",
-            str(c.artifacts.resolve()),
+            *(["--artifact-dir", str(c.artifacts.resolve())] if artifacts else []),
             *args,
         ]
         process_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **c.extra_env, **(env or {})}
@@ -170,8 +203,8 @@ class Stack:
 
     def launch_like(self, name: str, new_name: str, extra_args: list[str] | None = None) -> ProcessInfo:
         """One more replica of a running process, on new ports (later flags override earlier ones)."""
-        module, args, env = self._launches[name]
-        return self.launch(new_name, module, [*args, *(extra_args or [])], env=env)
+        module, args, env, artifacts = self._launches[name]
+        return self.launch(new_name, module, [*args, *(extra_args or [])], env=env, artifacts=artifacts)
 
     def stop_one(self, name: str) -> None:
         info = self.get(name)
@@ -184,12 +217,14 @@ class Stack:
         if alive(old.pid):
             raise RuntimeError(f"{name} is still running")
         self.processes.remove(old)
-        module, args, env = self._launches[name]
-        return self.launch(name, module, args, port=old.port, env=env, metrics_port=old.metrics_port)
+        module, args, env, artifacts = self._launches[name]
+        return self.launch(
+            name, module, args, port=old.port, env=env, metrics_port=old.metrics_port, artifacts=artifacts
+        )
 
     def wait_all_serving(self) -> None:
         for info in self.processes:
-            if info.name == "triton":
+            if info.name in ("triton", "redis"):  # no gRPC health service: waited for when started
                 continue
             try:
                 wait_serving(f"127.0.0.1:{info.port}", self.config.startup_timeout_s, lambda pid=info.pid: alive(pid))

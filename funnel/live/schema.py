@@ -1,0 +1,66 @@
+"""What the store holds and under which keys: one place, read by every writer and reader.
+
+Per user (hash-tagged by user id, so one user's keys share a Redis Cluster slot):
+- `funnel:u:{<user>}:recent`    sorted set item -> latest event time (ms): positive interactions,
+  capped to the newest `recent_cap`;
+- `funnel:u:{<user>}:dismissed` sorted set item -> time: never served again, capped;
+- `funnel:u:{<user>}:served`    sorted set item -> time served: left out for `served_ttl`, the
+  key itself expires after it.
+Global: `funnel:event:<event_id>` (idempotency keys, expiring) and the stream `funnel:events` (the
+durable log the export command turns into files the build reads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from funnel.v1 import events_pb2
+
+STREAM = "funnel:events"
+EVENT_TYPES = {
+    value: name.removeprefix("EVENT_TYPE_").lower()
+    for name, value in events_pb2.EventType.items()
+    if value != events_pb2.EVENT_TYPE_UNSPECIFIED
+}
+# What an event does to the user's live state. Every event goes to the log whatever its group.
+RECENT, DISMISSED, SERVED = "recent", "dismissed", "served"
+STATE_OF_TYPE = {
+    "impression": SERVED,
+    "click": RECENT,
+    "view": RECENT,
+    "like": RECENT,
+    "purchase": RECENT,
+    "rating": RECENT,
+    "dismiss": DISMISSED,
+}
+# Types that are interactions for training (an impression is an exposure, a dismissal a refusal).
+INTERACTION_TYPES = frozenset(kind for kind, group in STATE_OF_TYPE.items() if group == RECENT)
+assert set(STATE_OF_TYPE) == set(EVENT_TYPES.values()), "every event type has a state group"
+
+
+def user_key(user_id: str, group: str) -> str:
+    return f"funnel:u:{{{user_id}}}:{group}"
+
+
+def event_key(event_id: str) -> str:
+    return f"funnel:event:{event_id}"
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How much live state is kept per user (writers trim to it; readers read within it)."""
+
+    recent_cap: int = 200
+    dismissed_cap: int = 1000
+    served_ttl_ms: int = 30 * 60 * 1000
+    idempotency_ttl_s: int = 7 * 24 * 3600
+    stream_max_events: int = 10_000_000
+
+
+@dataclass
+class LiveState:
+    """One user's live state as the gateway read it."""
+
+    recent: list[str] = field(default_factory=list)  # oldest first, newest last
+    dismissed: list[str] = field(default_factory=list)  # newest first
+    served: list[str] = field(default_factory=list)  # newest first, within the TTL

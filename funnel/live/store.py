@@ -1,0 +1,187 @@
+"""The Redis client every live-state reader and writer uses: one Lua script records a batch of
+events atomically, one pipelined round trip reads a user's state.
+
+Durability is the server's: with `appendonly yes` and `appendfsync always` Redis writes and
+fsyncs the append-only file before it answers, so an answered `record` is on disk. `durability()`
+says what the server is configured to do, so the events service can refuse to acknowledge events
+it could lose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+from funnel.live.schema import (
+    DISMISSED,
+    RECENT,
+    SERVED,
+    STREAM,
+    LiveState,
+    Retention,
+    event_key,
+    user_key,
+)
+
+# KEYS: the stream, then per event its idempotency key and the user's state key.
+# ARGV: retention and the writer's clock, then 7 fields per event.
+_RECORD = """
+local idem_ttl, recent_cap, dismissed_cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local served_ttl, maxlen, now = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local recorded, duplicates = 0, 0
+for i = 0, (#KEYS - 1) / 2 - 1 do
+  local a = 6 + i * 7
+  local id, user, item, kind = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local ts, value, group = tonumber(ARGV[a + 5]), ARGV[a + 6], ARGV[a + 7]
+  if redis.call('SET', KEYS[2 + 2 * i], '1', 'NX', 'EX', idem_ttl) then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
+      'event_id', id, 'user_id', user, 'item_id', item, 'type', kind, 'ts', ARGV[a + 5], 'value', value)
+    local key = KEYS[3 + 2 * i]
+    -- GT: an event replayed late never moves an item back in time.
+    if group == 'recent' then
+      redis.call('ZADD', key, 'GT', ts, item)
+      redis.call('ZREMRANGEBYRANK', key, 0, -recent_cap - 1)
+    elseif group == 'dismissed' then
+      redis.call('ZADD', key, 'GT', ts, item)
+      redis.call('ZREMRANGEBYRANK', key, 0, -dismissed_cap - 1)
+    elseif ts > now - served_ttl then
+      redis.call('ZADD', key, 'GT', ts, item)
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now - served_ttl)
+      redis.call('PEXPIRE', key, served_ttl)
+    end
+    recorded = recorded + 1
+  else
+    duplicates = duplicates + 1
+  end
+end
+return {recorded, duplicates}
+"""
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One validated event, as the store writes it."""
+
+    event_id: str
+    user_id: str
+    item_id: str
+    kind: str  # an EVENT_TYPES name
+    group: str  # RECENT, DISMISSED or SERVED
+    timestamp_ms: int
+    value: float
+
+
+class StoreError(Exception):
+    """The store could not be reached or refused the command: nothing may be assumed written."""
+
+
+def connect(url: str, timeout_s: float) -> aioredis.Redis:
+    """A client that never retries on its own: callers own their budgets and their retries."""
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+
+
+class LiveStore:
+    def __init__(self, client: aioredis.Redis, retention: Retention) -> None:
+        self.client = client
+        self.retention = retention
+        self._record = client.register_script(_RECORD)
+
+    async def record(self, events: Sequence[EventRecord], now_ms: int) -> tuple[int, int]:
+        """Write a batch atomically; (recorded, duplicates). Raises StoreError, having written
+        either the whole batch or nothing (the script runs as one unit)."""
+        r = self.retention
+        keys = [STREAM]
+        args: list[str | int | float] = [
+            r.idempotency_ttl_s,
+            r.recent_cap,
+            r.dismissed_cap,
+            r.served_ttl_ms,
+            r.stream_max_events,
+            now_ms,
+        ]
+        for event in events:
+            keys += [event_key(event.event_id), user_key(event.user_id, event.group)]
+            args += [
+                event.event_id, event.user_id, event.item_id, event.kind, event.timestamp_ms,
+                repr(event.value), event.group,
+            ]  # fmt: skip
+        try:
+            recorded, duplicates = await self._record(keys=keys, args=args)
+        except RedisError as exc:
+            raise StoreError(_describe(exc)) from exc
+        return int(recorded), int(duplicates)
+
+    async def read(self, user_id: str, now_ms: int, recent: int, dismissed: int, served: int) -> LiveState:
+        """A user's live state in one round trip, each part at most the given length."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(user_key(user_id, RECENT), -recent, -1)
+        pipe.zrange(user_key(user_id, DISMISSED), 0, dismissed - 1, desc=True)
+        # served, newest first, within the TTL
+        pipe.zrange(
+            user_key(user_id, SERVED), "+inf", now_ms - self.retention.served_ttl_ms,
+            desc=True, byscore=True, offset=0, num=served,
+        )  # fmt: skip
+        try:
+            recent_items, dismissed_items, served_items = await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(_describe(exc)) from exc
+        return LiveState(recent_items, dismissed_items, served_items)
+
+    async def record_served(self, served: Sequence[tuple[str, Sequence[str], str]], now_ms: int) -> None:
+        """What the gateway served: (user, items, request id) per answer, in one round trip. Each
+        answer is one log entry (its items joined by newlines, which no item id may contain)."""
+        ttl = self.retention.served_ttl_ms
+        pipe = self.client.pipeline(transaction=False)
+        for user_id, items, request_id in served:
+            key = user_key(user_id, SERVED)
+            pipe.zadd(key, dict.fromkeys(items, now_ms), gt=True)
+            pipe.zremrangebyscore(key, "-inf", now_ms - ttl)
+            pipe.pexpire(key, ttl)
+            pipe.xadd(
+                STREAM,
+                {"event_id": request_id, "user_id": user_id, "item_id": "\n".join(items), "type": "impression",
+                 "ts": now_ms, "value": "0"},
+                maxlen=self.retention.stream_max_events, approximate=True,
+            )  # fmt: skip
+        try:
+            await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(_describe(exc)) from exc
+
+    async def ping(self) -> None:
+        try:
+            await self.client.ping()
+        except RedisError as exc:
+            raise StoreError(_describe(exc)) from exc
+
+    async def durability(self) -> str | None:
+        """None when every acknowledged write is fsynced (appendonly yes, appendfsync always), else
+        what the server is configured to do instead; 'unknown' where CONFIG is not allowed."""
+        try:
+            config = await self.client.config_get("append*")
+        except ResponseError:
+            return "unknown (CONFIG GET is not allowed on this server)"
+        except RedisError as exc:
+            raise StoreError(_describe(exc)) from exc
+        if config.get("appendonly") != "yes" or config.get("appendfsync") != "always":
+            return f"appendonly={config.get('appendonly')}, appendfsync={config.get('appendfsync')}"
+        return None
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

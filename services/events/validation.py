@@ -1,0 +1,52 @@
+"""Checks on a batch of events: the first bad field refuses the whole batch, naming the event."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+from funnel.live.schema import EVENT_TYPES, STATE_OF_TYPE
+from funnel.live.store import EventRecord
+from funnel.runtime.errors import InvalidArgument
+from funnel.v1 import events_pb2
+from funnel.validation import check_id
+
+_EARLIEST_S = 946_684_800  # 2000-01-01: anything older is a client bug
+
+
+def check_events(events: Sequence[events_pb2.Event], max_events: int, max_skew_s: float) -> list[EventRecord]:
+    if not events:
+        raise InvalidArgument("events must not be empty")
+    if len(events) > max_events:
+        raise InvalidArgument(f"events: {len(events)} in one call, at most {max_events} allowed")
+    latest_s = time.time() + max_skew_s
+    return [_check_event(n, event, latest_s) for n, event in enumerate(events)]
+
+
+def _check_event(n: int, event: events_pb2.Event, latest_s: float) -> EventRecord:
+    where = f"events[{n}]"
+    check_id(event.event_id, f"{where}.event_id")
+    check_id(event.user_id, f"{where}.user_id")
+    check_id(event.item_id, f"{where}.item_id")
+    kind = EVENT_TYPES.get(event.type)
+    if kind is None:
+        raise InvalidArgument(f"{where}.type must be one of {', '.join(EVENT_TYPES.values())} (got {event.type})")
+    if not event.HasField("timestamp"):
+        raise InvalidArgument(f"{where}.timestamp is required")
+    seconds, nanos = event.timestamp.seconds, event.timestamp.nanos
+    if not 0 <= nanos < 1_000_000_000:
+        raise InvalidArgument(f"{where}.timestamp.nanos must be in [0, 1e9)")
+    if seconds < _EARLIEST_S or seconds > latest_s:
+        raise InvalidArgument(f"{where}.timestamp must be between 2000-01-01 and now (got {seconds} s)")
+    if not math.isfinite(event.value):
+        raise InvalidArgument(f"{where}.value must be a finite number")
+    return EventRecord(
+        event_id=event.event_id,
+        user_id=event.user_id,
+        item_id=event.item_id,
+        kind=kind,
+        group=STATE_OF_TYPE[kind],
+        timestamp_ms=seconds * 1000 + nanos // 1_000_000,
+        value=event.value,
+    )
