@@ -217,9 +217,14 @@ def start_stack(
     return stack
 
 
+OFF_THE_REQUEST_PATH = ("events",)
+
+
 def cpu_per_request(stack: Stack, address: str, traffic: Traffic, rate: float, seconds: float) -> dict:
     """Milliseconds of CPU each process spends per answered request, over one step at `rate`."""
-    processes = {p.name: p.pid for p in stack.processes}  # Triton's row includes its python-backend stub
+    # Every process a Recommend call passes through (Triton's row includes its python-backend stub;
+    # Redis serves the live-state read and the impressions); the events service is not on that path.
+    processes = {p.name: p.pid for p in stack.processes if p.name not in OFF_THE_REQUEST_PATH}
     before = {name: cpu_seconds(pid) for name, pid in processes.items()}
     client_before = time.process_time()
     step = asyncio.run(run_step(address, traffic, rate, seconds, seed=77))

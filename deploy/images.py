@@ -20,6 +20,7 @@ DOCKERFILES = {
     "retrieval": "services/retrieval/Dockerfile",
     "ranking": "services/ranking/Dockerfile",
     "reranking": "services/reranking/Dockerfile",
+    "events": "services/events/Dockerfile",
     "training": "training/Dockerfile",
 }
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from deploy.render import Object
 
-WORKLOAD_KINDS = ("Deployment", "Job")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 
 
 @dataclass

@@ -16,6 +16,8 @@ REQUIRED = (
     ("gateway", "ranking", 50071),
     ("gateway", "reranking", 50081),
     ("ranking", "triton", 8001),
+    ("gateway", "online-store", 6379),
+    ("events", "online-store", 6379),
 )
 # Calls nothing should be able to make: stages reaching past the gateway, anything but ranking at Triton.
 FORBIDDEN = (
@@ -25,6 +27,9 @@ FORBIDDEN = (
     ("retrieval", "reranking", 50081),
     ("ranking", "retrieval", 50061),
     ("triton", "ranking", 50071),
+    ("retrieval", "online-store", 6379),
+    ("ranking", "online-store", 6379),
+    ("events", "ranking", 50071),
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from urllib.parse import urlsplit
 
 from deploy.images import DOCKERFILES, image_basename, parse
 from deploy.imports import REPO_ROOT
@@ -85,6 +86,35 @@ def wiring_problems(manifests: Manifests) -> list[str]:
             problems += _gateway_problems(manifests, container, settings, containers, loaded)
         if isinstance(settings, RankingSettings):
             problems += _triton_problems(manifests, container, settings)
+        if getattr(settings, "state_store", ""):
+            problems += _store_problems(manifests, container, settings.state_store)  # type: ignore[attr-defined]
+    return problems
+
+
+def _store_problems(manifests: Manifests, container: Container, url: str) -> list[str]:
+    """FUNNEL_STATE_STORE names a Service of this namespace, on a port a Redis container listens on
+    with append-only persistence fsynced before every reply (the events service refuses anything
+    less). An address outside the manifests (a managed Redis) is the operator's to check."""
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+        return [f"{container.name}: FUNNEL_STATE_STORE {url!r} is not a redis://host:port/db URL"]
+    service = manifests.get("Service", parsed.hostname.split(".")[0])
+    if service is None:
+        return []
+    port = parsed.port or 6379
+    ports = [p for p in service["spec"]["ports"] if p["port"] == port]
+    if not ports:
+        return [f"{container.name}: FUNNEL_STATE_STORE: {object_id(service)} has no port {port}"]
+    problems = []
+    for workload in manifests.pods_selected_by(service["spec"]["selector"]):
+        redis = Container(workload, workload["spec"]["template"]["spec"]["containers"][0])
+        if redis.port(ports[0].get("targetPort", port)) is None:
+            problems.append(f"{object_id(service)}: port {port} reaches no port of {object_id(workload)}")
+        args = redis.spec.get("args", [])
+        # Redis takes "--name value" pairs
+        flags = {name: value for name, value in zip(args, [*args[1:], ""], strict=True) if name.startswith("--")}
+        if flags.get("--appendonly") != "yes" or flags.get("--appendfsync") != "always":
+            problems.append(f"{object_id(workload)}: Redis must run --appendonly yes --appendfsync always")
     return problems
 
 

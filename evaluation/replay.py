@@ -201,7 +201,16 @@ class Replayer:
         self.policy_path.parent.mkdir(parents=True, exist_ok=True)
         self._write_policy(self.served_policy)
         self.stack = Stack(
-            StackConfig(artifacts=artifacts, run_dir=run_dir, policy=self.policy_path, auto_ports=True, gateway_port=0)
+            StackConfig(
+                artifacts=artifacts,
+                run_dir=run_dir,
+                policy=self.policy_path,
+                auto_ports=True,
+                gateway_port=0,
+                # Every variant asks for the same users: with live state, what one variant served would
+                # be left out of the next one's answers. The bundle's history is the protocol's.
+                live_state=False,
+            )
         )
         self._gateways = 0
 

@@ -83,10 +83,11 @@ class Funnel:
         )
         response = recommender_pb2.RecommendResponse(request_id=request_id, quality_factor=self.quality.value)
         pressure = 0.0
+        later: list[common_pb2.StageReport] = []  # reports that follow the three stages' (see the proto)
         for step in self.steps:
             items_in = step.items_in(state)
             outcome = await step.run(state)
-            response.stages.add(
+            report = common_pb2.StageReport(
                 stage=step.name,
                 status=outcome.status,
                 cause=outcome.cause,
@@ -99,6 +100,10 @@ class Funnel:
                 items_out=outcome.items_out,
                 rules=outcome.rules,
             )
+            if step.reported_after_stages:
+                later.append(report)
+            else:
+                response.stages.append(report)
             if outcome.status in (DEGRADED, FAILED):
                 DEGRADED_TOTAL.labels(step.name, CAUSE_LABELS[outcome.cause]).inc()
             CANDIDATES.labels(step.name).observe(outcome.items_out)
@@ -107,6 +112,7 @@ class Funnel:
             if outcome.status == FAILED:
                 raise Unavailable(f"{step.name} failed and there is no fallback: {outcome.message}")
         self.quality.observe(pressure)
+        response.stages.extend(later)
 
         final = state.final
         assert final is not None  # the last step always leaves an answer (its own or the safety net's)

@@ -79,6 +79,7 @@ class Step:
 
     name: ClassVar[str]
     counts_for_pressure: ClassVar[bool] = False  # its latency drives the quality factor
+    reported_after_stages: ClassVar[bool] = False  # its report follows the three stages' in the answer
 
     def __init__(self, clients: list[StageClient], budget_ms: float, enabled: bool = True) -> None:
         self.clients = clients

@@ -28,17 +28,18 @@ def test_recommend_returns_requested_count_with_every_stage_ok_and_versions(gate
     response = gateway.Recommend(Request(user_id="u0000003", num_results=10), timeout=5)
     assert len(response.items) == 10
     assert len({item.item_id for item in response.items}) == 10
-    assert [s.stage for s in response.stages] == ["retrieval", "ranking", "reranking"]
+    assert [s.stage for s in response.stages] == ["retrieval", "ranking", "reranking", "live_state"]
     assert all(s.status == OK for s in response.stages), response.stages
     assert not response.degraded
     assert response.request_id
-    retrieval, ranking, reranking = response.stages
+    retrieval, ranking, reranking, live = response.stages
     assert retrieval.version.endswith("-tiny-eval") and retrieval.items_out > 10
     assert ranking.version == "ranker:1" and ranking.items_in == retrieval.items_out
     assert reranking.version == f"policy:{load_policy(POLICY).version}" and reranking.items_out == 10
     assert {item.source for item in response.items} <= set(RETRIEVAL_SOURCES)
-    for stage in response.stages:  # the stage server's own time is part of what the gateway waited
+    for stage in (retrieval, ranking, reranking):  # the stage server's own time is part of what the gateway waited
         assert 0 < stage.server_ms < stage.latency_ms, stage
+    assert live.latency_ms > 0 and live.server_ms == 0, "Redis reports no time of its own"
 
 
 def test_known_user_gets_personal_ann_candidates(gateway):

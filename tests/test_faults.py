@@ -42,6 +42,9 @@ def replicated(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             reranking_replicas=2,
             auto_ports=True,
             gateway_port=0,
+            # Replicas of the stages under faults; the online store's faults have their own tests
+            # (tests/test_live_store_failures.py), and its one Redis has no replica to fail over to.
+            live_state=False,
         )
     )
     stack.start()

@@ -37,7 +37,7 @@ def test_recommend_answers_json_requests(stack):
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert len(answer["items"]) == 3 and all(item["reasons"] for item in answer["items"])
-    assert [stage["status"] for stage in answer["stages"]] == ["STAGE_STATUS_OK"] * 3
+    assert [stage["status"] for stage in answer["stages"]] == ["STAGE_STATUS_OK"] * 4, "three stages, live state"
 
 
 @pytest.mark.parametrize("body", ['{"userId": "", "numResults": 3}', '{"userId": "u1", "numResults": 0}'])

@@ -23,6 +23,7 @@ from deploy.validate import manifest_problems
 from deploy.wiring_checks import container_env, funnel_containers
 from funnel.launcher.health import health_status, wait_serving
 from funnel.launcher.processes import alive, free_port, spawn, stop_group, tail
+from funnel.launcher.redis import RedisServer
 from funnel.launcher.stack import REPO_ROOT
 
 Objects = list[dict]
@@ -62,7 +63,7 @@ def test_overlay_renders_and_passes_every_check(rendered, overlay):
 def test_every_stage_and_shard_scales_on_its_own(rendered):
     for overlay, objects in rendered.items():
         deployments = {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"}
-        stages = {"gateway", "retrieval-0", "retrieval-1", "ranking", "reranking"}
+        stages = {"gateway", "retrieval-0", "retrieval-1", "ranking", "reranking", "events"}
         # With the sidecar, Triton is part of every ranking pod and scales with ranking.
         assert deployments == stages | ({"triton"} if overlay != "dev-sidecar" else set()), overlay
         targets = {o["spec"]["scaleTargetRef"]["name"] for o in objects if o["kind"] == "HorizontalPodAutoscaler"}
@@ -239,7 +240,11 @@ def test_each_stage_starts_from_its_rendered_environment_and_answers_its_probes(
     them: only the address, ports and file locations are moved onto this machine."""
     manifests = Manifests(rendered["dev"])
     started = []
+    # The Redis StatefulSet's settings, on this machine: the store the gateway and events service use.
+    store = RedisServer(tmp_path / "redis", free_port(), tmp_path / "redis.log")
+    store.start()
     try:
+        store.wait_ready()
         for spec, module in funnel_containers(manifests):
             if module == "training.build":
                 continue
@@ -255,6 +260,8 @@ def test_each_stage_starts_from_its_rendered_environment_and_answers_its_probes(
             )
             if "FUNNEL_POLICY_PATH" in env:
                 env["FUNNEL_POLICY_PATH"] = str(REPO_ROOT / "config" / "policy.yaml")
+            if "FUNNEL_STATE_STORE" in env:
+                env["FUNNEL_STATE_STORE"] = store.url
             base = {k: v for k, v in os.environ.items() if not k.startswith("FUNNEL_")}
             log = tmp_path / f"{spec.workload['metadata']['name']}.log"
             process = spawn(
@@ -281,6 +288,7 @@ def test_each_stage_starts_from_its_rendered_environment_and_answers_its_probes(
     finally:
         for _, process, *_ in started:
             stop_group(process.pid)
+        store.stop()
 
 
 def test_overlays_deploy_the_images_of_this_version(rendered):

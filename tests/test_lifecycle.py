@@ -186,14 +186,23 @@ def test_make_up_and_down_leave_no_process_behind(artifacts, tmp_path):
         _check_running_stack(launcher, env, state, run_dir, port)
     finally:
         down = subprocess.run([*launcher, "down"], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=120)
-    assert down.returncode == 0 and "stopped 6 processes" in down.stdout
+    assert down.returncode == 0 and "stopped 8 processes" in down.stdout
     assert not (run_dir / "stack.json").exists()
     assert not [p for p in state if alive(p["pid"])]
     assert not _processes_using(Path(artifacts)), "no tritonserver or python backend stub left behind"
 
 
 def _check_running_stack(launcher: list[str], env: dict[str, str], state: list[dict], run_dir: Path, port: int) -> None:
-    assert [p["name"] for p in state] == ["triton", "retrieval-0-0", "ranking-0", "ranking-1", "reranking-0", "gateway"]
+    assert [p["name"] for p in state] == [
+        "triton",
+        "redis",
+        "events",
+        "retrieval-0-0",
+        "ranking-0",
+        "ranking-1",
+        "reranking-0",
+        "gateway",
+    ]
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         for n in range(12):
             response = recommender_pb2_grpc.RecommenderStub(channel).Recommend(
@@ -207,7 +216,7 @@ def _check_running_stack(launcher: list[str], env: dict[str, str], state: list[d
             found = served.search(page.read().decode())
         assert found and float(found.group(1)) > 0, f"the gateway balances across replicas; {replica} served none"
     status = subprocess.run([*launcher, "status"], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=60)
-    assert status.stdout.count("SERVING") == 5, status.stdout
+    assert status.stdout.count("SERVING") == 6 and "PONG" in status.stdout, status.stdout
 
 
 def _processes_using(artifacts: Path) -> list[str]:

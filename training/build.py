@@ -3,6 +3,7 @@
     python -m training.build --out artifacts --size demo
     python -m training.build --out artifacts-movielens --movielens ../shared/data/ml-latest-small
     python -m training.build --out artifacts-eval --size demo --for-evaluation
+    python -m training.build --out artifacts-mine --interactions events.csv --items items.csv
 
 Steps: generate (or load) interactions; hold out each user's latest interactions (the protocol of
 `training/protocol.py`); fit the retrieval models and the DCN-v2 ranker on the rest; evaluate
@@ -21,12 +22,14 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from training.dataset import Dataset
 from training.fit import FitConfig, fit_models, with_epochs, with_seed
 from training.movielens import load_movielens
 from training.offline_eval import evaluate_offline
+from training.own_data import DataProblems, load_files
 from training.protocol import HOLDOUT, format_table, split
 from training.synthetic import SIZES, generate
 
@@ -40,7 +43,23 @@ def progress(message: str) -> None:
     print(f"[build {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def load_data(size: str, movielens: Path | None, seed: int, min_rating: float) -> Dataset:
+@dataclass(frozen=True)
+class OwnFiles:
+    """A person's own interactions and items files (`training/own_data.py`)."""
+
+    interactions: Path
+    items: Path | None = None
+
+
+def load_data(
+    size: str, movielens: Path | None, seed: int, min_rating: float, files: OwnFiles | None = None
+) -> Dataset:
+    if files is not None:
+        progress(
+            f"reading interactions from {files.interactions}"
+            + (f" and items from {files.items}" if files.items else "")
+        )
+        return load_files(files.interactions, files.items)
     if movielens is not None:
         progress(f"loading MovieLens interactions from {movielens} (ratings >= {min_rating})")
         return load_movielens(movielens, min_rating)
@@ -51,13 +70,13 @@ def load_data(size: str, movielens: Path | None, seed: int, min_rating: float) -
 def build(
     out: Path, size: str, seed: int, epochs: int, movielens: Path | None = None, *, min_rating: float = 0.0,
     for_evaluation: bool = False, holdout: int = HOLDOUT, config: FitConfig | None = None,
-    max_dense_items: int = 12_000,
+    max_dense_items: int = 12_000, files: OwnFiles | None = None,
 ) -> Path:  # fmt: skip
     from training.bundle import write_bundle  # imports torch-heavy modules only when building
 
     started = time.monotonic()
     config = with_seed(with_epochs(config or FitConfig(), epochs), seed)
-    data = load_data(size, movielens, seed, min_rating)
+    data = load_data(size, movielens, seed, min_rating, files)
     train, test = split(data.interactions, holdout)
     progress(
         f"{data.num_items:,} items, {data.num_users:,} users, {len(train):,} train / {len(test):,} held-out "
@@ -74,7 +93,7 @@ def build(
     served = train if for_evaluation else data.interactions
     purpose = "evaluation" if for_evaluation else "serving"
     metadata = {
-        "data": {"source": data.source, "size": size if movielens is None else None, "seed": seed,
+        "data": {"source": data.source, "size": size if movielens is None and files is None else None, "seed": seed,
                  "min_rating": min_rating if movielens else None, "interactions": len(data.interactions)},
         "purpose": purpose,
         "served_history": {
@@ -112,7 +131,18 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", choices=sorted(SIZES), default="demo")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=10, help="two-tower training epochs")
-    parser.add_argument("--movielens", type=Path, help="a MovieLens folder to use instead of synthetic data")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--movielens", type=Path, help="a MovieLens folder to use instead of synthetic data")
+    source.add_argument(
+        "--interactions", type=Path,
+        help="your own interactions, CSV or Parquet: user_id, item_id, timestamp[, event_type, weight] (see "
+        "training/own_data.py for every column and default)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--items", type=Path,
+        help="with --interactions: your items, CSV or Parquet: item_id[, category, provider, maturity, regions, "
+        "published_at, title]",
+    )  # fmt: skip
     parser.add_argument(
         "--min-rating", type=float, default=0.0, help="MovieLens: keep ratings at or above this (0 = every rating)"
     )
@@ -125,12 +155,21 @@ def argument_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = argument_parser().parse_args(argv)
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    if args.items is not None and args.interactions is None:
+        parser.error("--items goes with --interactions")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    build(
-        args.out, args.size, args.seed, args.epochs, args.movielens,
-        min_rating=args.min_rating, for_evaluation=args.for_evaluation, holdout=args.holdout,
-    )  # fmt: skip
+    files = OwnFiles(args.interactions, args.items) if args.interactions is not None else None
+    try:
+        build(
+            args.out, args.size, args.seed, args.epochs, args.movielens,
+            min_rating=args.min_rating, for_evaluation=args.for_evaluation, holdout=args.holdout, files=files,
+        )  # fmt: skip
+    except DataProblems as exc:
+        # Before any training: nothing was written.
+        print(f"the data cannot be built from:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

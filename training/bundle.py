@@ -63,6 +63,8 @@ def write_bundle(
     if held_out is not None:
         np.save(bundle / "holdout_users.npy", held_out.user, allow_pickle=False)
         np.save(bundle / "holdout_items.npy", held_out.item, allow_pickle=False)
+        # When each happened: the streaming replay feeds them in time order (evaluation/streaming.py).
+        np.save(bundle / "holdout_times.npy", held_out.timestamp, allow_pickle=False)
     (bundle / "offline_eval.json").write_text(json.dumps(metadata.get("offline_evaluation", {}), indent=2))
 
     repository = out / "model_repository"

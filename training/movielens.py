@@ -11,6 +11,7 @@ keeps only ratings at or above it, for those who want "liked" as the signal. A m
 is its category.
 MovieLens has no providers, maturity ratings or regions: the provider is the release decade, every
 movie is rated PG and available everywhere, and age is days from release year to the last rating.
+It is a preset of `training/own_data.py`: the same items and interactions a person's own files give.
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ import csv
 import re
 from pathlib import Path
 
-import numpy as np
-
-from funnel.artifacts.catalog import COUNTRIES
-from training.dataset import Dataset, Interactions
+from training.dataset import Dataset
+from training.own_data import ItemRecord, to_dataset
 
 U_ITEM_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
@@ -107,38 +106,25 @@ def _read_u_item(path: Path) -> dict[str, tuple[str, list[str]]]:
 def _to_dataset(
     ratings: list[tuple[str, str, float, int]], movies: dict[str, tuple[str, list[str]]], min_rating: float, name: str
 ) -> Dataset:
+    """The preset of `training.own_data`: MovieLens as items and interactions files would say it."""
     kept = [r for r in ratings if r[2] >= min_rating]
     if not kept:
         raise MovieLensError(f"no rating reaches min_rating={min_rating}")
     item_keys = sorted({r[1] for r in kept} | set(movies), key=_numeric_first)
-    user_keys = sorted({r[0] for r in kept}, key=_numeric_first)
-    item_row = {key: n for n, key in enumerate(item_keys)}
-    user_row = {key: n for n, key in enumerate(user_keys)}
-    user = np.array([user_row[r[0]] for r in kept], dtype=np.int32)
-    item = np.array([item_row[r[1]] for r in kept], dtype=np.int32)
-    timestamp = np.array([r[3] for r in kept], dtype=np.int64)
-
-    genre_of = [(movies.get(key, ("", ["unknown"]))[1] or ["unknown"])[0] for key in item_keys]
-    category_names = sorted(set(genre_of))
-    years = [_year(movies.get(key, ("", []))[0]) for key in item_keys]
-    decades = [f"{y // 10 * 10}s" if y else "unknown-decade" for y in years]
-    provider_names = sorted(set(decades))
-    last_day = timestamp.max() / 86_400.0
-    release_day = np.array([((y or 1970) - 1970) * 365.25 for y in years])
-    return Dataset(
-        item_ids=np.array([f"m{key}" for key in item_keys]),
-        category=np.array([category_names.index(g) for g in genre_of], dtype=np.int32),
-        provider=np.array([provider_names.index(d) for d in decades], dtype=np.int32),
-        maturity=np.full(len(item_keys), 2, dtype=np.int8),
-        region_mask=np.full(len(item_keys), -1, dtype=np.int64),
-        age_days=np.maximum(0.0, last_day - release_day).astype(np.float32),
-        category_names=category_names,
-        provider_names=provider_names,
-        user_ids=np.array([f"ml{key}" for key in user_keys]),
-        user_country=np.full(len(user_keys), COUNTRIES.index("US"), dtype=np.int8),
-        interactions=Interactions(user, item, timestamp),
-        source=f"movielens:{name}",
-    )
+    items = []
+    for key in item_keys:
+        title, genres = movies.get(key, ("", []))
+        year = _year(title)
+        items.append(
+            ItemRecord(
+                item_id=f"m{key}",
+                category=(genres or ["unknown"])[0],
+                provider=f"{year // 10 * 10}s" if year else "unknown-decade",
+                published_at=((year or 1970) - 1970) * 365.25 * 86_400.0,
+            )
+        )
+    interactions = [(f"ml{user}", f"m{item}", float(ts)) for user, item, _, ts in kept]
+    return to_dataset(items, interactions, f"movielens:{name}", user_order=lambda user: _numeric_first(user[2:]))
 
 
 def _numeric_first(key: str) -> tuple[int, str]:

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from funnel.live.kinds import DISMISSED, INTERACTION_TYPES, RECENT, SERVED, STATE_OF_TYPE
 from funnel.v1 import events_pb2
+
+__all__ = ["DISMISSED", "INTERACTION_TYPES", "RECENT", "SERVED", "STATE_OF_TYPE"]
 
 STREAM = "funnel:events"
 EVENT_TYPES = {
@@ -22,19 +25,7 @@ EVENT_TYPES = {
     for name, value in events_pb2.EventType.items()
     if value != events_pb2.EVENT_TYPE_UNSPECIFIED
 }
-# What an event does to the user's live state. Every event goes to the log whatever its group.
-RECENT, DISMISSED, SERVED = "recent", "dismissed", "served"
-STATE_OF_TYPE = {
-    "impression": SERVED,
-    "click": RECENT,
-    "view": RECENT,
-    "like": RECENT,
-    "purchase": RECENT,
-    "rating": RECENT,
-    "dismiss": DISMISSED,
-}
-# Types that are interactions for training (an impression is an exposure, a dismissal a refusal).
-INTERACTION_TYPES = frozenset(kind for kind, group in STATE_OF_TYPE.items() if group == RECENT)
+# Every event goes to the log whatever its group; STATE_OF_TYPE says what else it does.
 assert set(STATE_OF_TYPE) == set(EVENT_TYPES.values()), "every event type has a state group"
 
 

@@ -9,11 +9,13 @@ it could lose.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
@@ -81,7 +83,8 @@ class StoreError(Exception):
 
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
-    """A client that never retries on its own: callers own their budgets and their retries."""
+    """A client that never retries on its own (`LiveStore` does, once, for a stale connection):
+    callers own their budgets and their retries."""
     return aioredis.Redis.from_url(
         url,
         decode_responses=True,
@@ -117,54 +120,50 @@ class LiveStore:
                 event.event_id, event.user_id, event.item_id, event.kind, event.timestamp_ms,
                 repr(event.value), event.group,
             ]  # fmt: skip
-        try:
-            recorded, duplicates = await self._record(keys=keys, args=args)
-        except RedisError as exc:
-            raise StoreError(_describe(exc)) from exc
+        recorded, duplicates = await _once_more_if_stale(lambda: self._record(keys=keys, args=args))
         return int(recorded), int(duplicates)
 
     async def read(self, user_id: str, now_ms: int, recent: int, dismissed: int, served: int) -> LiveState:
         """A user's live state in one round trip, each part at most the given length."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zrange(user_key(user_id, RECENT), -recent, -1)
-        pipe.zrange(user_key(user_id, DISMISSED), 0, dismissed - 1, desc=True)
-        # served, newest first, within the TTL
-        pipe.zrange(
-            user_key(user_id, SERVED), "+inf", now_ms - self.retention.served_ttl_ms,
-            desc=True, byscore=True, offset=0, num=served,
-        )  # fmt: skip
-        try:
-            recent_items, dismissed_items, served_items = await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(_describe(exc)) from exc
+
+        def read() -> Awaitable[list[Any]]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrange(user_key(user_id, RECENT), -recent, -1)
+            pipe.zrange(user_key(user_id, DISMISSED), 0, dismissed - 1, desc=True)
+            # served, newest first, within the TTL
+            pipe.zrange(
+                user_key(user_id, SERVED), "+inf", now_ms - self.retention.served_ttl_ms,
+                desc=True, byscore=True, offset=0, num=served,
+            )  # fmt: skip
+            return pipe.execute()
+
+        recent_items, dismissed_items, served_items = await _once_more_if_stale(read)
         return LiveState(recent_items, dismissed_items, served_items)
 
     async def record_served(self, served: Sequence[tuple[str, Sequence[str], str]], now_ms: int) -> None:
         """What the gateway served: (user, items, request id) per answer, in one round trip. Each
         answer is one log entry (its items joined by newlines, which no item id may contain)."""
         ttl = self.retention.served_ttl_ms
-        pipe = self.client.pipeline(transaction=False)
-        for user_id, items, request_id in served:
-            key = user_key(user_id, SERVED)
-            pipe.zadd(key, dict.fromkeys(items, now_ms), gt=True)
-            pipe.zremrangebyscore(key, "-inf", now_ms - ttl)
-            pipe.pexpire(key, ttl)
-            pipe.xadd(
-                STREAM,
-                {"event_id": request_id, "user_id": user_id, "item_id": "\n".join(items), "type": "impression",
-                 "ts": now_ms, "value": "0"},
-                maxlen=self.retention.stream_max_events, approximate=True,
-            )  # fmt: skip
-        try:
-            await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(_describe(exc)) from exc
+
+        def write() -> Awaitable[list[Any]]:
+            pipe = self.client.pipeline(transaction=False)
+            for user_id, items, request_id in served:
+                key = user_key(user_id, SERVED)
+                pipe.zadd(key, dict.fromkeys(items, now_ms), gt=True)
+                pipe.zremrangebyscore(key, "-inf", now_ms - ttl)
+                pipe.pexpire(key, ttl)
+                pipe.xadd(
+                    STREAM,
+                    {"event_id": request_id, "user_id": user_id, "item_id": "\n".join(items), "type": "impression",
+                     "ts": now_ms, "value": "0"},
+                    maxlen=self.retention.stream_max_events, approximate=True,
+                )  # fmt: skip
+            return pipe.execute()
+
+        await _once_more_if_stale(write)
 
     async def ping(self) -> None:
-        try:
-            await self.client.ping()
-        except RedisError as exc:
-            raise StoreError(_describe(exc)) from exc
+        await _once_more_if_stale(self.client.ping)
 
     async def durability(self) -> str | None:
         """None when every acknowledged write is fsynced (appendonly yes, appendfsync always), else
@@ -181,6 +180,19 @@ class LiveStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+async def _once_more_if_stale(command: Callable[[], Awaitable[Any]]) -> Any:
+    """Run a command; when its connection was closed under it (the store restarted since the pool
+    opened it), once more on a fresh one. Safe for every write here: events are idempotent by id,
+    served items by set semantics (at worst an impression is logged twice)."""
+    try:
+        try:
+            return await command()
+        except RedisConnectionError:
+            return await command()
+    except RedisError as exc:
+        raise StoreError(_describe(exc)) from exc
 
 
 def _describe(exc: Exception) -> str:
