@@ -27,7 +27,8 @@ BENCH_FULL_USERS ?= 200
 OVERLAY ?= dev
 
 .PHONY: help install protos artifacts artifacts-movielens up down demo test lint clean bench-retrieval bench-ranking bench-reranking \
-	k8s-render k8s-validate images bench bench-artifacts bench-overload eval eval-movielens eval-ablation
+	k8s-render k8s-validate images bench bench-artifacts bench-overload eval eval-movielens eval-ablation \
+	eval-streaming eval-streaming-movielens bench-live
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -90,6 +91,17 @@ artifacts-movielens-eval/bundles: | $(STAMP_PROTOS)
 
 eval-movielens: artifacts-movielens-eval/bundles ## The same replay on a MovieLens folder (MOVIELENS=path), report in results/eval-movielens
 	$(PY) -m evaluation --artifacts artifacts-movielens-eval --out results/eval-movielens --max-users $(EVAL_USERS)
+
+STREAM_USERS ?= 1000
+
+eval-streaming: artifacts-eval/bundles ## Streaming replay: held-out events through RecordEvents, live user state against frozen history (demo and MOVIELENS)
+	$(PY) -m evaluation.streaming --artifacts artifacts-eval --out results/streaming --max-users $(STREAM_USERS)
+
+eval-streaming-movielens: artifacts-movielens-eval/bundles ## The streaming replay on a MovieLens folder (MOVIELENS=path)
+	$(PY) -m evaluation.streaming --artifacts artifacts-movielens-eval --out results/streaming-movielens --max-users $(STREAM_USERS)
+
+bench-live: artifacts ## What live data costs: the live-state read per request, RecordEvents throughput while serving
+	$(PY) -m benchmarks.live_state --artifacts $(ARTIFACTS) --out results/bench-live
 
 eval-ablation: install ## What each retrieval change adds (tower, negatives, ids, sources, filters): synthetic and MovieLens
 	$(PY) -m evaluation.ablation --size $(SIZE) --out results/ablation-$(SIZE) --max-users $(EVAL_USERS)

@@ -107,6 +107,8 @@ def evaluate(artifacts: Path, run_dir: Path, max_users: int, seed: int, concurre
     gateway_env = {
         "FUNNEL_SERVED_FILTER_SECONDS": "0",
         "FUNNEL_RECORD_IMPRESSIONS": "false",
+        # Generous like every budget here: an answer read without live state would skew the comparison.
+        "FUNNEL_STATE_BUDGET_MS": "3000",
         **{env_name(flag[2:].replace("-", "_")): value
            for flag, value in zip(EVAL_GATEWAY_FLAGS[::2], EVAL_GATEWAY_FLAGS[1::2], strict=True)},
     }  # fmt: skip

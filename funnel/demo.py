@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from funnel.artifacts.catalog import MATURITY_NAMES, Catalog
 from funnel.artifacts.store import latest_version
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="127.0.0.1:50051")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--timeout", type=float, default=1.0, help="client deadline in seconds")
+    parser.add_argument("--events-target", default="127.0.0.1:50091", help="the Events service (live events)")
     args = parser.parse_args(argv)
 
     bundle = latest_version(args.artifacts / "bundles")
@@ -104,6 +106,53 @@ def main(argv: list[str] | None = None) -> int:
             if request.debug and response.items:
                 print("  reasons for #1: " + " | ".join(response.items[0].reasons))
             first = first or response
+    if catalog is not None:
+        return live_events(stub, args.events_target, catalog, args.timeout)
+    return 0
+
+
+def live_events(stub: recommender_pb2_grpc.RecommenderStub, target: str, catalog: Catalog, timeout: float) -> int:
+    """A visitor views five items of one category; their very next answer follows."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from funnel.v1 import events_pb2, events_pb2_grpc
+
+    user, category = "new-visitor-43", int(np.bincount(catalog.category).argsort()[len(catalog.category_names) // 2])
+    members = np.flatnonzero(catalog.category == category)
+    viewed = [str(catalog.item_ids[row]) for row in members[np.argsort(-catalog.popularity[members])][:5]]
+    now = Timestamp()
+    now.GetCurrentTime()
+    events = [
+        events_pb2.Event(
+            event_id=f"demo-{user}-{time.time_ns()}-{n}",
+            user_id=user,
+            item_id=item,
+            type=events_pb2.EVENT_TYPE_VIEW,
+            timestamp=now,
+        )
+        for n, item in enumerate(viewed)
+    ]
+    request = recommender_pb2.RecommendRequest(user_id=user, num_results=8, context=common_pb2.Context(country="US"))
+    with grpc.insecure_channel(target) as channel:
+        try:
+            before = stub.Recommend(request, timeout=timeout)
+            reply = events_pb2_grpc.EventsStub(channel).RecordEvents(
+                events_pb2.RecordEventsRequest(events=events), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"\n=== live events: skipped ({exc.code().name}: {exc.details()})")
+            return 0
+        started = time.perf_counter()
+        after = stub.Recommend(request, timeout=timeout)
+    name = catalog.category_names[category]
+
+    def share(response: recommender_pb2.RecommendResponse) -> str:
+        rows = catalog.index.rows([item.item_id for item in response.items])
+        return f"{np.mean(catalog.category[rows] == category):.0%}"
+
+    print(f"\n=== {user} views 5 items of {name} (RecordEvents: {reply.recorded} recorded); the next answer")
+    print_answer(f"{user} after the views: {share(after)} {name}, was {share(before)}", after,
+                 (time.perf_counter() - started) * 1000, catalog)  # fmt: skip
     return 0
 
 

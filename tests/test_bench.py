@@ -94,3 +94,26 @@ def test_the_floor_carries_the_bytes_the_stack_carries_through_bare_processes_of
     floor = floor_cpu(payloads, shards=2, rate=10, seconds=2, log_dir=tmp_path)
     assert set(floor["ms"]) == {"gateway", "retrieval-0", "retrieval-1", "ranking", "reranking", "triton"}
     assert floor["answered"] >= 10 and all(ms > 0 for ms in floor["ms"].values()), floor
+
+
+def test_the_live_data_bench_compares_both_gateways_and_counts_acknowledged_events(stack, artifacts, catalog):
+    import asyncio
+
+    from benchmarks.live_state import events_under_load, hydration
+
+    frozen = stack.launch_like("gateway", "gateway-frozen-bench", ["--state-store", ""])
+    try:
+        stack.wait_all_serving()
+        items = catalog.item_ids.tolist()
+        traffic = Traffic(artifacts, seed=21)
+        read = asyncio.run(
+            hydration(stack.address("gateway"), f"127.0.0.1:{frozen.port}", stack.address("events"), traffic, items, 8)
+        )
+    finally:
+        stack.stop_one("gateway-frozen-bench")
+    assert read["requests per arm"] == 8
+    assert 0 < read["live_state step p50 ms"] <= read["live_state step p99 ms"]
+    assert read["p50 ms, live state read"] > 0 and read["p50 ms, no live state"] > 0
+    load = asyncio.run(events_under_load(stack.address("gateway"), stack.address("events"), traffic, items, 10, 2, 2))
+    assert load["events per second"] > 100 and not load["RecordEvents failures"]
+    assert load["Recommend answered"] > 5 and load["Recommend errors"] == 0

@@ -44,6 +44,7 @@ class StackConfig:
     # the bundle's stored history only, as before live data (the replay evaluations run so).
     live_state: bool = True
     redis_port: int = 6390
+    events_port: int = 50091
     extra_env: dict[str, str] = field(default_factory=dict)
     gateway_env: dict[str, str] = field(default_factory=dict)  # on top of extra_env, gateway only
 
@@ -153,7 +154,8 @@ class Stack:
         self.processes.append(ProcessInfo("redis", process.pid, port, 0, str(self.redis.log_path)))
         self.redis.wait_ready(c.startup_timeout_s)
         store = ["--state-store", self.redis.url]
-        self.launch("events", "services.events", store, artifacts=False)
+        events_port = free_port() if c.auto_ports else c.events_port
+        self.launch("events", "services.events", store, port=events_port, artifacts=False)
         return store
 
     def restart_store(self) -> None:

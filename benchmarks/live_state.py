@@ -1,0 +1,176 @@
+"""What live data costs on the demo stack: the live-state read per request, and RecordEvents
+throughput while the stack serves recommendations.
+
+    python -m benchmarks.live_state --artifacts artifacts --out results/bench-live
+
+1. Hydration: one client alternates the same requests between the stack's gateway (reading each
+   user's live state) and a second gateway of the same stack that reads none (`--state-store ''`),
+   sequentially, so neither queues: the difference of their p50 latencies is what the read adds.
+   Every user asked has 20 live events recorded first, so the read returns real state.
+2. Events under load: Recommend at a steady open-loop rate while writers send batches of 20
+   events back to back (Redis fsyncing every write, `appendfsync always`): events acknowledged per
+   second, RecordEvents latency, and what the load saw (errors, degraded answers, p99).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from benchmarks.e2e_load import Scenario, Traffic, start_stack
+from benchmarks.loadgen import open_loop
+from funnel.artifacts.catalog import Catalog
+from funnel.artifacts.store import latest_version
+from funnel.v1 import events_pb2, events_pb2_grpc, recommender_pb2_grpc
+
+BATCH = 20
+
+
+def events_for(user: str, items: list[str], prefix: str) -> list[events_pb2.Event]:
+    now = Timestamp()
+    now.GetCurrentTime()
+    return [
+        events_pb2.Event(
+            event_id=f"{prefix}-{n}", user_id=user, item_id=item, type=events_pb2.EVENT_TYPE_VIEW, timestamp=now
+        )
+        for n, item in enumerate(items)
+    ]
+
+
+async def hydration(live: str, frozen: str, events: str, traffic: Traffic, items: list[str], rounds: int) -> dict:
+    requests = [traffic[n] for n in range(rounds)]
+    rng = np.random.default_rng(3)
+    async with (
+        grpc.aio.insecure_channel(live) as a,
+        grpc.aio.insecure_channel(frozen) as b,
+        grpc.aio.insecure_channel(events) as e,
+    ):
+        recorder = events_pb2_grpc.EventsStub(e)
+        for user in {r.user_id for r in requests}:
+            picked = [items[k] for k in rng.integers(0, len(items), BATCH)]
+            await recorder.RecordEvents(events_pb2.RecordEventsRequest(events=events_for(user, picked, user)))
+        stubs = {"live": recommender_pb2_grpc.RecommenderStub(a), "frozen": recommender_pb2_grpc.RecommenderStub(b)}
+        latency: dict[str, list[float]] = {"live": [], "frozen": []}
+        read_ms: list[float] = []
+        for n, request in enumerate(requests * 2):
+            # Alternate which gateway goes first, so neither always finds caches warm.
+            for arm in ("live", "frozen") if n % 2 else ("frozen", "live"):
+                started = time.perf_counter()
+                reply = await stubs[arm].Recommend(request, timeout=5)
+                if n >= len(requests):  # the first pass warms both
+                    latency[arm].append((time.perf_counter() - started) * 1000)
+                    if arm == "live":
+                        read_ms += [s.latency_ms for s in reply.stages if s.stage == "live_state"]
+    p50 = {arm: float(np.percentile(values, 50)) for arm, values in latency.items()}
+    return {
+        "requests per arm": len(latency["live"]),
+        "p50 ms, live state read": round(p50["live"], 3),
+        "p50 ms, no live state": round(p50["frozen"], 3),
+        "p50 added ms": round(p50["live"] - p50["frozen"], 3),
+        "live_state step p50 ms": round(float(np.percentile(read_ms, 50)), 3),
+        "live_state step p99 ms": round(float(np.percentile(read_ms, 99)), 3),
+    }
+
+
+async def events_under_load(
+    gateway: str, events: str, traffic: Traffic, items: list[str], rate: float, writers: int, seconds: float
+) -> dict:
+    acknowledged: list[float] = []  # latency of each acknowledged batch
+    failures: dict[str, int] = {}
+    async with grpc.aio.insecure_channel(gateway) as g, grpc.aio.insecure_channel(events) as e:
+        recommender, recorder = recommender_pb2_grpc.RecommenderStub(g), events_pb2_grpc.EventsStub(e)
+        stop = time.perf_counter() + seconds
+
+        async def writer(w: int) -> None:
+            rng = np.random.default_rng(w)
+            n = 0
+            while time.perf_counter() < stop:
+                user = f"bench-writer-{w}-{n % 500}"
+                batch = events_for(user, [items[k] for k in rng.integers(0, len(items), BATCH)], f"w{w}-{n}")
+                started = time.perf_counter()
+                try:
+                    await recorder.RecordEvents(events_pb2.RecordEventsRequest(events=batch), timeout=5)
+                    acknowledged.append((time.perf_counter() - started) * 1000)
+                except grpc.aio.AioRpcError as exc:
+                    failures[exc.code().name] = failures.get(exc.code().name, 0) + 1
+                n += 1
+
+        async def recommend(n: int) -> bool:
+            reply = await recommender.Recommend(traffic[n], timeout=2.0)
+            return reply.degraded
+
+        started = time.perf_counter()
+        samples, *_ = await asyncio.gather(open_loop(recommend, rate, seconds), *(writer(w) for w in range(writers)))
+        elapsed = time.perf_counter() - started
+    ok = [s.latency_ms for s in samples if s.code == "OK"]
+    return {
+        "writers": writers,
+        "batch": BATCH,
+        "events per second": round(len(acknowledged) * BATCH / elapsed, 1),
+        "RecordEvents p50 / p99 ms": [round(float(np.percentile(acknowledged, q)), 2) for q in (50, 99)],
+        "RecordEvents failures": failures,
+        "Recommend rate": rate,
+        "Recommend answered": len(ok),
+        "Recommend errors": sum(s.code != "OK" for s in samples),
+        "Recommend degraded": sum(bool(s.detail) for s in samples if s.code == "OK"),
+        "Recommend p50 / p99 ms": [round(float(np.percentile(ok, q)), 2) for q in (50, 99)],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--out", type=Path, default=Path("results/bench-live"))
+    parser.add_argument("--rounds", type=int, default=300, help="requests per arm of the hydration comparison")
+    parser.add_argument("--rate", type=float, default=25.0, help="Recommend requests per second beside the events")
+    parser.add_argument("--writers", type=int, default=4, help="RecordEvents clients, each sending back to back")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    scenario = Scenario("demo", args.artifacts)
+    stack = start_stack(scenario, args.out / "run")
+    try:
+        frozen = stack.launch_like("gateway", "gateway-frozen", ["--state-store", ""])
+        stack.wait_all_serving()
+        traffic = Traffic(args.artifacts)
+        items = Catalog.load(latest_version(args.artifacts / "bundles")).item_ids.tolist()
+        result = {
+            "hydration": asyncio.run(
+                hydration(
+                    stack.address("gateway"),
+                    f"127.0.0.1:{frozen.port}",
+                    stack.address("events"),
+                    traffic,
+                    items,
+                    args.rounds,
+                )
+            ),
+            "events under load": asyncio.run(
+                events_under_load(
+                    stack.address("gateway"),
+                    stack.address("events"),
+                    traffic,
+                    items,
+                    args.rate,
+                    args.writers,
+                    args.seconds,
+                )
+            ),
+            "durability": "Redis appendonly yes, appendfsync always: every acknowledged batch was fsynced first",
+        }
+    finally:
+        stack.stop()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "live.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
