@@ -149,3 +149,29 @@ def test_unknown_items_are_recorded_and_ignored_by_serving(stack, gateway):
     assert reply.recorded == 1
     answer = gateway.Recommend(Request(user_id=user, num_results=5), timeout=5)
     assert len(answer.items) == 5 and not answer.degraded
+
+
+def test_the_event_log_exports_to_the_file_the_build_reads(stack, gateway, tmp_path):
+    import csv
+
+    from training.export_events import export
+    from training.own_data import load_files
+
+    user = "live-export"
+    recorded = [event(user, "i0000100", VIEW), event(user, "i0000101", DISMISS)]
+    events_stub(stack).RecordEvents(events_pb2.RecordEventsRequest(events=recorded), timeout=5)
+    served = [item.item_id for item in gateway.Recommend(Request(user_id=user, num_results=3), timeout=5).items]
+    client = store(stack)
+    assert wait_until(lambda: len(client.zrange(user_key(user, "served"), 0, -1)) == 3)
+
+    written, last = export(client, tmp_path / "all.csv")
+    rows = [row for row in csv.DictReader((tmp_path / "all.csv").open()) if row["user_id"] == user]
+    assert {(row["item_id"], row["event_type"]) for row in rows} == {
+        ("i0000100", "view"),
+        ("i0000101", "dismiss"),
+        *((item, "impression") for item in served),
+    }
+    assert written >= len(rows) and last != "-"
+    assert load_files(tmp_path / "all.csv").interactions is not None, "the build reads it"
+    more, _ = export(client, tmp_path / "since.csv", after=last)
+    assert more == 0, "--after exports only what came since"

@@ -138,6 +138,19 @@ def test_own_files_build_a_bundle_with_their_own_ids(tmp_path):
     rng = np.random.default_rng(3)
     lines = [f"user-{u},item-{rng.integers(0, 60)},{1700000000 + u * 1000 + k}" for u in range(80) for k in range(8)]
     events = write(tmp_path / "events.csv", "user_id,item_id,timestamp\n" + "\n".join(lines) + "\n")
-    build(tmp_path / "out", "tiny", seed=7, epochs=1, files=OwnFiles(events))
+    build(tmp_path / "out", "tiny", seed=7, epochs=1, files=OwnFiles([events]))
     catalog = Catalog.load(latest_version(tmp_path / "out" / "bundles"))
     assert set(catalog.item_ids.tolist()) <= {f"item-{n}" for n in range(60)}
+
+
+def test_base_data_and_exported_events_are_read_as_one(tmp_path):
+    from training.export_events import COLUMNS
+
+    base = write(tmp_path / "base.csv", "user_id,item_id,timestamp\nu,x,1700000000\n")
+    exported = write(
+        tmp_path / "events.csv",
+        ",".join(COLUMNS) + "\nu,y,1700000100.250,view,0.0,e-1\nu,x,1700000200.000,impression,0,r-1\n",
+    )
+    data = load_files([base, exported])
+    assert data.item_ids.tolist() == ["x", "y"] and len(data.interactions) == 2
+    assert data.source == "files:base.csv+events.csv"

@@ -47,7 +47,7 @@ def progress(message: str) -> None:
 class OwnFiles:
     """A person's own interactions and items files (`training/own_data.py`)."""
 
-    interactions: Path
+    interactions: list[Path]
     items: Path | None = None
 
 
@@ -55,10 +55,8 @@ def load_data(
     size: str, movielens: Path | None, seed: int, min_rating: float, files: OwnFiles | None = None
 ) -> Dataset:
     if files is not None:
-        progress(
-            f"reading interactions from {files.interactions}"
-            + (f" and items from {files.items}" if files.items else "")
-        )
+        names = ", ".join(str(path) for path in files.interactions)
+        progress(f"reading interactions from {names}" + (f" and items from {files.items}" if files.items else ""))
         return load_files(files.interactions, files.items)
     if movielens is not None:
         progress(f"loading MovieLens interactions from {movielens} (ratings >= {min_rating})")
@@ -134,9 +132,10 @@ def argument_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--movielens", type=Path, help="a MovieLens folder to use instead of synthetic data")
     source.add_argument(
-        "--interactions", type=Path,
+        "--interactions", type=Path, nargs="+",
         help="your own interactions, CSV or Parquet: user_id, item_id, timestamp[, event_type, weight] (see "
-        "training/own_data.py for every column and default)",
+        "training/own_data.py for every column and default); several files are read as one (base data and "
+        "the events `python -m training.export_events` wrote)",
     )  # fmt: skip
     parser.add_argument(
         "--items", type=Path,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,10 +79,12 @@ class _Report:
             raise DataProblems(self.problems, self.more)
 
 
-def load_files(interactions: Path, items: Path | None = None) -> Dataset:
+def load_files(interactions: Path | Sequence[Path], items: Path | None = None) -> Dataset:
+    """Several interactions files are read as one (base data, then exported events, say)."""
+    paths = [interactions] if isinstance(interactions, Path) else list(interactions)
     report = _Report()
     records = _read_items(items, report) if items is not None else None
-    rows = _read_interactions(interactions, report)
+    rows = [row for path in paths for row in _read_interactions(path, report)]
     if records is None:
         records = [ItemRecord(item) for item in dict.fromkeys(item for _, _, item, _ in rows)]
     else:
@@ -92,8 +94,10 @@ def load_files(interactions: Path, items: Path | None = None) -> Dataset:
                 report.add(where, "item_id", f"{item!r} is not in the items file {items}")
     report.raise_if_any()
     if not rows:
-        raise DataProblems([f"{interactions}: no interactions (impressions and dismissals are not interactions)"])
-    return to_dataset(records, [(user, item, ts) for _, user, item, ts in rows], f"files:{interactions.name}")
+        names = ", ".join(str(path) for path in paths)
+        raise DataProblems([f"{names}: no interactions (impressions and dismissals are not interactions)"])
+    source = "files:" + "+".join(path.name for path in paths)
+    return to_dataset(records, [(user, item, ts) for _, user, item, ts in rows], source)
 
 
 def to_dataset(
