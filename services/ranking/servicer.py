@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from funnel.artifacts.follow import follow_newest
 from funnel.artifacts.store import read_manifest, wait_for_latest
 from funnel.candidates import Candidates
 from funnel.features import BundleFeatures, UserContext, country_slot
@@ -32,6 +33,7 @@ SCORES_FIELD = ranking_pb2.RankResponse.DESCRIPTOR.fields_by_name["scores"].numb
 
 class LoadedFeatures(BundleFeatures):
     def __init__(self, bundle: Path) -> None:
+        self.bundle = bundle
         self.version = read_manifest(bundle)["version"]
         super().__init__(bundle)
 
@@ -59,6 +61,7 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
             shared_memory_rows=settings.max_candidates if settings.triton_shared_memory else 0,
         )
         self._watch: asyncio.Task[None] | None = None
+        self._follow: asyncio.Task[None] | None = None
         self._model_version = ""  # the last version Triton answered with, for the info metric
         ranking_pb2_grpc.add_RankingServicer_to_server(self, runtime.server)
 
@@ -69,6 +72,32 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
         ARTIFACT_INFO.labels("bundle", self.features.version).set(1)
         log.info("features loaded", extra={"version": self.features.version})
         self._watch = asyncio.create_task(self._watch_triton())
+        if self.settings.reload_poll_seconds > 0:
+            self._follow = asyncio.create_task(
+                follow_newest(bundles, self.settings.reload_poll_seconds, self._bundle_name, self.swap_to)
+            )
+
+    def _bundle_name(self) -> str:
+        return self.features.bundle.name if self.features is not None else ""
+
+    async def swap_to(self, bundle: Path) -> None:
+        """New features beside the served ones, the ranker version trained with them ready in Triton,
+        then one reference swap: a call in flight finishes with what it started with."""
+        loaded = await self.runtime.run_cpu(LoadedFeatures, bundle)
+        wanted = read_manifest(bundle, verify=False).get("ranker_model_version")
+        try:
+            ready = await self.triton.reload()
+        except Unavailable as exc:  # Triton restarting, say: the next poll tries again
+            log.warning("bundle swap waits for Triton", extra={"bundle": bundle.name, "error": exc.message})
+            return
+        if wanted is not None and str(wanted) not in ready:
+            raise RuntimeError(f"Triton has ranker versions {ready} ready, not {wanted} that {bundle.name} needs")
+        previous, self.features = self.features, loaded
+        if previous is not None:
+            ARTIFACT_INFO.labels("bundle", previous.version).set(0)
+        ARTIFACT_INFO.labels("bundle", loaded.version).set(1)
+        log.info("features swapped", extra={"from": previous.version if previous else "", "to": loaded.version,
+                                            "ranker_versions": ready})  # fmt: skip
 
     async def _watch_triton(self) -> None:
         """Readiness follows Triton: SERVING only while the ranker model is ready there."""
@@ -78,10 +107,11 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
             await asyncio.sleep(self.settings.readiness_poll_seconds)
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        for task in (self._watch, self._follow):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.triton.close()
 
     async def ReloadModel(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from funnel.runtime.config import ServerSettings, non_empty, port_setting, positive, setting
+from funnel.runtime.config import ServerSettings, non_empty, non_negative, port_setting, positive, setting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +31,12 @@ class RankingSettings(ServerSettings):
         "in the pod, or loopback); falls back to the gRPC message when Triton refuses the region",
     )
     readiness_poll_seconds: float = setting(1.0, help="how often Triton model readiness is checked", checks=[positive])
+    reload_poll_seconds: float = setting(
+        5.0,
+        help="how often to look for a newer bundle: its features are loaded beside the served ones, Triton loads "
+        "the ranker version trained with it, then one reference swap (0 = never)",
+        checks=[non_negative],
+    )
     artifact_poll_seconds: float = setting(
         1.0, help="how often to look for a bundle while none is loaded", checks=[positive]
     )

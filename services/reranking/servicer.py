@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 
 from funnel.artifacts.catalog import Catalog, Embeddings, Users
+from funnel.artifacts.follow import follow_newest
 from funnel.artifacts.store import read_manifest, wait_for_latest
 from funnel.candidates import Candidates, check_item_ids
 from funnel.policy.document import PolicyDocument, load_policy
@@ -38,6 +39,9 @@ class RerankingService(reranking_pb2_grpc.RerankingServicer):
         self._tables: tuple[Catalog, Users, np.ndarray] | None = None
         self.bundle_version = ""  # whose catalog rows a candidate list may carry for this process
         self._watch: asyncio.Task[None] | None = None
+        self._follow: asyncio.Task[None] | None = None
+        self._rebuild = asyncio.Lock()
+        self._bundle_name = ""
         reranking_pb2_grpc.add_RerankingServicer_to_server(self, runtime.server)
 
     async def start(self) -> None:
@@ -46,12 +50,12 @@ class RerankingService(reranking_pb2_grpc.RerankingServicer):
         bundle = await wait_for_latest(
             Path(self.settings.artifact_dir) / "bundles", self.settings.artifact_poll_seconds
         )
-        self._tables = await self.runtime.run_cpu(
-            lambda: (Catalog.load(bundle), Users.load(bundle), Embeddings.load(bundle, mmap=True).items)
-        )
+        self._tables = await self.runtime.run_cpu(_load_tables, bundle)
         self.bundle_version = read_manifest(bundle, verify=False)["version"]
+        self._bundle_name = bundle.name
         self.engine = PolicyEngine(*self._tables, policy)
         ARTIFACT_INFO.labels("policy", policy.version).set(1)
+        ARTIFACT_INFO.labels("bundle", self.bundle_version).set(1)
         log.info(
             "policy loaded", extra={"policy_version": policy.version, "rules": [r.name for r in self.engine.rules]}
         )
@@ -60,19 +64,40 @@ class RerankingService(reranking_pb2_grpc.RerankingServicer):
             self._watch = asyncio.create_task(
                 watch_policy(path, self.settings.policy_poll_seconds, self._apply_policy, lambda: self.engine.version)
             )
+        if self.settings.reload_poll_seconds > 0:
+            bundles = Path(self.settings.artifact_dir) / "bundles"
+            self._follow = asyncio.create_task(
+                follow_newest(bundles, self.settings.reload_poll_seconds, lambda: self._bundle_name, self.swap_to)
+            )
 
     async def _apply_policy(self, policy: PolicyDocument) -> None:
-        current = self.engine.version if self.engine else ""
-        engine = await self.runtime.run_cpu(lambda: PolicyEngine(*self._tables, policy))
-        self.engine = engine  # one reference swap: calls in flight keep the engine they started with
+        async with self._rebuild:  # a bundle swap and a policy change never build from each other's old half
+            current = self.engine.version if self.engine else ""
+            engine = await self.runtime.run_cpu(lambda: PolicyEngine(*self._tables, policy))
+            self.engine = engine  # one reference swap: calls in flight keep the engine they started with
         ARTIFACT_INFO.labels("policy", current).set(0)
         ARTIFACT_INFO.labels("policy", engine.version).set(1)
 
+    async def swap_to(self, bundle: Path) -> None:
+        """A newer bundle's catalog under the current policy, then one swap of engine and version
+        together (no await between them, so no call sees one without the other)."""
+        async with self._rebuild:
+            policy = self.engine.policy
+            tables = await self.runtime.run_cpu(_load_tables, bundle)
+            engine = await self.runtime.run_cpu(lambda: PolicyEngine(*tables, policy))
+            version = read_manifest(bundle, verify=False)["version"]
+            previous = self.bundle_version
+            self._tables, self.engine, self.bundle_version, self._bundle_name = tables, engine, version, bundle.name
+        ARTIFACT_INFO.labels("bundle", previous).set(0)
+        ARTIFACT_INFO.labels("bundle", version).set(1)
+        log.info("catalog swapped", extra={"from": previous, "to": version})
+
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        for task in (self._watch, self._follow):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.engine = None
 
     async def Rerank(
@@ -94,6 +119,10 @@ class RerankingService(reranking_pb2_grpc.RerankingServicer):
         if engine is None:
             raise Unavailable("policy not loaded yet")
         return await self.runtime.run_call_work(_rerank, engine, request, candidates, self.bundle_version)
+
+
+def _load_tables(bundle: Path) -> tuple[Catalog, Users, np.ndarray]:
+    return Catalog.load(bundle), Users.load(bundle), Embeddings.load(bundle, mmap=True).items
 
 
 def _rerank(

@@ -26,6 +26,10 @@ class RerankingSettings(ServerSettings):
     max_results: int = setting(200, help="largest num_results a request may ask for", checks=[positive])
     max_excluded: int = setting(1000, help="largest exclude_item_ids list accepted", checks=[positive])
     max_recent_items: int = setting(100, help="largest recent_item_ids list accepted", checks=[positive])
+    reload_poll_seconds: float = setting(
+        5.0, help="how often to look for a newer bundle, whose catalog then replaces the served one (0 = never)",
+        checks=[non_negative],
+    )  # fmt: skip
     artifact_poll_seconds: float = setting(
         1.0, help="how often to look for a bundle while none is loaded", checks=[positive]
     )
