@@ -149,10 +149,10 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             RankCandidates([self.channels.ranking], s.ranking_budget_ms, "ranking" in enabled),
             RerankCandidates([self.channels.reranking], s.reranking_budget_ms, safety, "reranking" in enabled),
         ]
-        # Stages that are down do not stop the gateway (it degrades), but warm connections to the
-        # others keep connection set-up off the first requests' budgets.
         if s.state_store:
             steps.insert(0, await self._live_state())
+        # Stages that are down do not stop the gateway (it degrades), but warm connections to the
+        # others keep connection set-up off the first requests' budgets.
         unreachable = await self.channels.connect(timeout_s=2.0)
         self.funnel = Funnel(s, steps, QualityFactor(s.quality_floor), self.impressions)
         log.info(

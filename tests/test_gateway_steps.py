@@ -278,3 +278,75 @@ def test_bad_input_is_refused_before_any_stage_is_called(handlers, artifacts):
     with pytest.raises(InvalidArgument, match="num_results"):
         built.recommend(num_results=0)
     assert all(stage.calls == 0 for stage in (*built.shards, built.ranking, built.reranking))
+
+
+class FakeStore:
+    """The online store's read, with a state to return or a fault to inject."""
+
+    def __init__(self, state=None, error: Exception | None = None, delay_s: float = 0.0) -> None:
+        self.state, self.error, self.delay_s = state, error, delay_s
+        self.reads: list[tuple] = []
+
+    async def read(self, user_id: str, now_ms: int, recent: int, dismissed: int, served: int):
+        self.reads.append((user_id, recent, dismissed, served))
+        await asyncio.sleep(self.delay_s)
+        if self.error is not None:
+            raise self.error
+        return self.state
+
+
+def with_live_state(built: Built, store: FakeStore, budget_ms: float = 10.0, max_excluded: int = 1000) -> Built:
+    from gateway.live_state import HydrateLiveState, LiveLimits
+
+    limits = LiveLimits(recent=50, dismissed=500, served=300, max_recent=4, max_excluded=max_excluded)
+    built.funnel.steps.insert(0, HydrateLiveState(store, budget_ms, limits))  # type: ignore[arg-type]
+    return built
+
+
+def test_live_state_joins_what_every_stage_is_sent_and_reports_after_the_stages(handlers, artifacts):
+    from funnel.live.schema import LiveState
+
+    ids = [str(item) for item in handlers.catalog.item_ids[100:110]]
+    state = LiveState(recent=[ids[0], ids[1], ids[2]], dismissed=[ids[3]], served=[ids[4], ids[5]])
+    built = with_live_state(build(handlers, artifacts), FakeStore(state))
+    response = built.recommend(recent_item_ids=[ids[1], ids[6]], exclude_item_ids=[ids[7]])
+    assert [s.stage for s in response.stages] == ["retrieval", "ranking", "reranking", "live_state"]
+    live = report(response, "live_state")
+    assert (live.status, live.items_out) == (OK, 6) and not response.degraded
+    # Newest last, each once, at most what the stages accept (4 here); the client's exclusions first.
+    expected_recent = [ids[0], ids[2], ids[1], ids[6]]
+    for sent in (built.shards[0].requests[0], built.ranking.requests[0], built.reranking.requests[0]):
+        assert list(sent.recent_item_ids) == expected_recent
+    for sent in (built.shards[0].requests[0], built.reranking.requests[0]):
+        assert list(sent.exclude_item_ids) == [ids[7], ids[3], ids[4], ids[5]]
+    assert not {ids[3], ids[4], ids[5], ids[7]} & {item.item_id for item in response.items}
+
+
+def test_exclusions_stay_within_what_the_stages_accept(handlers, artifacts):
+    from funnel.live.schema import LiveState
+
+    ids = [str(item) for item in handlers.catalog.item_ids[200:260]]
+    built = with_live_state(build(handlers, artifacts), FakeStore(LiveState([], ids[:30], ids[30:])), max_excluded=20)
+    built.recommend(exclude_item_ids=ids[:5])
+    assert list(built.reranking.requests[0].exclude_item_ids) == ids[:20], "the client's, then the newest dismissed"
+
+
+def test_a_store_that_fails_degrades_to_stored_history_and_the_stages_get_the_request_alone(handlers, artifacts):
+    from funnel.live.store import StoreError
+
+    built = with_live_state(build(handlers, artifacts), FakeStore(error=StoreError("ConnectionError: refused")))
+    response = built.recommend(recent_item_ids=["i0000100"])
+    live = report(response, "live_state")
+    assert (live.status, live.cause) == (DEGRADED, Cause.DEGRADATION_CAUSE_UNAVAILABLE)
+    assert "refused" in live.message and "stored history" in live.message
+    assert response.degraded and len(response.items) == 10
+    assert all(report(response, name).status == OK for name in ("retrieval", "ranking", "reranking"))
+    assert list(built.shards[0].requests[0].recent_item_ids) == ["i0000100"]
+
+
+def test_a_store_that_hangs_is_cut_off_at_its_budget(handlers, artifacts):
+    built = with_live_state(build(handlers, artifacts), FakeStore(delay_s=2.0), budget_ms=5.0)
+    response = built.recommend()
+    live = report(response, "live_state")
+    assert (live.status, live.cause) == (DEGRADED, Cause.DEGRADATION_CAUSE_DEADLINE)
+    assert live.latency_ms < 500 and len(response.items) == 10

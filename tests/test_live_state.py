@@ -102,7 +102,7 @@ def test_replaying_the_same_event_ids_changes_nothing(stack):
         ({"kind": 0}, "events[1].type"),
         ({"kind": 42}, "events[1].type"),
         ({"timestamp": None}, "events[1].timestamp"),
-        ({"seconds": 10}, "events[1].timestamp"),
+        ({"seconds": -10}, "events[1].timestamp"),
         ({"seconds": 4_000_000_000}, "events[1].timestamp"),
         ({"value": float("nan")}, "events[1].value"),
         ({"value": float("inf")}, "events[1].value"),

@@ -12,7 +12,8 @@ from funnel.runtime.errors import InvalidArgument
 from funnel.v1 import events_pb2
 from funnel.validation import check_id
 
-_EARLIEST_S = 946_684_800  # 2000-01-01: anything older is a client bug
+# Events may be old (a backfill, a replay of history): only a time before 1970 is refused.
+_EARLIEST_S = 1
 
 
 def check_events(events: Sequence[events_pb2.Event], max_events: int, max_skew_s: float) -> list[EventRecord]:
@@ -38,7 +39,7 @@ def _check_event(n: int, event: events_pb2.Event, latest_s: float) -> EventRecor
     if not 0 <= nanos < 1_000_000_000:
         raise InvalidArgument(f"{where}.timestamp.nanos must be in [0, 1e9)")
     if seconds < _EARLIEST_S or seconds > latest_s:
-        raise InvalidArgument(f"{where}.timestamp must be between 2000-01-01 and now (got {seconds} s)")
+        raise InvalidArgument(f"{where}.timestamp must be between 1970 and now (got {seconds} s)")
     if not math.isfinite(event.value):
         raise InvalidArgument(f"{where}.value must be a finite number")
     return EventRecord(
