@@ -25,7 +25,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from benchmarks.e2e_load import Scenario, Traffic, start_stack
-from benchmarks.loadgen import open_loop
+from benchmarks.loadgen import Sample, open_loop
 from funnel.artifacts.catalog import Catalog
 from funnel.artifacts.store import latest_version
 from funnel.v1 import events_pb2, events_pb2_grpc, recommender_pb2_grpc
@@ -80,46 +80,62 @@ async def hydration(live: str, frozen: str, events: str, traffic: Traffic, items
 
 
 async def events_under_load(
-    gateway: str, events: str, traffic: Traffic, items: list[str], rate: float, writers: int, seconds: float
+    gateway: str, events: str, traffic: Traffic, items: list[str], rate: float, events_rate: float, seconds: float
 ) -> dict:
-    acknowledged: list[float] = []  # latency of each acknowledged batch
-    failures: dict[str, int] = {}
+    """Recommend at `rate` and batches of 20 events adding up to `events_rate` a second, both open
+    loop; `events_rate` 0: four writers send batches back to back (the events path's capacity)."""
     async with grpc.aio.insecure_channel(gateway) as g, grpc.aio.insecure_channel(events) as e:
         recommender, recorder = recommender_pb2_grpc.RecommenderStub(g), events_pb2_grpc.EventsStub(e)
-        stop = time.perf_counter() + seconds
+        rng = np.random.default_rng(5)
 
-        async def writer(w: int) -> None:
-            rng = np.random.default_rng(w)
-            n = 0
+        async def record(n: int) -> None:
+            batch = events_for(f"bench-user-{n % 2000}", [items[k] for k in rng.integers(0, len(items), BATCH)],
+                               f"b{events_rate:.0f}-{n}")  # fmt: skip
+            await recorder.RecordEvents(events_pb2.RecordEventsRequest(events=batch), timeout=5)
+
+        async def back_to_back(w: int, stop: float) -> list[Sample]:
+            out, n = [], 0
             while time.perf_counter() < stop:
-                user = f"bench-writer-{w}-{n % 500}"
-                batch = events_for(user, [items[k] for k in rng.integers(0, len(items), BATCH)], f"w{w}-{n}")
                 started = time.perf_counter()
                 try:
-                    await recorder.RecordEvents(events_pb2.RecordEventsRequest(events=batch), timeout=5)
-                    acknowledged.append((time.perf_counter() - started) * 1000)
+                    await record(w * 1_000_000 + n)
+                    out.append(Sample(0, (time.perf_counter() - started) * 1000, "OK"))
                 except grpc.aio.AioRpcError as exc:
-                    failures[exc.code().name] = failures.get(exc.code().name, 0) + 1
+                    out.append(Sample(0, (time.perf_counter() - started) * 1000, exc.code().name))
                 n += 1
+            return out
 
         async def recommend(n: int) -> bool:
             reply = await recommender.Recommend(traffic[n], timeout=2.0)
             return reply.degraded
 
         started = time.perf_counter()
-        samples, *_ = await asyncio.gather(open_loop(recommend, rate, seconds), *(writer(w) for w in range(writers)))
+        if events_rate > 0:
+            served, written = await asyncio.gather(
+                open_loop(recommend, rate, seconds), open_loop(record, events_rate / BATCH, seconds, seed=9)
+            )
+        else:
+            stop = started + seconds
+            served, *writers = await asyncio.gather(
+                open_loop(recommend, rate, seconds), *(back_to_back(w, stop) for w in range(4))
+            )
+            written = [sample for samples in writers for sample in samples]
         elapsed = time.perf_counter() - started
-    ok = [s.latency_ms for s in samples if s.code == "OK"]
+    acknowledged = [s.latency_ms for s in written if s.code == "OK"]
+    ok = [s.latency_ms for s in served if s.code == "OK"]
+    failures: dict[str, int] = {}
+    for sample in written:
+        if sample.code != "OK":
+            failures[sample.code] = failures.get(sample.code, 0) + 1
     return {
-        "writers": writers,
-        "batch": BATCH,
-        "events per second": round(len(acknowledged) * BATCH / elapsed, 1),
+        "offered events per second": events_rate or "back to back, 4 writers",
+        "events acknowledged per second": round(len(acknowledged) * BATCH / elapsed, 1),
         "RecordEvents p50 / p99 ms": [round(float(np.percentile(acknowledged, q)), 2) for q in (50, 99)],
         "RecordEvents failures": failures,
         "Recommend rate": rate,
         "Recommend answered": len(ok),
-        "Recommend errors": sum(s.code != "OK" for s in samples),
-        "Recommend degraded": sum(bool(s.detail) for s in samples if s.code == "OK"),
+        "Recommend errors": sum(s.code != "OK" for s in served),
+        "Recommend degraded": sum(bool(s.detail) for s in served if s.code == "OK"),
         "Recommend p50 / p99 ms": [round(float(np.percentile(ok, q)), 2) for q in (50, 99)],
     }
 
@@ -130,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/bench-live"))
     parser.add_argument("--rounds", type=int, default=300, help="requests per arm of the hydration comparison")
     parser.add_argument("--rate", type=float, default=25.0, help="Recommend requests per second beside the events")
-    parser.add_argument("--writers", type=int, default=4, help="RecordEvents clients, each sending back to back")
+    parser.add_argument(
+        "--events-rates",
+        default="2000,0",
+        help="events per second offered beside the Recommend load, one run each (0: back to back, the capacity)",
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     scenario = Scenario("demo", args.artifacts)
@@ -151,17 +171,20 @@ def main(argv: list[str] | None = None) -> int:
                     args.rounds,
                 )
             ),
-            "events under load": asyncio.run(
-                events_under_load(
-                    stack.address("gateway"),
-                    stack.address("events"),
-                    traffic,
-                    items,
-                    args.rate,
-                    args.writers,
-                    args.seconds,
+            "events under load": [
+                asyncio.run(
+                    events_under_load(
+                        stack.address("gateway"),
+                        stack.address("events"),
+                        traffic,
+                        items,
+                        args.rate,
+                        float(events_rate),
+                        args.seconds,
+                    )
                 )
-            ),
+                for events_rate in args.events_rates.split(",")
+            ],
             "durability": "Redis appendonly yes, appendfsync always: every acknowledged batch was fsynced first",
         }
     finally:

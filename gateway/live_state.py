@@ -50,9 +50,10 @@ class HydrateLiveState(Step):
         try:
             if timeout <= 0:
                 raise TimeoutError
-            live = await asyncio.wait_for(
-                self.store.read(user, int(time.time() * 1000), limits.recent, limits.dismissed, limits.served), timeout
-            )
+            async with asyncio.timeout(timeout):  # no task per read, as wait_for would make
+                live = await self.store.read(
+                    user, int(time.time() * 1000), limits.recent, limits.dismissed, limits.served
+                )
         except TimeoutError:
             outcome = Outcome(DEGRADED, DEADLINE, f"live state not read within {timeout * 1000:.1f} ms")
         except StoreError as exc:

@@ -65,6 +65,19 @@ return {recorded, duplicates}
 """
 
 
+# One script, so a read is one command: cheaper for the client than a pipeline of three.
+# KEYS: recent, dismissed, served; ARGV: how many of each, the oldest served time still in.
+_READ = """
+local recent = redis.call('ZRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+local dismissed = redis.call('ZREVRANGE', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+local served = {}
+if tonumber(ARGV[3]) > 0 then
+  served = redis.call('ZREVRANGEBYSCORE', KEYS[3], '+inf', ARGV[4], 'LIMIT', 0, tonumber(ARGV[3]))
+end
+return {recent, dismissed, served}
+"""
+
+
 @dataclass(frozen=True)
 class EventRecord:
     """One validated event, as the store writes it."""
@@ -100,6 +113,7 @@ class LiveStore:
         self.client = client
         self.retention = retention
         self._record = client.register_script(_RECORD)
+        self._read = client.register_script(_READ)
 
     async def record(self, events: Sequence[EventRecord], now_ms: int) -> tuple[int, int]:
         """Write a batch atomically; (recorded, duplicates). Raises StoreError, having written
@@ -124,21 +138,15 @@ class LiveStore:
         return int(recorded), int(duplicates)
 
     async def read(self, user_id: str, now_ms: int, recent: int, dismissed: int, served: int) -> LiveState:
-        """A user's live state in one round trip, each part at most the given length."""
-
-        def read() -> Awaitable[list[Any]]:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.zrange(user_key(user_id, RECENT), -recent, -1)
-            pipe.zrange(user_key(user_id, DISMISSED), 0, dismissed - 1, desc=True)
-            # served, newest first, within the TTL
-            pipe.zrange(
-                user_key(user_id, SERVED), "+inf", now_ms - self.retention.served_ttl_ms,
-                desc=True, byscore=True, offset=0, num=served,
-            )  # fmt: skip
-            return pipe.execute()
-
-        recent_items, dismissed_items, served_items = await _once_more_if_stale(read)
-        return LiveState(recent_items, dismissed_items, served_items)
+        """A user's live state in one round trip: the newest `recent` interactions (oldest first),
+        `dismissed` dismissals and `served` items served within the TTL (newest first); 0 = none."""
+        keys = [user_key(user_id, group) for group in (RECENT, DISMISSED, SERVED)]
+        args = [recent, dismissed, served, now_ms - self.retention.served_ttl_ms]
+        recent_items, dismissed_items, served_items = await _once_more_if_stale(
+            lambda: self._read(keys=keys, args=args)
+        )
+        # ZRANGE with a start of -0 would read everything: an empty part is asked as none.
+        return LiveState(recent_items if recent else [], dismissed_items if dismissed else [], served_items)
 
     async def record_served(self, served: Sequence[tuple[str, Sequence[str], str]], now_ms: int) -> None:
         """What the gateway served: (user, items, request id) per answer, in one round trip. Each
