@@ -1,5 +1,5 @@
-"""Follow the newest bundle: what ranking and re-ranking run so a published bundle reaches them
-without a restart, as it reaches retrieval (whose index swap has its own admin call and metrics)."""
+"""Follow the newest bundle: what every stage runs so a published bundle reaches it without a
+restart (retrieval swaps its index, ranking its features and Triton's model, re-ranking its catalog)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ log = logging.getLogger("funnel.artifacts")
 
 
 async def follow_newest(
-    bundles: Path, poll_s: float, current: Callable[[], str], swap: Callable[[Path], Awaitable[None]]
+    bundles: Path, poll_s: float, current: Callable[[], str], swap: Callable[[Path], Awaitable[object]]
 ) -> None:
     """Every `poll_s`, swap to a bundle newer than `current()`. One that fails to load is logged
     and never tried again; the process keeps serving the one it has."""

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import torch
 
+from funnel.artifacts.follow import follow_newest
 from funnel.artifacts.store import MANIFEST, ArtifactError, latest_version, wait_for_latest
 from funnel.candidates import Candidates, pick
 from funnel.features import country_slot
@@ -44,7 +45,6 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         self.index: ShardIndex | None = None
         self.policy: PolicyDocument | None = None
         self._swap_lock = asyncio.Lock()
-        self._failed_versions: set[str] = set()
         self._watches: list[asyncio.Task[None]] = []
         retrieval_pb2_grpc.add_RetrievalServicer_to_server(self, runtime.server)
 
@@ -58,7 +58,8 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         await self.swap_to(bundle)
         await self.runtime.readiness.set(True, "index loaded")
         if self.settings.reload_poll_seconds > 0:
-            self._watches.append(asyncio.create_task(self._watch_bundles()))
+            poll = self.settings.reload_poll_seconds
+            self._watches.append(asyncio.create_task(follow_newest(self.bundles, poll, self._version, self.swap_to)))
         if self.settings.policy_poll_seconds > 0:
             self._watches.append(
                 asyncio.create_task(
@@ -80,6 +81,9 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
         self.index = None
+
+    def _version(self) -> str:
+        return self.index.version if self.index else ""
 
     async def swap_to(self, bundle: Path) -> tuple[str, str, bool]:
         """Load `bundle` beside the current index, then swap; (previous, current, swapped)."""
@@ -104,23 +108,6 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
                        "items": loaded.size, "factory": self.spec.factory},
             )  # fmt: skip
             return previous_version, loaded.version, True
-
-    async def _watch_bundles(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.reload_poll_seconds)
-            newest = latest_version(self.bundles)
-            current = self.index
-            if newest is None or current is None or newest.name <= current.version:
-                continue
-            if newest.name in self._failed_versions:
-                continue
-            try:
-                await self.swap_to(newest)
-            except (ArtifactError, OSError, RuntimeError, KeyError) as exc:
-                self._failed_versions.add(newest.name)
-                log.error(
-                    "new bundle rejected; still serving the old one", extra={"bundle": newest.name, "error": str(exc)}
-                )
 
     async def Reload(
         self, request: retrieval_pb2.ReloadRequest, context: grpc.aio.ServicerContext
