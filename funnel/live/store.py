@@ -1,5 +1,5 @@
 """The Redis client every live-state reader and writer uses: one Lua script records a batch of
-events atomically, one pipelined round trip reads a user's state.
+events, another reads a user's state: one command each way.
 
 Durability is the server's: with `appendonly yes` and `appendfsync always` Redis writes and
 fsyncs the append-only file before it answers, so an answered `record` is on disk. `durability()`
@@ -116,8 +116,10 @@ class LiveStore:
         self._read = client.register_script(_READ)
 
     async def record(self, events: Sequence[EventRecord], now_ms: int) -> tuple[int, int]:
-        """Write a batch atomically; (recorded, duplicates). Raises StoreError, having written
-        either the whole batch or nothing (the script runs as one unit)."""
+        """Write a batch; (recorded, duplicates). The script runs as one unit (no other command sees
+        part of it); a StoreError means nothing is acknowledged, though an error inside the script
+        (the store out of memory) can leave its first events written, which a retry with the same
+        event ids completes without doubling them."""
         r = self.retention
         keys = [STREAM]
         args: list[str | int | float] = [
