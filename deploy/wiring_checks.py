@@ -95,10 +95,8 @@ def _store_problems(manifests: Manifests, container: Container, url: str) -> lis
     """FUNNEL_STATE_STORE names a Service of this namespace, on a port a Redis container listens on
     with append-only persistence fsynced before every reply (the events service refuses anything
     less). An address outside the manifests (a managed Redis) is the operator's to check."""
-    parsed = urlsplit(url)
-    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
-        return [f"{container.name}: FUNNEL_STATE_STORE {url!r} is not a redis://host:port/db URL"]
-    service = manifests.get("Service", parsed.hostname.split(".")[0])
+    parsed = urlsplit(url)  # a Redis URL: the settings loaded (store_url_problem)
+    service = manifests.get("Service", (parsed.hostname or "").split(".")[0])
     if service is None:
         return []
     port = parsed.port or 6379

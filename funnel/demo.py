@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             if request.debug and response.items:
                 print("  reasons for #1: " + " | ".join(response.items[0].reasons))
             first = first or response
-    if catalog is not None:
-        return live_events(stub, args.events_target, catalog, args.timeout)
+        if catalog is not None:
+            return live_events(stub, args.events_target, catalog, args.timeout)
     return 0
 
 
@@ -117,7 +117,8 @@ def live_events(stub: recommender_pb2_grpc.RecommenderStub, target: str, catalog
 
     from funnel.v1 import events_pb2, events_pb2_grpc
 
-    user, category = "new-visitor-43", int(np.bincount(catalog.category).argsort()[len(catalog.category_names) // 2])
+    user = f"visitor-{time.strftime('%H%M%S')}"  # new on every run: the store remembers earlier runs' visitors
+    category = int(np.bincount(catalog.category).argsort()[len(catalog.category_names) // 2])
     members = np.flatnonzero(catalog.category == category)
     viewed = [str(catalog.item_ids[row]) for row in members[np.argsort(-catalog.popularity[members])][:5]]
     now = Timestamp()

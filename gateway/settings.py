@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from funnel import sources
 from funnel.fusion import DEFAULT_LIMITS
-from funnel.live.schema import Retention
+from funnel.live.schema import Retention, store_url_problem
 from funnel.runtime.channels import listed_hosts
 from funnel.runtime.config import ServerSettings, non_empty, non_negative, port_setting, positive, setting
 
@@ -116,6 +116,7 @@ class GatewaySettings(ServerSettings):
         help="Redis URL of the online store (redis://host:port/db): each request reads the user's live state "
         "(recent interactions, dismissals, what was served) and the answer is recorded as impressions; empty: "
         "answers use the bundle's stored history only",
+        checks=[store_url_problem],
     )
     state_budget_ms: float = setting(
         10.0, help="most reading a user's live state may take; later, the answer uses stored history (DEGRADED)",

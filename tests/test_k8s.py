@@ -131,6 +131,14 @@ def _triton_arg(old: str, new: str) -> Callable[[Objects], None]:
     return mutate
 
 
+def _redis_arg(old: str, new: str) -> Callable[[Objects], None]:
+    def mutate(objects: Objects) -> None:
+        args = find(objects, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]["args"]
+        args[args.index(old)] = new
+
+    return mutate
+
+
 def _open_triton(objects: Objects) -> None:
     """Triton takes calls from anyone and no policy limits where pods may call."""
     find(objects, "NetworkPolicy", "triton")["spec"]["ingress"][0].pop("from")
@@ -213,6 +221,16 @@ BROKEN = {
     "no metrics port": (
         _container("ranking", lambda c: c["ports"].pop(0)),
         "metrics port 9090 is not a container port",
+    ),
+    "a store that fsyncs once a second": (_redis_arg("always", "everysec"), "must run --appendonly yes"),
+    "a store address on the wrong port": (
+        _env("events", "FUNNEL_STATE_STORE", "redis://redis:6380/0"),
+        "Service/redis has no port 6380",
+    ),
+    "a store address that is no URL": (_env("gateway", "FUNNEL_STATE_STORE", "redis:6379"), "must be a redis://"),
+    "the gateway cut off from the store": (
+        _remove("NetworkPolicy", "gateway-to-online-store"),
+        "gateway -> online-store:6379 is blocked",
     ),
 }
 

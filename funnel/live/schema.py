@@ -13,6 +13,7 @@ durable log the export command turns into files the build reads).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from funnel.live.kinds import DISMISSED, INTERACTION_TYPES, RECENT, SERVED, STATE_OF_TYPE
 from funnel.v1 import events_pb2
@@ -27,6 +28,20 @@ EVENT_TYPES = {
 }
 # Every event goes to the log whatever its group; STATE_OF_TYPE says what else it does.
 assert set(STATE_OF_TYPE) == set(EVENT_TYPES.values()), "every event type has a state group"
+
+
+def store_url_problem(url: str) -> str | None:
+    """A settings check: the online store's address is a Redis URL (empty passes: no store)."""
+    if not url:
+        return None
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+        return "must be a redis://host:port/db (or rediss://) URL"
+    try:
+        parsed.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        return "has a port that is not a number"
+    return None
 
 
 def user_key(user_id: str, group: str) -> str:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from funnel.live.schema import Retention
+from funnel.live.schema import Retention, store_url_problem
 from funnel.runtime.config import ServerSettings, non_empty, non_negative, port_setting, positive, setting
 
 
 @dataclass(frozen=True, kw_only=True)
 class EventsSettings(ServerSettings):
     port: int = port_setting(50091, "gRPC port of the public Events API")
-    state_store: str = setting(help="Redis URL of the online store (redis://host:port/db)", checks=[non_empty])
+    state_store: str = setting(
+        help="Redis URL of the online store (redis://host:port/db)", checks=[non_empty, store_url_problem]
+    )
     store_timeout_ms: float = setting(
         2000.0, help="most one write may take before the call fails UNAVAILABLE", checks=[positive]
     )
