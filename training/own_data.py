@@ -100,6 +100,14 @@ def load_files(interactions: Path | Sequence[Path], items: Path | None = None) -
     return to_dataset(records, [(user, item, ts) for _, user, item, ts in rows], source)
 
 
+def read_items(path: Path) -> list[ItemRecord]:
+    """An items file on its own (`training.add_items`), every problem reported as by `load_files`."""
+    report = _Report()
+    records = _read_items(path, report)
+    report.raise_if_any()
+    return records
+
+
 def to_dataset(
     items: list[ItemRecord],
     interactions: list[tuple[str, str, float]],
