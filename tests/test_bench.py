@@ -113,7 +113,7 @@ def test_the_live_data_bench_compares_both_gateways_and_counts_acknowledged_even
         stack.stop_one("gateway-frozen-bench")
     assert read["requests per arm"] == 8
     assert 0 < read["live_state step p50 ms"] <= read["live_state step p99 ms"]
-    assert min(read[f"p50 ms, {arm}"] for arm in ("live", "frozen", "frozen, same lists")) > 0
+    assert read["p50 ms, live"] > 0 and read["p50 ms, frozen sent the same lists"] > 0
     load = asyncio.run(events_under_load(stack.address("gateway"), stack.address("events"), traffic, items, 10, 400, 2))
     assert load["events acknowledged per second"] > 200 and not load["RecordEvents failures"]
     assert load["Recommend answered"] > 5 and load["Recommend errors"] == 0
