@@ -39,7 +39,7 @@ def test_good_files_give_the_dataset_they_describe(tmp_path):
     )
     data = load_files(interactions, items)
     assert data.item_ids.tolist() == ["a", "b", "c"]
-    assert data.user_ids.tolist() == ["u10", "u2"]
+    assert data.user_ids.tolist() == ["u2", "u10"], "natural order"
     assert len(data.interactions) == 3, "impressions and dismissals are not interactions"
     a, b = 0, 1
     assert [data.category_names[k] for k in data.category] == ["drama", "unknown", "comedy"]

@@ -124,7 +124,7 @@ def _to_dataset(
             )
         )
     interactions = [(f"ml{user}", f"m{item}", float(ts)) for user, item, _, ts in kept]
-    return to_dataset(items, interactions, f"movielens:{name}", user_order=lambda user: _numeric_first(user[2:]))
+    return to_dataset(items, interactions, f"movielens:{name}")
 
 
 def _numeric_first(key: str) -> tuple[int, str]:
@@ -134,3 +134,37 @@ def _numeric_first(key: str) -> tuple[int, str]:
 def _year(title: str) -> int:
     match = _YEAR.search(title.strip())
     return int(match.group(1)) if match else 0
+
+
+def write_files(folder: Path, out: Path, min_rating: float = 0.0) -> tuple[Path, Path]:
+    """The MovieLens folder as the two files `training.build --interactions/--items` reads, so the
+    preset and a person's own data (exported events included) can be built together."""
+    data = load_movielens(folder, min_rating)
+    out.mkdir(parents=True, exist_ok=True)
+    interactions, items = out / "interactions.csv", out / "items.csv"
+    with interactions.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["user_id", "item_id", "timestamp", "event_type"])
+        i = data.interactions
+        for user, item, ts in zip(i.user.tolist(), i.item.tolist(), i.timestamp.tolist(), strict=True):
+            writer.writerow([data.user_ids[user], data.item_ids[item], ts, "rating"])
+    with items.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["item_id", "category", "provider", "maturity", "regions", "published_at"])
+        last = int(data.interactions.timestamp.max())
+        for n, item_id in enumerate(data.item_ids.tolist()):
+            published = last - float(data.age_days[n]) * 86_400.0
+            writer.writerow([item_id, data.category_names[data.category[n]], data.provider_names[data.provider[n]],
+                             int(data.maturity[n]), "", f"{published:.0f}"])  # fmt: skip
+    return interactions, items
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a MovieLens folder as interactions.csv and items.csv")
+    parser.add_argument("--movielens", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--min-rating", type=float, default=0.0)
+    args = parser.parse_args()
+    print(*write_files(args.movielens, args.out, args.min_rating))

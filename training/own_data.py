@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Iterator, Sequence
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -112,11 +112,10 @@ def to_dataset(
     items: list[ItemRecord],
     interactions: list[tuple[str, str, float]],
     source: str,
-    user_order: Callable[[str], Any] | None = None,
 ) -> Dataset:
-    """Items in the order given; users in order of their ids (numbers numerically) or `user_order`."""
+    """Items in the order given; users in the natural order of their ids."""
     item_row = {record.item_id: n for n, record in enumerate(items)}
-    user_keys = sorted({user for user, _, _ in interactions}, key=user_order or _numeric_first)
+    user_keys = sorted({user for user, _, _ in interactions}, key=natural_order)
     user_row = {key: n for n, key in enumerate(user_keys)}
     user = np.array([user_row[u] for u, _, _ in interactions], dtype=np.int32)
     item = np.array([item_row[i] for _, i, _ in interactions], dtype=np.int32)
@@ -225,7 +224,7 @@ def _read_items(path: Path, report: _Report) -> list[ItemRecord]:
         maturity = _maturity(row.get("maturity", ""), where, report)
         regions = _regions(row.get("regions", ""), where, report)
         published = row.get("published_at", "")
-        published_at = _timestamp(published, where, "published_at", report) if published else None
+        published_at = _timestamp(published, where, "published_at", report, before_1970=True) if published else None
         records[item] = ItemRecord(
             item_id=item,
             category=row.get("category") or "unknown",
@@ -250,7 +249,8 @@ def _identifier(row: dict[str, str], column: str, where: str, report: _Report) -
     return ""
 
 
-def _timestamp(value: str, where: str, column: str, report: _Report) -> float | None:
+def _timestamp(value: str, where: str, column: str, report: _Report, before_1970: bool = False) -> float | None:
+    """Unix seconds of `value`; an interaction is after 1970, a publication may be older."""
     try:
         seconds = float(value)
     except ValueError:
@@ -260,7 +260,7 @@ def _timestamp(value: str, where: str, column: str, report: _Report) -> float | 
             report.add(where, column, f"{value!r} is neither Unix seconds nor an ISO 8601 time")
             return None
         seconds = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    if not math.isfinite(seconds) or seconds < 0:
+    if not math.isfinite(seconds) or (seconds < 0 and not before_1970):
         report.add(where, column, f"{value!r} is not a time after 1970")
         return None
     return seconds
@@ -295,5 +295,6 @@ def _finite(value: str) -> bool:
         return False
 
 
-def _numeric_first(key: str) -> tuple[int, str]:
-    return (int(key), "") if key.isdigit() else (1 << 62, key)
+def natural_order(key: str) -> list[str | int]:
+    """Ids in the order people expect: "u2" before "u10", "7" before "12" (digit runs as numbers)."""
+    return [int(part) if n % 2 else part for n, part in enumerate(re.split(r"(\d+)", key))]
