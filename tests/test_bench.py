@@ -76,7 +76,9 @@ def test_cpu_per_request_is_counted_for_every_process_of_the_stack(stack, artifa
 
     result = cpu_per_request(stack, stack.address("gateway"), Traffic(artifacts), rate=10, seconds=2)
     assert set(result["ms"]) >= {"gateway", "ranking-0", "reranking-0", "triton", "redis"}
-    assert all(ms > 0 for ms in result["ms"].values()), result
+    # Redis spends about 0.1 ms a request, under one 10 ms clock tick over this short run: it is
+    # counted (above), and may read 0; every other process spends several ticks.
+    assert all(ms > 0 for name, ms in result["ms"].items() if name != "redis"), result
     assert result["total_ms"] == round(sum(result["ms"].values()), 3)
     assert result["load_generator_ms"] > 0 and "load generator" not in str(result["ms"])
 
