@@ -110,7 +110,7 @@ def build(
         },
         "offline_evaluation": evaluation,
     }  # fmt: skip
-    tag = "movielens" if movielens else size
+    tag = "files" if files is not None else "movielens" if movielens else size
     bundle, model_version = write_bundle(
         out, data, models, served, config, tag + ("-eval" if for_evaluation else ""), metadata,
         held_out=test if for_evaluation else None,
