@@ -173,7 +173,9 @@ class FeatureStore:
 
     def _category_share(self, history: np.ndarray) -> np.ndarray:
         weights = np.exp(-CATEGORY_DECAY * np.arange(len(history) - 1, -1, -1, dtype=np.float32))
-        share = np.bincount(self.catalog.category[history], weights=weights, minlength=len(self.catalog.category_names))
+        share = np.bincount(
+            self.catalog.category[history], weights=weights, minlength=len(self.catalog.category_names)
+        )
         return (share / weights.sum()).astype(np.float32)
 
 
