@@ -53,6 +53,9 @@ class ImpressionRecorder:
                 self._dropped_error.inc(len(batch))
                 log.warning("impressions not recorded", extra={"answers": len(batch), "error": str(exc)})
                 await asyncio.sleep(_RETRY_AFTER_S)
+            except Exception:  # a bug must not stop the recording for the life of the process
+                self._dropped_error.inc(len(batch))
+                log.exception("impressions not recorded", extra={"answers": len(batch)})
             finally:
                 for _ in batch:
                     self.queue.task_done()
