@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from training.dataset import Dataset
-from training.own_data import ItemRecord, to_dataset
+from training.own_data import ItemRecord, natural_order, to_dataset
 
 U_ITEM_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
@@ -110,7 +110,7 @@ def _to_dataset(
     kept = [r for r in ratings if r[2] >= min_rating]
     if not kept:
         raise MovieLensError(f"no rating reaches min_rating={min_rating}")
-    item_keys = sorted({r[1] for r in kept} | set(movies), key=_numeric_first)
+    item_keys = sorted({r[1] for r in kept} | set(movies), key=natural_order)
     items = []
     for key in item_keys:
         title, genres = movies.get(key, ("", []))
@@ -125,10 +125,6 @@ def _to_dataset(
         )
     interactions = [(f"ml{user}", f"m{item}", float(ts)) for user, item, _, ts in kept]
     return to_dataset(items, interactions, f"movielens:{name}")
-
-
-def _numeric_first(key: str) -> tuple[int, str]:
-    return (int(key), "") if key.isdigit() else (1 << 62, key)
 
 
 def _year(title: str) -> int:

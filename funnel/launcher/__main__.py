@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from funnel.launcher.health import health_status
-from funnel.launcher.redis import RedisServer
+from funnel.launcher.redis import answers_ping
 from funnel.launcher.stack import REPO_ROOT, Stack, StackConfig
 
 DEFAULT_RUN_DIR = REPO_ROOT / ".run"
@@ -78,7 +78,7 @@ def _status(run_dir: Path) -> int:
         if entry["name"] == "triton":
             status = "(http health)"
         elif entry["name"] == "redis":
-            status = "PONG" if RedisServer(Path(), entry["port"], Path()).answers() else "UNREACHABLE"
+            status = "PONG" if answers_ping("127.0.0.1", entry["port"]) else "UNREACHABLE"
         else:
             status = health_status(f"127.0.0.1:{entry['port']}")
         print(f"{entry['name']:<16} pid {entry['pid']:<8} port {entry['port']:<6} {status}")

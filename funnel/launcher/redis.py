@@ -24,6 +24,16 @@ def server_binary() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
 
 
+def answers_ping(host: str, port: int) -> bool:
+    """Whether a Redis server on host:port answers PING (a LOADING server does not yet)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 @dataclass
 class RedisServer:
     data_dir: Path
@@ -56,12 +66,7 @@ class RedisServer:
         return self.process
 
     def answers(self) -> bool:
-        try:
-            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return answers_ping(self.host, self.port)
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
