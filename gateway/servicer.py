@@ -174,7 +174,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         with contextlib.suppress(StoreError):
             await self.store.ping()
         if s.record_impressions:
-            self.impressions = ImpressionRecorder(self.store, s.impression_queue)
+            self.impressions = ImpressionRecorder(self.store, s.impression_queue, s.impression_linger_ms / 1000)
             self.impressions.start()
         limits = LiveLimits(
             recent=s.live_recent_items,

@@ -138,6 +138,12 @@ class GatewaySettings(ServerSettings):
     impression_queue: int = setting(
         10_000, help="answers waiting to be recorded; beyond it impressions are dropped and counted", checks=[positive]
     )
+    impression_linger_ms: float = setting(
+        50.0,
+        help="how long the recorder gathers answers before one store write: at 50 req/s, 50 ms turns "
+        "about three writes (and fsyncs) into one; a user's next ask rarely comes sooner",
+        checks=[non_negative],
+    )
 
     def retention(self) -> Retention:
         return Retention(served_ttl_ms=int(max(self.served_filter_seconds, 1.0) * 1000))

@@ -3,14 +3,18 @@ dismissed and served items stay out, replays change nothing, bad events are refu
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import numpy as np
 import pytest
 
 from funnel.artifacts.catalog import Catalog
-from funnel.live.schema import user_key
+from funnel.live.schema import Retention, user_key
+from funnel.live.store import LiveStore, connect
 from funnel.v1 import common_pb2, events_pb2
 from funnel.v1.recommender_pb2 import RecommendRequest as Request
+from gateway.impressions import ImpressionRecorder
 from tests.live import event, events_stub, served_items, store, stream_event_ids, wait_until
 
 VIEW, DISMISS = events_pb2.EVENT_TYPE_VIEW, events_pb2.EVENT_TYPE_DISMISS
@@ -175,3 +179,36 @@ def test_the_event_log_exports_to_the_file_the_build_reads(stack, gateway, tmp_p
     assert load_files(tmp_path / "all.csv").interactions is not None, "the build reads it"
     more, _ = export(client, tmp_path / "since.csv", after=last)
     assert more == 0, "--after exports only what came since"
+
+
+class CountingStore(LiveStore):
+    """The real store, counting the answers each impressions write carries."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes: list[int] = []
+
+    async def record_served(self, served, now_ms: int) -> None:
+        self.writes.append(len(served))
+        await super().record_served(served, now_ms)
+
+
+@pytest.mark.parametrize(("linger_s", "writes"), [(0.3, [5]), (0.0, [1, 1, 1, 1, 1])])
+def test_answers_given_while_the_recorder_lingers_share_one_store_write(stack, linger_s, writes):
+    users = [f"linger-{linger_s}-{n}" for n in range(5)]
+
+    async def serve_five() -> list[int]:
+        live = CountingStore(connect(stack.redis.url, timeout_s=1.0), Retention())
+        recorder = ImpressionRecorder(live, capacity=100, linger_s=linger_s)
+        recorder.start()
+        for n, user in enumerate(users):
+            recorder.offer(user, [f"item-{n}", "item-x"], f"request-{n}")
+            await asyncio.sleep(0.02)  # answers 20 ms apart: 50 requests a second
+        await recorder.stop()
+        await live.close()
+        return live.writes
+
+    assert asyncio.run(serve_five()) == writes
+    client = store(stack)
+    for n, user in enumerate(users):
+        assert set(served_items(client, user)) == {f"item-{n}", "item-x"}, "every answer recorded, none lost"

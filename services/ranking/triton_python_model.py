@@ -15,6 +15,14 @@ for _entry in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
     if _entry and _entry not in sys.path:
         sys.path.insert(0, _entry)
 
+# The native thread pools are sized when numpy and torch load, before `initialize` can call
+# torch.set_num_threads. Left at their default (one thread per core), the idle OpenMP workers spin
+# after every forward pass: measured in this stub, 0.9 ms of CPU per 350-row forward pass against
+# 0.45 ms with one thread, whatever torch.set_num_threads said afterwards.
+_THREADS = os.environ.get("FUNNEL_TRITON_TORCH_THREADS", "1")
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_variable, _THREADS)
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
@@ -22,7 +30,13 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 class TritonPythonModel:
     def initialize(self, args):
-        torch.set_num_threads(int(os.environ.get("FUNNEL_TRITON_TORCH_THREADS", "1")))
+        torch.set_num_threads(int(_THREADS))
+        # The CPU's flush-to-zero modes (FTZ/DAZ). Torch's CPU kernels pass through denormal
+        # intermediates (below float32's normal range, 1.2e-38), which the CPU handles in a slow
+        # microcode path. Measured on the demo ranker, a 350-row forward pass on served features
+        # took 0.26 ms without and 0.12 ms with them (0.8 against 0.1 ms on all-zero categorical
+        # inputs), and the scores of 200 requests came out bit-identical.
+        torch.set_flush_denormal(True)
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.model = torch.jit.load(os.path.join(version_dir, "model.pt"), map_location="cpu")
         self.model.eval()
