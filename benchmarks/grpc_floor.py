@@ -4,8 +4,10 @@ A bare stand-in replaces every process of the stack: a grpc.aio server that answ
 (no parsing, no work), and, where the real process calls on, the same calls. The gateway stand-in
 calls every shard stand-in at once, then ranking's, then re-ranking's; ranking's stand-in calls
 Triton's. Each call carries as many bytes each way as the real one (measured on the running stack,
-`payload_sizes`). Its CPU per request, per process, is the least any Python gRPC funnel of this
-shape can spend here; the funnel's own figure is compared with it as a ratio.
+`payload_sizes`). Where the stack reads users' live state, the gateway stand-in first reads as many
+bytes from a Redis server started the same way (one GET per request). Its CPU per request, per
+process, is the least any Python gRPC funnel of this shape can spend here; the funnel's own figure
+is compared with it as a ratio.
 
     python -m benchmarks.grpc_floor    (a single hop, for a quick look)
 """
@@ -22,11 +24,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import redis
 
 from benchmarks.cpu import cpu_seconds
 from benchmarks.loadgen import open_loop
 from funnel.launcher.health import wait_serving
 from funnel.launcher.processes import free_port, stop_group
+from funnel.launcher.redis import RedisServer
 from funnel.launcher.stack import REPO_ROOT
 
 METHOD = "/floor.Bare/Call"
@@ -38,11 +42,15 @@ import asyncio, json, sys, grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-port, reply, plan = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+port, reply, plan, store_url = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
 METHOD = "/floor.Bare/Call"
 identity = lambda data: data
 
 async def main():
+    store = None
+    if store_url:
+        import redis.asyncio as aioredis
+        store = aioredis.Redis.from_url(store_url)
     channels = {target: grpc.aio.insecure_channel(target) for group in plan for target, _ in group}
     stubs = {t: c.unary_unary(METHOD, request_serializer=identity, response_deserializer=identity)
              for t, c in channels.items()}
@@ -50,6 +58,8 @@ async def main():
     answer = b"y" * reply
 
     async def call(request, context):
+        if store is not None:
+            await store.get("live")
         for group in groups:
             if len(group) == 1:
                 await group[0][0](group[0][1], timeout=5)
@@ -80,6 +90,7 @@ class Payloads:
     ranking: tuple[int, int]
     reranking: tuple[int, int]
     triton: tuple[int, int]  # ranking -> Triton (tensors in shared memory travel outside gRPC)
+    live: tuple[int, int] = (0, 0)  # gateway -> Redis, the live-state read; (0, 0): no live state
 
 
 class BareStack:
@@ -91,13 +102,22 @@ class BareStack:
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen] = {}
         self.ports: dict[str, int] = {}
+        self.store: RedisServer | None = None
 
-    def _start(self, name: str, reply: int, plan: list[list[tuple[str, int]]]) -> str:
+    def _start_store(self) -> str:
+        """A Redis server as the stack runs it, holding one value of the live-state read's size."""
+        self.store = RedisServer(self.log_dir / "floor-redis", free_port(), self.log_dir / "floor-redis.log")
+        self.processes["redis"] = self.store.start()
+        self.store.wait_ready(30)
+        redis.Redis(host=self.store.host, port=self.store.port).set("live", b"z" * self.payloads.live[1])
+        return self.store.url
+
+    def _start(self, name: str, reply: int, plan: list[list[tuple[str, int]]], store_url: str = "") -> str:
         port = free_port()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / f"floor-{name}.log").open("w") as log:
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-c", SERVER, str(port), str(reply), json.dumps(plan)],
+                [sys.executable, "-c", SERVER, str(port), str(reply), json.dumps(plan), store_url],
                 cwd=REPO_ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -113,8 +133,9 @@ class BareStack:
         ranking = self._start("ranking", p.ranking[1], [[(triton, p.triton[0])]])
         reranking = self._start("reranking", p.reranking[1], [])
         plan = [[(s, p.retrieval[0]) for s in shards], [(ranking, p.ranking[0])], [(reranking, p.reranking[0])]]
-        gateway = self._start("gateway", p.public[1], plan)
-        for name, port in self.ports.items():
+        store_url = self._start_store() if p.live[1] else ""
+        gateway = self._start("gateway", p.public[1], plan, store_url)
+        for name, port in self.ports.items():  # Redis was waited for when started
             wait_serving(f"127.0.0.1:{port}", 30, lambda name=name: self.processes[name].poll() is None)
         return gateway
 

@@ -7,14 +7,19 @@ sizes are the funnel's, not estimates.
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
+import redis
 from tritonclient.grpc.service_pb2 import ModelInferRequest
 
 from benchmarks.grpc_floor import Payloads
 from funnel.candidates import Candidates
 from funnel.features import NUM_CATEGORICAL, NUM_DENSE
 from funnel.launcher.stack import Stack
+from funnel.live.schema import DISMISSED, RECENT, SERVED, user_key
+from funnel.live.store import READ_SCRIPT
 from funnel.runtime.deadline import Budget
 from funnel.v1 import recommender_pb2, recommender_pb2_grpc
 from funnel.v2 import ranking_pb2_grpc, reranking_pb2_grpc, retrieval_pb2_grpc
@@ -61,8 +66,39 @@ def measure_payloads(stack: Stack, requests: list[recommender_pb2.RecommendReque
         if region is not None:
             region.close()
     mean = {hop: tuple(int(v) for v in np.mean(pairs, axis=0)) for hop, pairs in sizes.items()}
+    live = _live_read_sizes(stack, [request.user_id for request in requests], limits) if stack.redis else (0, 0)
     return Payloads(mean["public"], mean["retrieval"], mean["ranking"], mean["reranking"],
-                    tuple(int(v) for v in np.mean(triton, axis=0)))  # type: ignore[arg-type]  # fmt: skip
+                    tuple(int(v) for v in np.mean(triton, axis=0)), live)  # type: ignore[arg-type]  # fmt: skip
+
+
+def _resp_bytes(value: object) -> int:
+    """Bytes of `value` in Redis's wire protocol (RESP): arrays of bulk strings, nested."""
+    if isinstance(value, list):
+        return len(f"*{len(value)}\r\n") + sum(_resp_bytes(part) for part in value)
+    text = str(value).encode()
+    return len(f"${len(text)}\r\n") + len(text) + 2
+
+
+def _live_read_sizes(stack: Stack, users: list[str], settings: GatewaySettings) -> tuple[int, int]:
+    """Mean bytes each way of the gateway's live-state read of `users`: the same script with the
+    same arguments, on the stack's Redis."""
+    assert stack.redis is not None
+    client = redis.Redis(host=stack.redis.host, port=stack.redis.port, decode_responses=True)
+    script = client.register_script(READ_SCRIPT)
+    now_ms = int(time.time() * 1000)
+    served_after = now_ms - settings.retention().served_ttl_ms
+    sent, received = [], []
+    try:
+        for user in users:
+            keys = [user_key(user, group) for group in (RECENT, DISMISSED, SERVED)]
+            args = [
+                settings.live_recent_items, settings.live_dismissed_items, settings.served_filter_items, served_after
+            ]  # fmt: skip
+            sent.append(_resp_bytes(["EVALSHA", script.sha, len(keys), *keys, *args]))
+            received.append(_resp_bytes(script(keys=keys, args=args)))
+    finally:
+        client.close()
+    return int(np.mean(sent)), int(np.mean(received))
 
 
 def _triton_sizes(template: ModelInferRequest, region: InputRegion | None, rows: int) -> tuple[int, int]:

@@ -93,9 +93,12 @@ def test_the_floor_carries_the_bytes_the_stack_carries_through_bare_processes_of
     assert payloads.retrieval[1] > 1000, "a shard's answer carries hundreds of candidates"
     assert payloads.ranking[0] > payloads.ranking[1] > 100, "ids and sources go, one score per item comes back"
     assert payloads.triton[0] < 1000, "tensors go through shared memory, not the message"
+    # The live-state read: the script call with its keys, and at least three empty lists back.
+    assert payloads.live[0] > 50 and payloads.live[1] >= len("*3\r\n*0\r\n*0\r\n*0\r\n"), payloads
     floor = floor_cpu(payloads, shards=2, rate=10, seconds=2, log_dir=tmp_path)
-    assert set(floor["ms"]) == {"gateway", "retrieval-0", "retrieval-1", "ranking", "reranking", "triton"}
-    assert floor["answered"] >= 10 and all(ms > 0 for ms in floor["ms"].values()), floor
+    assert set(floor["ms"]) == {"gateway", "retrieval-0", "retrieval-1", "ranking", "reranking", "triton", "redis"}
+    # Redis may spend under one clock tick in so short a run (see above).
+    assert floor["answered"] >= 10 and all(ms > 0 for name, ms in floor["ms"].items() if name != "redis"), floor
 
 
 def test_the_live_data_bench_compares_both_gateways_and_counts_acknowledged_events(stack, artifacts, catalog):

@@ -67,7 +67,7 @@ return {recorded, duplicates}
 
 # One script, so a read is one command: cheaper for the client than a pipeline of three.
 # KEYS: recent, dismissed, served; ARGV: how many of each, the oldest served time still in.
-_READ = """
+READ_SCRIPT = """
 local recent = redis.call('ZRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
 local dismissed = redis.call('ZREVRANGE', KEYS[2], 0, tonumber(ARGV[2]) - 1)
 local served = {}
@@ -113,7 +113,7 @@ class LiveStore:
         self.client = client
         self.retention = retention
         self._record = client.register_script(_RECORD)
-        self._read = client.register_script(_READ)
+        self._read = client.register_script(READ_SCRIPT)
 
     async def record(self, events: Sequence[EventRecord], now_ms: int) -> tuple[int, int]:
         """Write a batch; (recorded, duplicates). The script runs as one unit (no other command sees
