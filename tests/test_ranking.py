@@ -3,6 +3,7 @@ the two ways tensors reach Triton (in the gRPC message, or through system shared
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
 import time
@@ -14,8 +15,10 @@ import pytest
 from funnel.launcher.health import health_status
 from funnel.launcher.processes import free_port
 from funnel.launcher.triton import TritonServer
+from funnel.runtime.errors import DeadlineExceeded
 from funnel.sources import SOURCE_CODES
 from funnel.v2 import candidates_pb2, ranking_pb2, ranking_pb2_grpc
+from services.ranking.triton import TritonRanker
 
 SLOW_MODEL = '''
 import time
@@ -205,3 +208,48 @@ def test_slow_triton_gives_deadline_exceeded_never_a_hang(artifacts, own_triton,
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "Triton did not answer within" in error.value.details()
     assert took < 1.8, "cut off at the service's default budget, before the model answers"
+
+
+def test_a_late_triton_call_is_left_to_finish_and_a_queued_one_is_dropped_by_triton(artifacts, own_triton):
+    """The wheel's Triton can crash when a client cancels a call as it completes: the ranking service
+    never cancels one. It stops waiting at its budget, the call runs on, Triton's queue policy
+    rejects what waited past its own timeout, and the shared-memory slot stays held until Triton is
+    done with it."""
+    (own_triton.model_repository / "ranker" / "1" / "model.py").write_text(SLOW_MODEL)
+    own_triton.start()
+    own_triton.wait_ready()
+
+    async def late_calls() -> dict:
+        ranker = TritonRanker(own_triton.grpc_url, "ranker", 1024, shared_memory_rows=100)
+        try:
+            assert await ranker.model_ready() and ranker.uses_shared_memory
+            before = await ranker._control.get_inference_statistics("ranker")
+            outcomes = []
+            for _ in range(2):  # the first runs (two seconds), the second queues behind it
+                buffer, slot = ranker.features_buffer(10)
+                assert slot is not None
+                buffer.dense[:], buffer.categorical[:] = 0.0, 0
+                started = time.perf_counter()
+                with pytest.raises(DeadlineExceeded):
+                    await ranker.score(buffer, slot, timeout_s=0.3)
+                outcomes.append(time.perf_counter() - started)
+            held_while_running = ranker.region.in_use
+            await asyncio.sleep(3.0)  # the model answers the first; the second was rejected in the queue
+            after = await ranker._control.get_inference_statistics("ranker")
+            return {
+                "waits": outcomes,
+                "held_while_running": held_while_running,
+                "held_after": ranker.region.in_use,
+                "stats": (before.model_stats[0].inference_stats, after.model_stats[0].inference_stats),
+            }
+        finally:
+            await ranker.close()
+
+    result = asyncio.run(late_calls())
+    assert all(wait < 0.6 for wait in result["waits"]), "the caller gets its answer at its budget"
+    assert result["held_while_running"] == 2, "no slot is reused while Triton may still read it"
+    assert result["held_after"] == 0, "each slot is freed once Triton is done"
+    before, after = result["stats"]
+    assert after.success.count - before.success.count == 1, "the running call finished, not cancelled"
+    assert after.fail.count - before.fail.count == 1, "the queued call was rejected by Triton at its timeout"
+    assert own_triton.process is not None and own_triton.process.poll() is None

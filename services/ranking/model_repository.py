@@ -36,6 +36,10 @@ class TritonModelConfig:
     # with a 500 us delay, 1-2 clients got 0.58-0.62x the throughput of no batching; with none,
     # 0.96-0.99x, and 1.06-1.17x at 4-16 clients (batching's gain kept).
     max_queue_delay_us: int = 0
+    # A request still queued after this long is rejected by Triton; each request may ask for less
+    # (its own "timeout" parameter: what remains of the ranking call's budget). The ranking service
+    # never cancels a call (see services/ranking/triton.py), so this is what drops late work.
+    queue_timeout_us: int = 1_000_000
     instances: int = 1
     dynamic_batching: bool = True
 
@@ -49,7 +53,9 @@ def config_pbtxt(config: TritonModelConfig, backend: str, instance_kind: str = "
         for name, dtype, width in INPUTS
     )
     batching = (
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {config.max_queue_delay_us}\n}}\n"
+        f"dynamic_batching {{\n  max_queue_delay_microseconds: {config.max_queue_delay_us}\n"
+        "  default_queue_policy {\n    timeout_action: REJECT\n"
+        f"    default_timeout_microseconds: {config.queue_timeout_us}\n    allow_timeout_override: true\n  }}\n}}\n"
         if config.dynamic_batching
         else ""
     )

@@ -6,6 +6,14 @@ sidecar in the pod, or loopback locally), the input tensors go through Triton's 
 memory instead (`shared_memory.py`): the features are written straight into a registered region and
 the request carries only their offsets. Control calls (readiness, model loads, region registration)
 use tritonclient's asyncio client.
+
+An inference call is never cancelled. The Triton of the nvidia-pytriton wheel (2.51) can crash when
+a client cancels a call just as it completes (a race in its gRPC frontend, fixed upstream later:
+triton-inference-server/server#7368, #8034); the bench's overload steps hit it. So the ranking
+service stops *waiting* at its budget and answers DEADLINE_EXCEEDED, while the call runs on: each
+request carries its budget as Triton's "timeout" parameter, and the model's queue policy rejects a
+request still queued past it, so late work is dropped by Triton itself. A shared-memory slot is
+freed only once Triton is done with the call, never while Triton may still read it.
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ from services.ranking.shared_memory import InputRegion, Slot
 
 log = logging.getLogger("funnel.ranking.triton")
 _MESSAGE_BYTES = 64 * 1024 * 1024
+# How much longer than its budget an abandoned call may run before gRPC gives up on it: only a Triton
+# that never answers gets there (a queued request is rejected at its timeout, a running one finishes).
+_BACKSTOP_S = 5.0
 
 
 @dataclass
@@ -99,15 +110,17 @@ class TritonRanker:
 
     async def score(self, features: FeatureBatch, slot: Slot | None, timeout_s: float) -> Scores:
         """Score every row: one Triton request, split only above the model's max batch. `slot` is
-        where `features` lives when it is in shared memory; it is released here."""
+        where `features` lives when it is in shared memory; it is released once this call and
+        Triton are both done with it."""
         if timeout_s <= 0:
             if slot is not None:
                 slot.release()
             raise DeadlineExceeded("no time left to call Triton")
+        lease = _Lease(slot) if slot is not None else None
         try:
             if slot is not None and len(features) <= self.max_batch:
                 try:
-                    return await self._call(shared_request(self._template, slot, len(features)), timeout_s)
+                    return await self._call(shared_request(self._template, slot, len(features)), timeout_s, lease)
                 except Unavailable as exc:
                     if "shared memory" not in str(exc).lower():
                         raise
@@ -121,14 +134,25 @@ class TritonRanker:
             ]
             parts = await asyncio.gather(*(self._call(request, timeout_s) for request in requests))
         finally:
-            if slot is not None:
-                slot.release()
+            if lease is not None:
+                lease.drop()
         versions = {part.model_version for part in parts}
         return Scores(np.concatenate([part.values for part in parts]), ",".join(sorted(versions)))
 
-    async def _call(self, request: service_pb2.ModelInferRequest, timeout_s: float) -> Scores:
+    async def _call(
+        self, request: service_pb2.ModelInferRequest, timeout_s: float, lease: _Lease | None = None
+    ) -> Scores:
+        """One inference, waited for at most `timeout_s` and never cancelled (see the module's note)."""
+        request.parameters["timeout"].int64_param = max(1, int(timeout_s * 1_000_000))
+        call = asyncio.ensure_future(self._infer(request, timeout=timeout_s + _BACKSTOP_S))
+        if lease is not None:
+            lease.hold()
+        call.add_done_callback(lambda done: _finished(done, lease))
         try:
-            response = await self._infer(request, timeout=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                response = await asyncio.shield(call)  # a timeout or a cancelled caller stops the wait only
+        except TimeoutError:
+            raise DeadlineExceeded(f"Triton did not answer within {timeout_s * 1000:.0f} ms") from None
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceeded(f"Triton did not answer within {timeout_s * 1000:.0f} ms") from exc
@@ -155,6 +179,32 @@ class TritonRanker:
             self.region.close()
         await self._channel.close()
         await self._control.close()
+
+
+class _Lease:
+    """A shared-memory slot freed when its last holder lets go: the call that writes the features
+    into it, and each Triton inference reading from it."""
+
+    def __init__(self, slot: Slot) -> None:
+        self.slot = slot
+        self.holders = 1
+
+    def hold(self) -> None:
+        self.holders += 1
+
+    def drop(self) -> None:
+        self.holders -= 1
+        if self.holders == 0:
+            self.slot.release()
+
+
+def _finished(call: asyncio.Future, lease: _Lease | None) -> None:
+    """When an inference ends, answered or not: free its hold on the slot, and read its outcome so
+    an abandoned call's error is not reported as never retrieved."""
+    if lease is not None:
+        lease.drop()
+    if not call.cancelled():
+        call.exception()
 
 
 def request_template(model_name: str) -> service_pb2.ModelInferRequest:
