@@ -87,13 +87,11 @@ def _live_read_sizes(stack: Stack, users: list[str], settings: GatewaySettings) 
     script = client.register_script(READ_SCRIPT)
     now_ms = int(time.time() * 1000)
     served_after = now_ms - settings.retention().served_ttl_ms
+    args = [settings.live_recent_items, settings.live_dismissed_items, settings.served_filter_items, served_after]
     sent, received = [], []
     try:
         for user in users:
             keys = [user_key(user, group) for group in (RECENT, DISMISSED, SERVED)]
-            args = [
-                settings.live_recent_items, settings.live_dismissed_items, settings.served_filter_items, served_after
-            ]  # fmt: skip
             sent.append(_resp_bytes(["EVALSHA", script.sha, len(keys), *keys, *args]))
             received.append(_resp_bytes(script(keys=keys, args=args)))
     finally:

@@ -16,9 +16,9 @@ for _entry in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
         sys.path.insert(0, _entry)
 
 # The native thread pools are sized when numpy and torch load, before `initialize` can call
-# torch.set_num_threads. Left at their default (one thread per core), the idle OpenMP workers spin
-# after every forward pass: measured in this stub, 0.9 ms of CPU per 350-row forward pass against
-# 0.45 ms with one thread, whatever torch.set_num_threads said afterwards.
+# torch.set_num_threads: size them alike from the start, as every Funnel process does for itself
+# (funnel/runtime/native.py, which this file cannot import: it runs in Triton's own image). No
+# CPU difference was measured here; the forward pass's cost was denormals (see `initialize`).
 _THREADS = os.environ.get("FUNNEL_TRITON_TORCH_THREADS", "1")
 for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_variable, _THREADS)
