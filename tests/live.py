@@ -44,6 +44,12 @@ def stream_event_ids(client: redis.Redis) -> set[str]:
     return {fields["event_id"] for _, fields in client.xrange(STREAM)}
 
 
+def stream_entries(client: redis.Redis, user: str) -> int:
+    """The user's entries in the event log: other writers (the gateway's impressions, recorded off
+    the request path a little after each answer) may append to the log at any moment."""
+    return sum(fields["user_id"] == user for _, fields in client.xrange(STREAM))
+
+
 def served_items(client: redis.Redis, user: str) -> list[str]:
     return client.zrange(user_key(user, "served"), 0, -1)
 

@@ -15,7 +15,15 @@ from funnel.live.store import LiveStore, connect
 from funnel.v1 import common_pb2, events_pb2
 from funnel.v1.recommender_pb2 import RecommendRequest as Request
 from gateway.impressions import ImpressionRecorder
-from tests.live import event, events_stub, served_items, store, stream_event_ids, wait_until
+from tests.live import (
+    event,
+    events_stub,
+    served_items,
+    store,
+    stream_entries,
+    stream_event_ids,
+    wait_until,
+)
 
 VIEW, DISMISS = events_pb2.EVENT_TYPE_VIEW, events_pb2.EVENT_TYPE_DISMISS
 
@@ -86,12 +94,12 @@ def test_replaying_the_same_event_ids_changes_nothing(stack):
     batch = [event(user, f"i000{n:04d}", VIEW) for n in range(100, 120)]
     first = stub.RecordEvents(events_pb2.RecordEventsRequest(events=batch), timeout=5)
     state = client.zrange(user_key(user, "recent"), 0, -1, withscores=True)
-    length = client.xlen("funnel:events")
+    entries = stream_entries(client, user)
     second = stub.RecordEvents(events_pb2.RecordEventsRequest(events=batch), timeout=5)
     assert (first.recorded, first.duplicates) == (20, 0)
     assert (second.recorded, second.duplicates) == (0, 20)
     assert client.zrange(user_key(user, "recent"), 0, -1, withscores=True) == state
-    assert client.xlen("funnel:events") == length
+    assert stream_entries(client, user) == entries
     twice = stub.RecordEvents(events_pb2.RecordEventsRequest(events=[batch[0], event(user, "x", event_id="dup"),
                                                                       event(user, "x", event_id="dup")]))  # fmt: skip
     assert (twice.recorded, twice.duplicates) == (1, 2), "a repeat inside one batch counts as a duplicate"
@@ -127,12 +135,13 @@ def test_a_bad_event_refuses_the_batch_by_name_and_writes_nothing(stack, bad, fi
     else:
         for name, value in bad.items():
             setattr(wrong, name, value)
-    length = client.xlen("funnel:events")
+    entries, state = stream_entries(client, "live-bad"), client.zrange(user_key("live-bad", "recent"), 0, -1)
     with pytest.raises(grpc.RpcError) as error:
         events_stub(stack).RecordEvents(events_pb2.RecordEventsRequest(events=[good, wrong]), timeout=5)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in error.value.details()
-    assert client.xlen("funnel:events") == length
+    assert stream_entries(client, "live-bad") == entries
+    assert client.zrange(user_key("live-bad", "recent"), 0, -1) == state
     assert good.event_id not in stream_event_ids(client)
 
 
