@@ -44,6 +44,7 @@ from funnel.launcher.stack import REPO_ROOT, Stack, StackConfig
 from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
 
 STAGES = ("retrieval", "ranking", "reranking")
+OVERHEAD_RATE = 25.0  # the rate the gateway's overhead is reported at, for the stack and the bare floor
 CORES = len(os.sched_getaffinity(0))  # the cores this run may use (what nproc prints)
 
 
@@ -313,11 +314,14 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, profile: bool) ->
     finally:
         stack.stop()
     # The bare stand-ins run alone, as the stack did: the same cores, the same rate, the same bytes.
-    floor = floor_cpu(payloads, scenario.shards, args.cpu_rate, args.seconds, args.out / "run" / scenario.name)
+    floor = floor_cpu(payloads, scenario.shards, args.cpu_rate, args.seconds, args.out / "run" / scenario.name,
+                      latency_rate=OVERHEAD_RATE)  # fmt: skip
     result["floor"] = floor
     ratio = result["cpu_per_request"]["total_ms"] / floor["total_ms"]
     print(f"   floor (bare hops, same bytes) at {args.cpu_rate:.0f} req/s: {floor['ms']} -> {floor['total_ms']:.2f} ms;"
           f" the funnel spends {ratio:.2f} times that")  # fmt: skip
+    print(f"   bare stack end to end at {OVERHEAD_RATE:.0f} req/s (the overhead if stages took no time): "
+          f"p50 {floor['latency']['p50_ms']} ms, p99 {floor['latency']['p99_ms']} ms")  # fmt: skip
     return result
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import redis
 
 from benchmarks.cpu import cpu_seconds
-from benchmarks.loadgen import open_loop
+from benchmarks.loadgen import Sample, open_loop
 from funnel.launcher.health import wait_serving
 from funnel.launcher.processes import free_port, stop_group
 from funnel.launcher.redis import RedisServer
@@ -145,7 +145,7 @@ class BareStack:
             process.wait(timeout=10)
 
 
-async def _drive(address: str, request_bytes: int, rate: float, seconds: float) -> int:
+async def _drive(address: str, request_bytes: int, rate: float, seconds: float) -> list[Sample]:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = channel.unary_unary(METHOD, request_serializer=lambda d: d, response_deserializer=lambda d: d)
         payload = b"x" * request_bytes
@@ -156,24 +156,38 @@ async def _drive(address: str, request_bytes: int, rate: float, seconds: float) 
             await stub(payload, timeout=5)
             return {}
 
-        samples = await open_loop(call, rate, seconds, seed=5, timeout_s=5.0)
-    return sum(1 for s in samples if s.code == "OK")
+        return await open_loop(call, rate, seconds, seed=5, timeout_s=5.0)
 
 
-def floor_cpu(payloads: Payloads, shards: int, rate: float, seconds: float, log_dir: Path) -> dict:
-    """CPU ms per request of each bare process, and their total, at an open-loop `rate`."""
+def floor_cpu(
+    payloads: Payloads, shards: int, rate: float, seconds: float, log_dir: Path, latency_rate: float | None = None
+) -> dict:
+    """CPU ms per request of each bare process, and their total, at an open-loop `rate`; with
+    `latency_rate`, also the bare stack's end-to-end latency at that rate: what the gateway's
+    overhead would be if every stage answered in no time."""
     bare = BareStack(payloads, shards, log_dir)
     address = bare.start()
     try:
         before = {name: cpu_seconds(p.pid) for name, p in bare.processes.items()}
-        answered = asyncio.run(_drive(address, payloads.public[0], rate, seconds))
+        samples = asyncio.run(_drive(address, payloads.public[0], rate, seconds))
+        answered = sum(1 for s in samples if s.code == "OK")
         ms = {
             name: round((cpu_seconds(p.pid) - before[name]) * 1000 / max(answered, 1), 3)
             for name, p in bare.processes.items()
         }
+        result = {"rate": rate, "answered": answered, "ms": ms, "total_ms": round(sum(ms.values()), 3)}
+        if latency_rate is not None:
+            samples = asyncio.run(_drive(address, payloads.public[0], latency_rate, seconds))
+            latencies = [s.latency_ms for s in samples if s.code == "OK"]
+            result["latency"] = {
+                "rate": latency_rate,
+                "answered": len(latencies),
+                "p50_ms": round(float(np.median(latencies)), 2),
+                "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+            }
     finally:
         bare.stop()
-    return {"rate": rate, "answered": answered, "ms": ms, "total_ms": round(sum(ms.values()), 3)}
+    return result
 
 
 def one_hop(calls: int = 1000) -> dict[str, float]:
@@ -207,4 +221,5 @@ def one_hop(calls: int = 1000) -> dict[str, float]:
 if __name__ == "__main__":
     print(one_hop())
     example = Payloads((60, 300), (150, 9600), (6300, 2200), (10400, 400), (500, 2200))
-    print(json.dumps(floor_cpu(example, 1, 25, 10, Path("results/floor")) | {"payloads": asdict(example)}))
+    floor = floor_cpu(example, 1, 25, 10, Path("results/floor"), latency_rate=25)
+    print(json.dumps(floor | {"payloads": asdict(example)}))

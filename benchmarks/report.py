@@ -121,8 +121,8 @@ def write_report(results: dict, out: Path, reference_rate: float = 100.0) -> Pat
         "",
         f"| scenario | sustainable rate (p99 ≤ {slo:.0f} ms, no errors) | "
         + " | ".join(f"p50 / p99 at {rate:.0f} req/s (degraded)" for rate in SUMMARY_RATES)
-        + " | gateway overhead p50 at 25 req/s |",
-        "|---|---|" + "---|" * len(SUMMARY_RATES) + "---|",
+        + " | gateway overhead p50 at 25 req/s | bare stack end to end p50 at 25 req/s |",
+        "|---|---|" + "---|" * len(SUMMARY_RATES) + "---|---|",
     ]
     for s in scenarios:
         cells = []
@@ -136,13 +136,17 @@ def write_report(results: dict, out: Path, reference_rate: float = 100.0) -> Pat
             cells.append(f"{_fmt(x['p50_ms'])} / {_fmt(x['p99_ms'])} ms ({x['degraded_rate']:.1%}{errors})")
         first = next((x for x in s["steps"] if x["rate"] == 25), None)
         overhead = _fmt(first["summary"]["overhead_p50_ms"]) + " ms" if first else "-"
+        bare = s.get("floor", {}).get("latency")
+        bare_cell = f"{bare['p50_ms']:.1f} ms" if bare else "-"
         lines.append(f"| {s['scenario']['name']} | {s['sustainable_rps']:.0f} req/s | " + " | ".join(cells)
-                     + f" | {overhead} |")  # fmt: skip
+                     + f" | {overhead} | {bare_cell} |")  # fmt: skip
     lines += [
         "",
         "Gateway overhead = end-to-end latency minus the sum of the stage servers' own times (each stage reports "
         "its time in the `x-server-ms` trailer): the client's and the gateway's work plus the three hops' "
-        "transport and (de)serialisation. In the breakdown, *wire and stage queues* is the gateway's wait for "
+        "transport and (de)serialisation. *Bare stack end to end*: the same calls with the same bytes through "
+        "stand-ins that answer at once (the floor below), at the same rate: the overhead a funnel of this shape "
+        "has here when its stages take no time. In the breakdown, *wire and stage queues* is the gateway's wait for "
         "each stage minus that stage's own handler time: the hops themselves, and the time a call waits for the "
         "stage process's CPU before its handler starts (under load, mostly that).",
         "",

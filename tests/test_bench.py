@@ -24,7 +24,8 @@ def test_a_sweep_records_every_request_and_the_report_draws_it(stack, artifacts,
 
     cpu = {"rate": 10, "ms": {"gateway": 2.0, "retrieval-0-0": 1.5, "ranking-0": 1.0, "triton": 0.5},
            "total_ms": 5.0, "load_generator_ms": 1.0, "capacity_rps": 333.0}  # fmt: skip
-    floor = {"rate": 10, "ms": {"gateway": 1.0, "retrieval-0": 0.5, "ranking": 0.5, "triton": 0.5}, "total_ms": 2.5}
+    floor = {"rate": 10, "ms": {"gateway": 1.0, "retrieval-0": 0.5, "ranking": 0.5, "triton": 0.5}, "total_ms": 2.5,
+             "latency": {"rate": 25, "answered": 250, "p50_ms": 4.2, "p99_ms": 7.0}}  # fmt: skip
     results = {
         "machine": {"cores": "2", "cpu": "test", "python": "3.11"},
         "slo_ms": 1000,
@@ -45,6 +46,7 @@ def test_a_sweep_records_every_request_and_the_report_draws_it(stack, artifacts,
     report = write_report(results, tmp_path, reference_rate=20)
     text = report.read_text()
     assert "| test | 20 req/s |" in text
+    assert "| - | 4.2 ms |" in text, "no 25 req/s step here, so no overhead; the bare stack's end to end beside it"
     assert "| retrieval-0-0 | " in text and "| 1.50 | 0.50 | 3.0x |" in text, "each replica beside its stand-in"
     assert "| **total** |" in text and "**5.00** | **2.50** | **2.00x** |" in text
     assert "| test | 80 | 0 | 30.0 ms | 60.0 ms |" in text
@@ -95,10 +97,14 @@ def test_the_floor_carries_the_bytes_the_stack_carries_through_bare_processes_of
     assert payloads.triton[0] < 1000, "tensors go through shared memory, not the message"
     # The live-state read: the script call with its keys, and at least three empty lists back.
     assert payloads.live[0] > 50 and payloads.live[1] >= len("*3\r\n*0\r\n*0\r\n*0\r\n"), payloads
-    floor = floor_cpu(payloads, shards=2, rate=10, seconds=2, log_dir=tmp_path)
+    floor = floor_cpu(payloads, shards=2, rate=10, seconds=2, log_dir=tmp_path, latency_rate=20)
     assert set(floor["ms"]) == {"gateway", "retrieval-0", "retrieval-1", "ranking", "reranking", "triton", "redis"}
     # Redis may spend under one clock tick in so short a run (see above).
     assert floor["answered"] >= 10 and all(ms > 0 for name, ms in floor["ms"].items() if name != "redis"), floor
+    latency = floor["latency"]
+    assert latency["rate"] == 20 and latency["answered"] >= 20, floor
+    # Four bare hops and a Redis read, each well over 50 µs even on loopback.
+    assert 0.2 < latency["p50_ms"] <= latency["p99_ms"], floor
 
 
 def test_the_live_data_bench_compares_both_gateways_and_counts_acknowledged_events(stack, artifacts, catalog):
