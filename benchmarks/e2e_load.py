@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,8 +43,10 @@ from funnel.artifacts.catalog import COUNTRIES, Users
 from funnel.artifacts.store import latest_version
 from funnel.launcher.stack import REPO_ROOT, Stack, StackConfig
 from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
+from gateway.servicer import CAUSE_LABELS
 
 STAGES = ("retrieval", "ranking", "reranking")
+DEGRADED_STATUSES = (common_pb2.STAGE_STATUS_DEGRADED, common_pb2.STAGE_STATUS_FAILED)
 OVERHEAD_RATE = 25.0  # the rate the gateway's overhead is reported at, for the stack and the bare floor
 CORES = len(os.sched_getaffinity(0))  # the cores this run may use (what nproc prints)
 
@@ -253,6 +256,8 @@ def wide_requests(address: str, artifacts: Path, concurrency: int, seconds: floa
     on an otherwise idle stack: how many answers degraded, and their latency."""
     traffic = Traffic(artifacts, seed=5, num_results=100)
 
+    causes: Counter[str] = Counter()  # "stage: cause" of each stage that degraded an answer
+
     async def run() -> list[tuple[float, bool]]:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = recommender_pb2_grpc.RecommenderStub(channel)
@@ -265,6 +270,8 @@ def wide_requests(address: str, artifacts: Path, concurrency: int, seconds: floa
                     started = time.perf_counter()
                     reply = await stub.Recommend(traffic[sent], timeout=2.0)
                     answers.append(((time.perf_counter() - started) * 1000, reply.degraded))
+                    causes.update(f"{stage.stage}: {CAUSE_LABELS[stage.cause]}" for stage in reply.stages
+                                  if stage.status in DEGRADED_STATUSES)  # fmt: skip
                     sent += concurrency
 
             await asyncio.gather(*(client(n) for n in range(concurrency)))
@@ -277,6 +284,7 @@ def wide_requests(address: str, artifacts: Path, concurrency: int, seconds: floa
         "num_results": 100,
         "answered": len(answers),
         "degraded": sum(degraded for _, degraded in answers),
+        "causes": dict(causes.most_common()),
         "p50_ms": round(float(np.median(latencies)), 2),
         "p99_ms": round(float(np.percentile(latencies, 99)), 2),
     }

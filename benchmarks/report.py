@@ -275,13 +275,15 @@ def wide_lines(scenarios: list[dict]) -> list[str]:
     lines = [
         "## The widest requests: 100 results, 8 clients at once, otherwise idle",
         "",
-        "| scenario | answered | degraded | p50 | p99 |",
-        "|---|---|---|---|---|",
+        "| scenario | answered | degraded | p50 | p99 | why (stage: cause, answers) |",
+        "|---|---|---|---|---|---|",
     ]
     for s in rows:
         w = s["wide_requests"]
+        causes = w.get("causes")
+        why = "not recorded" if causes is None else ", ".join(f"{cause} {n}" for cause, n in causes.items()) or "-"
         lines.append(f"| {s['scenario']['name']} | {w['answered']} | {w['degraded']} | {w['p50_ms']:.1f} ms | "
-                     f"{w['p99_ms']:.1f} ms |")  # fmt: skip
+                     f"{w['p99_ms']:.1f} ms | {why} |")  # fmt: skip
     return [*lines, ""]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.e2e_load import STAGES, Traffic, sustainable_rate, sweep, to_step
+from benchmarks.e2e_load import STAGES, Traffic, sustainable_rate, sweep, to_step, wide_requests
 from benchmarks.loadgen import Sample
 from benchmarks.profile import summarise
 from benchmarks.report import PARTS, breakdown, write_report
@@ -21,6 +21,9 @@ def test_a_sweep_records_every_request_and_the_report_draws_it(stack, artifacts,
             assert all(0 < s < c for s, c in zip(step.server_ms[stage], step.stage_ms[stage], strict=True))
         assert (step.overhead_ms() > 0).all()
     assert sustainable_rate(steps, slo_ms=1000) == 20
+    wide = wide_requests(stack.address("gateway"), artifacts, concurrency=2, seconds=1)
+    assert wide["answered"] > 2 and wide["p50_ms"] <= wide["p99_ms"]
+    assert sum(wide["causes"].values()) >= wide["degraded"], "every degraded answer names its stage and cause"
 
     cpu = {"rate": 10, "ms": {"gateway": 2.0, "retrieval-0-0": 1.5, "ranking-0": 1.0, "triton": 0.5},
            "total_ms": 5.0, "load_generator_ms": 1.0, "capacity_rps": 333.0}  # fmt: skip
@@ -39,7 +42,13 @@ def test_a_sweep_records_every_request_and_the_report_draws_it(stack, artifacts,
                 "cpu_per_request": cpu,
                 "floor": floor,
                 "payload_bytes": {"public": (40, 300)},
-                "wide_requests": {"answered": 80, "degraded": 0, "p50_ms": 30.0, "p99_ms": 60.0},
+                "wide_requests": {
+                    "answered": 80,
+                    "degraded": 1,
+                    "p50_ms": 30.0,
+                    "p99_ms": 60.0,
+                    "causes": {"ranking: deadline": 1},
+                },
             }
         ],
     }
@@ -49,7 +58,7 @@ def test_a_sweep_records_every_request_and_the_report_draws_it(stack, artifacts,
     assert "| - | 4.2 ms |" in text, "no 25 req/s step here, so no overhead; the bare stack's end to end beside it"
     assert "| retrieval-0-0 | " in text and "| 1.50 | 0.50 | 3.0x |" in text, "each replica beside its stand-in"
     assert "| **total** |" in text and "**5.00** | **2.50** | **2.00x** |" in text
-    assert "| test | 80 | 0 | 30.0 ms | 60.0 ms |" in text
+    assert "| test | 80 | 1 | 30.0 ms | 60.0 ms | ranking: deadline 1 |" in text
     for plot in ("latency_cdf.png", "latency_vs_rate.png", "stage_breakdown.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     parts = breakdown(results["scenarios"][0]["steps"][-1])
