@@ -10,8 +10,9 @@ from benchmarks.report import PARTS, breakdown, write_report
 
 def test_a_sweep_records_every_request_and_the_report_draws_it(stack, artifacts, tmp_path):
     traffic = Traffic(artifacts)
-    steps = sweep(stack.address("gateway"), traffic, [10, 20], seconds=2, slo_ms=1000, label="test")
+    steps = sweep(stack.address("gateway"), traffic, [10, 20], seconds=2, slo_ms=1000, label="test", min_requests=30)
     assert [s.rate for s in steps] == [10, 20]
+    assert [s.seconds for s in steps] == [3.0, 2.0], "a step lasts long enough for its fewest requests"
     for step in steps:
         assert step.sent > 5 and step.ok == step.sent and not step.errors
         assert len(step.e2e_ms) == step.ok
@@ -33,6 +34,7 @@ def test_a_sweep_records_every_request_and_the_report_draws_it(stack, artifacts,
         "machine": {"cores": "2", "cpu": "test", "python": "3.11"},
         "slo_ms": 1000,
         "seconds_per_step": 2,
+        "min_requests_per_step": 30,
         "cpu_rate": 10,
         "scenarios": [
             {
@@ -55,6 +57,7 @@ def test_a_sweep_records_every_request_and_the_report_draws_it(stack, artifacts,
     report = write_report(results, tmp_path, reference_rate=20)
     text = report.read_text()
     assert "| test | 20 req/s |" in text
+    assert "2 s and at least 30 requests per rate" in text
     assert "| - | 4.2 ms |" in text, "no 25 req/s step here, so no overhead; the bare stack's end to end beside it"
     assert "| retrieval-0-0 | " in text and "| 1.50 | 0.50 | 3.0x |" in text, "each replica beside its stand-in"
     assert "| **total** |" in text and "**5.00** | **2.50** | **2.00x** |" in text
