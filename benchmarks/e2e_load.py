@@ -75,6 +75,7 @@ class Step:
     e2e_ms: list[float]  # OK requests, in send order
     stage_ms: dict[str, list[float]]  # gateway-side time per stage, OK requests
     server_ms: dict[str, list[float]]  # the stage servers' own time
+    causes: dict[str, int] = field(default_factory=dict)  # "stage: cause" of each degraded stage
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.e2e_ms, q)) if self.e2e_ms else float("nan")
@@ -103,6 +104,11 @@ class Step:
         }
 
 
+def degraded_causes(reply: recommender_pb2.RecommendResponse) -> list[str]:
+    """The stage and cause ("retrieval: partial") of every stage that degraded or failed in an answer."""
+    return [f"{s.stage}: {CAUSE_LABELS[s.cause]}" for s in reply.stages if s.status in DEGRADED_STATUSES]
+
+
 def to_step(rate: float, seconds: float, samples: list[Sample]) -> Step:
     ok = [s for s in samples if s.code == "OK"]
     errors: dict[str, int] = {}
@@ -119,6 +125,7 @@ def to_step(rate: float, seconds: float, samples: list[Sample]) -> Step:
         e2e_ms=[round(s.latency_ms, 3) for s in ok],
         stage_ms={stage: [s.detail["stages"][stage][0] for s in ok] for stage in STAGES},
         server_ms={stage: [s.detail["stages"][stage][1] for s in ok] for stage in STAGES},
+        causes=dict(Counter(cause for s in ok for cause in s.detail["causes"]).most_common()),
     )
 
 
@@ -155,6 +162,7 @@ async def run_step(address: str, traffic: Traffic, rate: float, seconds: float, 
             return {
                 "degraded": reply.degraded,
                 "stages": {s.stage: (round(s.latency_ms, 3), round(s.server_ms, 3)) for s in reply.stages},
+                "causes": degraded_causes(reply),
             }
 
         samples = await open_loop(call, rate, seconds, seed=seed, timeout_s=5.0)
@@ -275,8 +283,7 @@ def wide_requests(address: str, artifacts: Path, concurrency: int, seconds: floa
                     started = time.perf_counter()
                     reply = await stub.Recommend(traffic[sent], timeout=2.0)
                     answers.append(((time.perf_counter() - started) * 1000, reply.degraded))
-                    causes.update(f"{stage.stage}: {CAUSE_LABELS[stage.cause]}" for stage in reply.stages
-                                  if stage.status in DEGRADED_STATUSES)  # fmt: skip
+                    causes.update(degraded_causes(reply))
                     sent += concurrency
 
             await asyncio.gather(*(client(n) for n in range(concurrency)))

@@ -165,8 +165,9 @@ def write_report(results: dict, out: Path, reference_rate: float = 100.0) -> Pat
         lines += [
             f"### {s['scenario']['name']}",
             "",
-            "| offered req/s | answered/s | p50 | p90 | p99 | p99.9 ms | errors | degraded | overhead p50 |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| offered req/s | answered/s | p50 | p90 | p99 | p99.9 ms | errors | degraded | why degraded | "
+            "overhead p50 |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for step in s["steps"]:
             x = step["summary"]
@@ -174,7 +175,7 @@ def write_report(results: dict, out: Path, reference_rate: float = 100.0) -> Pat
             lines.append(
                 f"| {x['rate']:.0f} | {x['throughput_rps']:.1f} | {_fmt(x['p50_ms'])} | {_fmt(x['p90_ms'])} | "
                 f"{_fmt(x['p99_ms'])} | {_fmt(x['p99.9_ms'])} | {errors} | {x['degraded_rate']:.1%} | "
-                f"{_fmt(x['overhead_p50_ms'])} |"
+                f"{_causes(step)} | {_fmt(x['overhead_p50_ms'])} |"
             )
         lines.append("")
     lines += ["![latency CDF](latency_cdf.png)", ""]
@@ -280,11 +281,15 @@ def wide_lines(scenarios: list[dict]) -> list[str]:
     ]
     for s in rows:
         w = s["wide_requests"]
-        causes = w.get("causes")
-        why = "not recorded" if causes is None else ", ".join(f"{cause} {n}" for cause, n in causes.items()) or "-"
         lines.append(f"| {s['scenario']['name']} | {w['answered']} | {w['degraded']} | {w['p50_ms']:.1f} ms | "
-                     f"{w['p99_ms']:.1f} ms | {why} |")  # fmt: skip
+                     f"{w['p99_ms']:.1f} ms | {_causes(w)} |")  # fmt: skip
     return [*lines, ""]
+
+
+def _causes(record: dict) -> str:
+    """'stage: cause n, ...' of a step or the widest requests; results of older runs have none."""
+    causes = record.get("causes")
+    return "not recorded" if causes is None else ", ".join(f"{cause} {n}" for cause, n in causes.items()) or "-"
 
 
 def full_ranking_section(results: dict) -> list[str]:

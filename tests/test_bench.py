@@ -21,6 +21,7 @@ def test_a_sweep_records_every_request_and_the_report_draws_it(stack, artifacts,
             # A stage's server time is part of the gateway's wait for it, which is part of the request.
             assert all(0 < s < c for s, c in zip(step.server_ms[stage], step.stage_ms[stage], strict=True))
         assert (step.overhead_ms() > 0).all()
+        assert sum(step.causes.values()) >= step.degraded, "every degraded answer names its stage and cause"
     assert sustainable_rate(steps, slo_ms=1000) == 20
     wide = wide_requests(stack.address("gateway"), artifacts, concurrency=2, seconds=1)
     assert wide["answered"] > 2 and wide["p50_ms"] <= wide["p99_ms"]
@@ -54,6 +55,7 @@ def test_a_sweep_records_every_request_and_the_report_draws_it(stack, artifacts,
             }
         ],
     }
+    results["scenarios"][0]["steps"][0]["causes"] = {"live_state: deadline": 2}
     report = write_report(results, tmp_path, reference_rate=20)
     text = report.read_text()
     assert "| test | 20 req/s |" in text
@@ -62,6 +64,7 @@ def test_a_sweep_records_every_request_and_the_report_draws_it(stack, artifacts,
     assert "| retrieval-0-0 | " in text and "| 1.50 | 0.50 | 3.0x |" in text, "each replica beside its stand-in"
     assert "| **total** |" in text and "**5.00** | **2.50** | **2.00x** |" in text
     assert "| test | 80 | 1 | 30.0 ms | 60.0 ms | ranking: deadline 1 |" in text
+    assert " | live_state: deadline 2 | " in text, "each step says why its answers degraded"
     for plot in ("latency_cdf.png", "latency_vs_rate.png", "stage_breakdown.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     parts = breakdown(results["scenarios"][0]["steps"][-1])
@@ -69,7 +72,7 @@ def test_a_sweep_records_every_request_and_the_report_draws_it(stack, artifacts,
 
 
 def test_errors_stop_a_sweep_and_count_against_the_rate():
-    ok = {"degraded": False, "stages": {s: (5.0, 4.0) for s in STAGES}}
+    ok = {"degraded": False, "stages": {s: (5.0, 4.0) for s in STAGES}, "causes": []}
     samples = [Sample(0.1 * n, 20.0, "OK", ok) for n in range(9)] + [Sample(1.0, 5.0, "UNAVAILABLE")]
     step = to_step(10, 1, samples)
     assert step.errors == {"UNAVAILABLE": 1} and step.ok == 9
