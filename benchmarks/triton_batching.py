@@ -2,9 +2,13 @@
 
     python -m benchmarks.triton_batching --artifacts artifacts
 
-Two copies of the ranker are served by one Triton: `ranker` with dynamic batching and
-`ranker_nobatch` without. Closed-loop clients (1, 2, 4, 8, 16 concurrent) each send 500-candidate
-requests for a fixed time. Everything shares this 2-core machine, clients included.
+Three copies of the ranker are served by one Triton: `ranker` with dynamic batching (a queue
+delay of `--queue-delay-us`), `ranker_nobatch` without, and `ranker_served` as the ranking
+service's model is configured. Closed-loop clients (1, 2, 4, 8, 16 concurrent) each send
+500-candidate requests for a fixed time: throughput. Then the tail as the ranking service meets it:
+open-loop Poisson arrivals at a low rate, 250-600 candidates each, so calls overlap now and then;
+batching or not, a call should take a few milliseconds, and the slowest calls show whether it does.
+Everything shares this 2-core machine, clients included.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc.aio as triton
+from tritonclient.utils import InferenceServerException
 
+from benchmarks.loadgen import open_loop
 from funnel.artifacts.store import latest_version
 from funnel.features import BundleFeatures
 from funnel.launcher.processes import free_port
@@ -30,6 +36,7 @@ from funnel.launcher.triton import TritonServer
 from services.ranking.model_repository import CATEGORICAL_INPUT, DENSE_INPUT, TritonModelConfig, write_model_version
 
 CONCURRENCY = (1, 2, 4, 8, 16)
+OPEN_LOOP_MODELS = ("ranker_served", "ranker_nobatch")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -62,12 +69,17 @@ def cpu_seconds(root_pid: int) -> float:
 async def closed_loop(url: str, model: str, inputs: list, concurrency: int, seconds: float) -> dict:
     client = triton.InferenceServerClient(url)
     latencies: list[float] = []
+    errors: list[str] = []  # a call Triton refused (queued past its timeout, say) is counted, not fatal
     deadline = time.perf_counter() + seconds
 
     async def worker() -> None:
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            await client.infer(model, inputs)
+            try:
+                await client.infer(model, inputs)
+            except InferenceServerException as exc:
+                errors.append(exc.message())
+                continue
             latencies.append((time.perf_counter() - started) * 1000)
 
     for _ in range(3):  # warm-up
@@ -77,11 +89,41 @@ async def closed_loop(url: str, model: str, inputs: list, concurrency: int, seco
     elapsed = time.perf_counter() - started
     await client.close()
     return {
-        "model": model, "concurrency": concurrency, "requests": len(latencies),
+        "model": model, "concurrency": concurrency, "requests": len(latencies), "errors": len(errors),
         "throughput_rps": round(len(latencies) / elapsed, 1),
         "p50_ms": round(float(np.percentile(latencies, 50)), 2),
         "p99_ms": round(float(np.percentile(latencies, 99)), 2),
     }  # fmt: skip
+
+
+async def open_loop_tail(url: str, model: str, inputs: list[list], rate: float, seconds: float) -> dict:
+    """Poisson arrivals of varied requests: the latency of every call, slowest ones included."""
+    client = triton.InferenceServerClient(url)
+    for request in inputs[:3]:  # warm-up
+        await client.infer(model, request)
+
+    async def call(n: int) -> None:
+        await client.infer(model, inputs[n % len(inputs)])
+
+    samples = await open_loop(call, rate, seconds, seed=3)
+    await client.close()
+    latencies = np.array([s.latency_ms for s in samples if s.code == "OK"])
+    return {
+        "model": model, "rate": rate, "requests": len(latencies), "errors": len(samples) - len(latencies),
+        **{f"p{q}_ms": round(float(np.percentile(latencies, q)), 2) for q in (50, 99, 99.9)},
+        "max_ms": round(float(latencies.max()), 2), "over_20_ms": int((latencies > 20).sum()),
+    }  # fmt: skip
+
+
+def varied_inputs(tables: BundleFeatures, count: int = 64) -> list[list]:
+    """Requests of 250-600 candidates for different users, as retrieval hands them to ranking."""
+    rng = np.random.default_rng(0)
+    inputs = []
+    for n in range(count):
+        rows = rng.choice(len(tables.catalog.item_ids), int(rng.integers(250, 601)), replace=False)
+        batch = tables.store.features(tables.context(n % len(tables.users)), rows)
+        inputs.append(request_tensors(batch.dense, batch.categorical))
+    return inputs
 
 
 def _own_cpu() -> float:
@@ -115,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-batch", type=int, default=1024, help="rows per batch Triton may form (the served config)"
     )
+    parser.add_argument("--open-rate", type=float, default=25.0, help="rate of the open-loop tail step")
+    parser.add_argument("--open-seconds", type=float, default=60.0, help="length of the open-loop tail step")
     parser.add_argument("--out", type=Path, default=Path("results/triton_batching.json"))
     args = parser.parse_args(argv)
     bundle = latest_version(args.artifacts / "bundles")
@@ -138,19 +182,21 @@ def main(argv: list[str] | None = None) -> int:
                 max_batch_size=args.max_batch,
             )
             write_model_version(repository, source / str(version) / "model.pt", 1, config)
+        served = TritonModelConfig(name="ranker_served")
+        write_model_version(repository, source / str(version) / "model.pt", 1, served)
         server = TritonServer(
             repository,
             free_port(),
             free_port(),
             free_port(),
             repository / "triton.log",
-            models=["ranker", "ranker_nobatch"],
+            models=["ranker", "ranker_nobatch", "ranker_served"],
         )
         server.start()
         try:
             server.wait_ready()
             header = f"{'model':<16}{'clients':>8}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-            print(header + f"{'server':>9}{'client':>9}  (cores busy)", flush=True)
+            print(header + f"{'server':>9}{'client':>9}  (cores busy){'errors':>8}", flush=True)
             for concurrency in CONCURRENCY:
                 for model in ("ranker_nobatch", "ranker"):
                     server_before, client_before = cpu_seconds(server.process.pid), _own_cpu()
@@ -161,9 +207,16 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
                     print(
                         f"{model:<16}{concurrency:>8}{row['requests']:>10}{row['throughput_rps']:>9.1f}"
-                        f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['server_cores']:>9.2f}{row['client_cores']:>9.2f}",
+                        f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['server_cores']:>9.2f}{row['client_cores']:>9.2f}"
+                        f"{row['errors']:>21}",
                         flush=True,
                     )
+            varied = varied_inputs(tables)
+            tails = []
+            for model in OPEN_LOOP_MODELS:
+                tail = asyncio.run(open_loop_tail(server.grpc_url, model, varied, args.open_rate, args.open_seconds))
+                tails.append(tail)
+                print(f"open loop, {model}: {tail}", flush=True)
         finally:
             server.stop()
             shutil.rmtree(repository, ignore_errors=True)
@@ -188,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
                 "rows": rows,
                 "speedups": speedups,
                 "service_overhead_ms": overhead,
+                "open_loop_tail": tails,
+                "served_config": {
+                    "dynamic_batching": served.dynamic_batching,
+                    "max_queue_delay_us": served.max_queue_delay_us,
+                },
                 "queue_delay_us": args.queue_delay_us,
             },
             indent=2,
