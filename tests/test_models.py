@@ -49,6 +49,9 @@ def test_model_repository_is_standard_with_dynamic_batching_and_both_configs(art
     assert 'backend: "python"' in local and 'platform: "pytorch_libtorch"' in cluster
     for config in (local, cluster):
         assert "dynamic_batching" in config and "max_batch_size: 1024" in config and "model_warmup" in config
+    # Two python-backend instances: calls that overlap each get one instead of a two-request batch,
+    # on which the python backend stalls (`make bench-ranking`'s open-loop tail).
+    assert "kind: KIND_CPU count: 2" in local and "kind: KIND_CPU count: 1" in cluster
     assert {"model.pt", "model.py"} <= {p.name for p in (model_dir / "1").iterdir()}
 
 
