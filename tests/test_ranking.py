@@ -4,6 +4,7 @@ the two ways tensors reach Triton (in the gRPC message, or through system shared
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import threading
 import time
@@ -216,6 +217,8 @@ def test_a_late_triton_call_is_left_to_finish_and_a_queued_one_is_dropped_by_tri
     rejects what waited past its own timeout, and the shared-memory slot stays held until Triton is
     done with it."""
     (own_triton.model_repository / "ranker" / "1" / "model.py").write_text(SLOW_MODEL)
+    config = (own_triton.model_repository / "ranker" / "config.pbtxt").read_text()
+    instances = int(re.search(r"count: (\d+)", config).group(1))
     own_triton.start()
     own_triton.wait_ready()
 
@@ -225,7 +228,8 @@ def test_a_late_triton_call_is_left_to_finish_and_a_queued_one_is_dropped_by_tri
             assert await ranker.model_ready() and ranker.uses_shared_memory
             before = await ranker._control.get_inference_statistics("ranker")
             outcomes = []
-            for _ in range(2):  # the first runs (two seconds), the second queues behind it
+            # One call per instance runs (two seconds each); the last queues behind them.
+            for _ in range(instances + 1):
                 buffer, slot = ranker.features_buffer(10)
                 assert slot is not None
                 buffer.dense[:], buffer.categorical[:] = 0.0, 0
@@ -234,7 +238,7 @@ def test_a_late_triton_call_is_left_to_finish_and_a_queued_one_is_dropped_by_tri
                     await ranker.score(buffer, slot, timeout_s=0.3)
                 outcomes.append(time.perf_counter() - started)
             held_while_running = ranker.region.in_use
-            await asyncio.sleep(3.0)  # the model answers the first; the second was rejected in the queue
+            await asyncio.sleep(3.0)  # the model answers the running ones; the last was rejected in the queue
             after = await ranker._control.get_inference_statistics("ranker")
             return {
                 "waits": outcomes,
@@ -247,9 +251,9 @@ def test_a_late_triton_call_is_left_to_finish_and_a_queued_one_is_dropped_by_tri
 
     result = asyncio.run(late_calls())
     assert all(wait < 0.6 for wait in result["waits"]), "the caller gets its answer at its budget"
-    assert result["held_while_running"] == 2, "no slot is reused while Triton may still read it"
+    assert result["held_while_running"] == instances + 1, "no slot is reused while Triton may still read it"
     assert result["held_after"] == 0, "each slot is freed once Triton is done"
     before, after = result["stats"]
-    assert after.success.count - before.success.count == 1, "the running call finished, not cancelled"
+    assert after.success.count - before.success.count == instances, "the running calls finished, not cancelled"
     assert after.fail.count - before.fail.count == 1, "the queued call was rejected by Triton at its timeout"
     assert own_triton.process is not None and own_triton.process.poll() is None
