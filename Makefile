@@ -15,7 +15,8 @@ GATEWAY_PORT ?= 50051
 PYTEST_ARGS ?=
 
 STAMP_VENV := $(VENV)/.installed
-STAMP_PROTOS := funnel/v2/__init__.py
+# Both generated packages are the stamp: either one missing regenerates both.
+STAMP_PROTOS := funnel/v1/__init__.py funnel/v2/__init__.py
 PROTOS := $(wildcard protos/funnel/v1/*.proto protos/funnel/v2/*.proto)
 
 MOVIELENS ?= ../shared/data/ml-latest-small
@@ -26,7 +27,7 @@ BENCH_FULL_USERS ?= 200
 
 OVERLAY ?= dev
 
-.PHONY: help install protos artifacts artifacts-movielens up down demo test lint clean bench-retrieval bench-ranking bench-reranking \
+.PHONY: help install protos artifacts artifacts-movielens up down demo test test-fast docs lint clean bench-retrieval bench-ranking bench-reranking \
 	k8s-render k8s-validate images bench bench-artifacts bench-overload eval eval-movielens eval-ablation \
 	eval-streaming eval-streaming-movielens bench-live
 
@@ -41,7 +42,7 @@ $(STAMP_VENV): requirements.lock
 
 install: $(STAMP_VENV) $(STAMP_PROTOS) ## Create the virtual environment and generate the gRPC code
 
-$(STAMP_PROTOS): $(PROTOS) $(STAMP_VENV)
+$(STAMP_PROTOS) &: $(PROTOS) $(STAMP_VENV)
 	@echo "==> generating gRPC code from protos/"
 	sh protos/generate.sh $(PY)
 
@@ -55,21 +56,24 @@ artifacts-movielens: install ## Train and evaluate on a MovieLens folder (MOVIEL
 	$(PY) -m training.build --out artifacts-movielens --movielens $(MOVIELENS)
 
 up: artifacts ## Start Triton, every stage and the gateway on 127.0.0.1 in the background
-	$(PY) -m funnel.launcher up --artifacts $(ARTIFACTS) --gateway-port $(GATEWAY_PORT) \
+	$(PY) -m launcher up --artifacts $(ARTIFACTS) --gateway-port $(GATEWAY_PORT) \
 	  --retrieval-shards $(RETRIEVAL_SHARDS) --retrieval-replicas $(RETRIEVAL_REPLICAS) \
 	  --ranking-replicas $(RANKING_REPLICAS) --reranking-replicas $(RERANKING_REPLICAS)
 
 down: ## Stop every process `make up` started
-	@if [ -x $(PY) ]; then $(PY) -m funnel.launcher down; else echo "nothing to stop"; fi
+	@if [ -x $(PY) ]; then $(PY) -m launcher down; else echo "nothing to stop"; fi
 
 demo: ## From a fresh clone: install, build artifacts, start the stack, show recommendations, stop
 	@$(MAKE) --no-print-directory up
-	@$(PY) -m funnel.demo --target 127.0.0.1:$(GATEWAY_PORT) --artifacts $(ARTIFACTS); status=$$?; \
+	@$(PY) -m launcher.demo --target 127.0.0.1:$(GATEWAY_PORT) --artifacts $(ARTIFACTS); status=$$?; \
 	  $(MAKE) --no-print-directory down; exit $$status
 
 test: install ## Install what is needed and run the whole test suite (real processes on loopback)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: install ## The tests that start no process (under a minute): what to run while editing
+	$(VENV)/bin/pytest -m "not processes" $(PYTEST_ARGS)
 
 # The bench measures quality on held-out interactions, so its bundles are evaluation bundles.
 artifacts-100k/bundles artifacts-1m/bundles: $(STAMP_PROTOS)
@@ -139,8 +143,11 @@ k8s-validate: install ## Offline: render every overlay; strict schemas (1.30, ne
 images: install ## Build one image per service with Docker (says so and stops where no engine runs)
 	$(PY) -m deploy images
 
+docs: install ## Regenerate docs/configuration.md from the settings classes (a test fails when it is stale)
+	$(PY) -m deploy configuration
+
 lint: install ## ruff
 	$(VENV)/bin/ruff check .
 
 clean: down ## Remove artifacts, generated code and run state (keeps the virtual environment)
-	rm -rf $(ARTIFACTS) funnel/v1 .run .pytest_cache
+	rm -rf $(ARTIFACTS) funnel/v1 funnel/v2 .run .pytest_cache

@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
         exact.add(items)
         faiss.omp_set_num_threads(2)
         _, truth = exact.search(queries, 100)
-        nlist = 4096 if size >= 500_000 else 1024
+        # About 250 items a list at 1M; small catalogs (the suite's smoke run) keep at least 39 a list.
+        nlist = 4096 if size >= 500_000 else 1024 if size >= 100_000 else max(8, size // 100)
         for factory, params in SETTINGS:
             results.extend(measure(items, queries, truth, factory.format(nlist=nlist), params))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,9 +43,9 @@ from benchmarks.profile import profile_process
 from benchmarks.report import write_report
 from funnel.artifacts.catalog import COUNTRIES, Users
 from funnel.artifacts.store import latest_version
-from funnel.launcher.stack import REPO_ROOT, Stack, StackConfig
+from funnel.runtime.metrics import CAUSE_LABELS
 from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
-from gateway.servicer import CAUSE_LABELS
+from launcher.stack import REPO_ROOT, Stack, StackConfig
 
 STAGES = ("retrieval", "ranking", "reranking")
 DEGRADED_STATUSES = (common_pb2.STAGE_STATUS_DEGRADED, common_pb2.STAGE_STATUS_FAILED)

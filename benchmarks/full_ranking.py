@@ -40,15 +40,15 @@ from benchmarks.e2e_load import Scenario, start_stack
 from funnel.artifacts.catalog import COUNTRIES
 from funnel.artifacts.store import latest_version
 from funnel.features import BundleFeatures, UserContext
-from funnel.launcher.processes import free_port
-from funnel.launcher.stack import REPO_ROOT
-from funnel.launcher.triton import TritonServer
 from funnel.policy.content import ContentFilter
 from funnel.policy.document import load_policy
 from funnel.sources import ANN, source_code
+from funnel.triton.client import TritonRanker
+from funnel.triton.model_repository import TritonModelConfig
 from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
-from services.ranking.model_repository import TritonModelConfig
-from services.ranking.triton import TritonRanker
+from launcher.ports import reserve_port, start_server
+from launcher.stack import REPO_ROOT
+from launcher.triton import TritonServer
 from training.evaluate import ndcg_at_k, recall_at_k
 
 POLICY = REPO_ROOT / "config" / "policy.yaml"
@@ -132,10 +132,9 @@ def top_allowed(judge: Judge, user: int, scores: np.ndarray) -> np.ndarray:
 def triton_method(judge: Judge, artifacts: Path, users: np.ndarray, run_dir: Path) -> Measured:
     """Every item scored through Triton by the ranking service's client, one user at a time."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    triton = TritonServer(artifacts / "model_repository", free_port(), free_port(), free_port(), run_dir / "triton.log")
-    triton.start()
+    repository, log = artifacts / "model_repository", run_dir / "triton.log"
+    triton = start_server(lambda: TritonServer(repository, reserve_port(), reserve_port(), reserve_port(), log), 120)
     try:
-        triton.wait_ready()
         rows = np.arange(len(judge.catalog))
         loop = asyncio.new_event_loop()
 
@@ -147,7 +146,7 @@ def triton_method(judge: Judge, artifacts: Path, users: np.ndarray, run_dir: Pat
         def run(user: int) -> np.ndarray:
             context, rank, sources = everything_as_candidates(judge, user)
             features = judge.store.features(context, rows, sources, positions=rank)
-            scores = loop.run_until_complete(ranker.score(features, timeout_s=600)).values
+            scores = loop.run_until_complete(ranker.score(features, None, timeout_s=600)).values
             return top_allowed(judge, user, scores.astype(np.float32))
 
         try:

@@ -28,10 +28,11 @@ import redis
 
 from benchmarks.cpu import cpu_seconds
 from benchmarks.loadgen import Sample, open_loop
-from funnel.launcher.health import wait_serving
-from funnel.launcher.processes import free_port, stop_group
-from funnel.launcher.redis import RedisServer
-from funnel.launcher.stack import REPO_ROOT
+from launcher.health import wait_listening, wait_serving
+from launcher.ports import PORT_IN_USE_EXIT, reserve_port, retry_on_port_taken, start_server
+from launcher.processes import stop_group
+from launcher.redis import RedisServer
+from launcher.stack import REPO_ROOT
 
 METHOD = "/floor.Bare/Call"
 
@@ -43,6 +44,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 port, reply, plan, store_url = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+in_use_exit = int(sys.argv[5])
 METHOD = "/floor.Bare/Call"
 identity = lambda data: data
 
@@ -72,7 +74,10 @@ async def main():
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("floor.Bare", {"Call": handler})])
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    try:
+        server.add_insecure_port(f"127.0.0.1:{port}")
+    except RuntimeError:  # taken: the launcher's contract, so it starts this again on another port
+        sys.exit(in_use_exit)
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await server.wait_for_termination()
@@ -106,25 +111,34 @@ class BareStack:
 
     def _start_store(self) -> str:
         """A Redis server as the stack runs it, holding one value of the live-state read's size."""
-        self.store = RedisServer(self.log_dir / "floor-redis", free_port(), self.log_dir / "floor-redis.log")
-        self.processes["redis"] = self.store.start()
-        self.store.wait_ready(30)
+        self.store = start_server(
+            lambda: RedisServer(self.log_dir / "floor-redis", reserve_port(), self.log_dir / "floor-redis.log"), 30
+        )
+        assert self.store.process is not None
+        self.processes["redis"] = self.store.process
         redis.Redis(host=self.store.host, port=self.store.port).set("live", b"z" * self.payloads.live[1])
         return self.store.url
 
     def _start(self, name: str, reply: int, plan: list[list[tuple[str, int]]], store_url: str = "") -> str:
-        port = free_port()
+        """One stand-in, once it holds its (reserved) port; started again on another while one is taken."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        with (self.log_dir / f"floor-{name}.log").open("w") as log:
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-c", SERVER, str(port), str(reply), json.dumps(plan), store_url],
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.ports[name] = port
-        return f"127.0.0.1:{port}"
+
+        def start() -> str:
+            port = reserve_port()
+            with (self.log_dir / f"floor-{name}.log").open("a") as log:
+                self.processes[name] = subprocess.Popen(
+                    [sys.executable, "-c", SERVER, str(port), str(reply), json.dumps(plan), store_url,
+                     str(PORT_IN_USE_EXIT)],
+                    cwd=REPO_ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
+            self.ports[name] = port
+            wait_listening(f"127.0.0.1:{port}", self.processes[name], 30)
+            return f"127.0.0.1:{port}"
+
+        return retry_on_port_taken(start)
 
     def start(self) -> str:
         p = self.payloads

@@ -1,8 +1,12 @@
 """The bytes each hop of a request carries, measured on a running stack: what the floor must carry.
 
-Each sampled request is replayed hop by hop against the real stage processes, with the gateway's own
-request builders (`gateway/steps.py`) and Triton's request as the ranking service builds it, so the
-sizes are the funnel's, not estimates.
+Sampled requests go through the gateway as a client sends them. Every process counts the bytes of
+the messages it receives and sends, by method (`funnel_rpc_received_bytes_total`,
+`funnel_rpc_sent_bytes_total`), so each gRPC hop's mean is read from the processes' own metrics,
+before and after: the sizes are the funnel's, live state folded in, not estimates. Two hops end at a
+server that is not ours: ranking's request to Triton is built the way the ranking service builds it
+(`funnel/triton/client.py`), for as many rows as ranking's report says it scored; the gateway's
+live-state read is replayed with the same script and the default limits on the stack's Redis.
 """
 
 from __future__ import annotations
@@ -15,60 +19,62 @@ import redis
 from tritonclient.grpc.service_pb2 import ModelInferRequest
 
 from benchmarks.grpc_floor import Payloads
-from funnel.candidates import Candidates
 from funnel.features import NUM_CATEGORICAL, NUM_DENSE
-from funnel.launcher.stack import Stack
-from funnel.live.schema import DISMISSED, RECENT, SERVED, user_key
+from funnel.live.schema import DISMISSED, RECENT, SERVED, ReadLimits, Retention, user_key
 from funnel.live.store import READ_SCRIPT
-from funnel.runtime.deadline import Budget
+from funnel.triton.client import plain_request, request_template, shared_request
+from funnel.triton.shared_memory import InputRegion
 from funnel.v1 import recommender_pb2, recommender_pb2_grpc
-from funnel.v2 import ranking_pb2_grpc, reranking_pb2_grpc, retrieval_pb2_grpc
-from gateway.merge import merge_candidates
-from gateway.settings import GatewaySettings
-from gateway.stage_client import StageCall
-from gateway.steps import RankCandidates, RequestState, RerankCandidates, RetrieveCandidates
-from services.ranking.shared_memory import InputRegion
-from services.ranking.triton import plain_request, request_template, shared_request
+from launcher.metrics import scrape, total
+from launcher.stack import Stack
+
+# The gRPC hops: the method each one calls, and the processes (by name prefix) that serve it.
+HOPS = {
+    "public": ("/funnel.v1.Recommender/Recommend", "gateway"),
+    "retrieval": ("/funnel.v2.Retrieval/Retrieve", "retrieval-"),
+    "ranking": ("/funnel.v2.Ranking/Rank", "ranking-"),
+    "reranking": ("/funnel.v2.Reranking/Rerank", "reranking-"),
+}
+_COUNTERS = ("funnel_rpc_requests_total", "funnel_rpc_received_bytes_total", "funnel_rpc_sent_bytes_total")
 
 
 def measure_payloads(stack: Stack, requests: list[recommender_pb2.RecommendRequest], shared_memory: bool) -> Payloads:
-    """Mean bytes each way of every hop over `requests`, on the stack's first replica of each stage."""
-    limits = GatewaySettings(retrieval_shards="-", ranking_target="-", reranking_target="-", artifact_dir="-")
-    sizes: dict[str, list[tuple[int, int]]] = {hop: [] for hop in ("public", "retrieval", "ranking", "reranking")}
-    triton: list[tuple[int, int]] = []
-    shards = sorted({p.name.rsplit("-", 1)[0] for p in stack.processes if p.name.startswith("retrieval-")})
-    channels = {name: grpc.insecure_channel(stack.address(name)) for name in ("gateway", "ranking-0", "reranking-0")}
-    channels |= {shard: grpc.insecure_channel(stack.address(f"{shard}-0")) for shard in shards}
-    template = request_template("ranker")
-    region = InputRegion(2000) if shared_memory else None
-    try:
-        gateway = recommender_pb2_grpc.RecommenderStub(channels["gateway"])
+    """Mean bytes each way of every hop over `requests`, sent through the stack's gateway."""
+    before = _counters(stack)
+    ranked_rows = []
+    with grpc.insecure_channel(stack.address("gateway")) as channel:
+        gateway = recommender_pb2_grpc.RecommenderStub(channel)
         for request in requests:
             answer = gateway.Recommend(request, timeout=5)
-            sizes["public"].append((request.ByteSize(), answer.ByteSize()))
-            state = RequestState(request, Budget(5.0), 0.0, limits.source_limits())
-            retrieve = RetrieveCandidates([], 60, None).build(state)  # type: ignore[arg-type]
-            answers = [retrieval_pb2_grpc.RetrievalStub(channels[s]).Retrieve(retrieve, timeout=5) for s in shards]
-            sizes["retrieval"] += [(retrieve.ByteSize(), a.ByteSize()) for a in answers]
-            state.candidates = merge_candidates([Candidates.read(a.candidates) for a in answers], state.source_limits)
-            state.user_vector = answers[0].user_vector
-            rank = RankCandidates([], 80).build(state)
-            ranked = ranking_pb2_grpc.RankingStub(channels["ranking-0"]).Rank(rank, timeout=5)
-            sizes["ranking"].append((rank.ByteSize(), ranked.ByteSize()))
-            triton.append(_triton_sizes(template, region, len(state.candidates)))
-            RankCandidates([], 80).accept(state, [StageCall(ranked)])
-            rerank = RerankCandidates([], 40, None).build(state)  # type: ignore[arg-type]
-            reranked = reranking_pb2_grpc.RerankingStub(channels["reranking-0"]).Rerank(rerank, timeout=5)
-            sizes["reranking"].append((rerank.ByteSize(), reranked.ByteSize()))
-    finally:
-        for channel in channels.values():
-            channel.close()
-        if region is not None:
-            region.close()
-    mean = {hop: tuple(int(v) for v in np.mean(pairs, axis=0)) for hop, pairs in sizes.items()}
-    live = _live_read_sizes(stack, [request.user_id for request in requests], limits) if stack.redis else (0, 0)
-    return Payloads(mean["public"], mean["retrieval"], mean["ranking"], mean["reranking"],
-                    tuple(int(v) for v in np.mean(triton, axis=0)), live)  # type: ignore[arg-type]  # fmt: skip
+            ranked_rows += [s.items_in for s in answer.stages if s.stage == "ranking" and s.items_in]
+    after = _counters(stack)
+    mean = {}
+    for hop in HOPS:
+        # Summed over the processes that answered both times (one replica or every shard).
+        calls, received, sent = (
+            sum(after[name][hop][n] - before[name][hop][n] for name in after.keys() & before.keys()) for n in range(3)
+        )
+        mean[hop] = (round(received / calls), round(sent / calls)) if calls else (0, 0)
+    triton = _triton_sizes(shared_memory, ranked_rows)
+    live = _live_read_sizes(stack, [request.user_id for request in requests]) if stack.redis else (0, 0)
+    return Payloads(mean["public"], mean["retrieval"], mean["ranking"], mean["reranking"], triton, live)
+
+
+def _counters(stack: Stack) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """Per process serving a hop, per hop: calls, bytes received and bytes sent so far."""
+    counters = {}
+    for process in stack.processes:
+        methods = [(hop, method) for hop, (method, prefix) in HOPS.items() if process.name.startswith(prefix)]
+        if not methods:
+            continue
+        try:
+            samples = scrape(process.metrics_port)
+        except OSError:  # stopped or killed: it serves nothing
+            continue
+        counters[process.name] = {
+            hop: tuple(total(samples, counter, method=method) for counter in _COUNTERS) for hop, method in methods
+        } | {hop: (0.0, 0.0, 0.0) for hop in HOPS if hop not in dict(methods)}
+    return counters  # type: ignore[return-value]
 
 
 def _resp_bytes(value: object) -> int:
@@ -79,15 +85,15 @@ def _resp_bytes(value: object) -> int:
     return len(f"${len(text)}\r\n") + len(text) + 2
 
 
-def _live_read_sizes(stack: Stack, users: list[str], settings: GatewaySettings) -> tuple[int, int]:
-    """Mean bytes each way of the gateway's live-state read of `users`: the same script with the
-    same arguments, on the stack's Redis."""
+def _live_read_sizes(stack: Stack, users: list[str]) -> tuple[int, int]:
+    """Mean bytes each way of the gateway's live-state read of `users`: the same script with its
+    default arguments, on the stack's Redis."""
     assert stack.redis is not None
     client = redis.Redis(host=stack.redis.host, port=stack.redis.port, decode_responses=True)
     script = client.register_script(READ_SCRIPT)
-    now_ms = int(time.time() * 1000)
-    served_after = now_ms - settings.retention().served_ttl_ms
-    args = [settings.live_recent_items, settings.live_dismissed_items, settings.served_filter_items, served_after]
+    limits = ReadLimits()
+    served_after = int(time.time() * 1000) - Retention().served_ttl_ms
+    args = [limits.recent, limits.dismissed, limits.served, served_after]
     sent, received = [], []
     try:
         for user in users:
@@ -99,9 +105,22 @@ def _live_read_sizes(stack: Stack, users: list[str], settings: GatewaySettings) 
     return int(np.mean(sent)), int(np.mean(received))
 
 
-def _triton_sizes(template: ModelInferRequest, region: InputRegion | None, rows: int) -> tuple[int, int]:
-    """Bytes of the inference request the ranking service sends for `rows` candidates, and of the
-    answer (the model version and one float a row)."""
+def _triton_sizes(shared_memory: bool, rows: list[int]) -> tuple[int, int]:
+    """Mean bytes of the inference request the ranking service sends for each of `rows` candidate
+    counts, and of the answer (the model version and one float a row)."""
+    if not rows:
+        return (0, 0)
+    template = request_template("ranker")
+    region = InputRegion(max(rows)) if shared_memory else None
+    try:
+        sizes = [_triton_request_bytes(template, region, n) for n in rows]
+    finally:
+        if region is not None:
+            region.close()
+    return int(np.mean(sizes)), int(np.mean(rows)) * 4 + 64
+
+
+def _triton_request_bytes(template: ModelInferRequest, region: InputRegion | None, rows: int) -> int:
     if region is not None:
         slot = region.acquire(rows)
         assert slot is not None
@@ -111,4 +130,4 @@ def _triton_sizes(template: ModelInferRequest, region: InputRegion | None, rows:
         request = plain_request(
             template, np.zeros((rows, NUM_DENSE), np.float32), np.zeros((rows, NUM_CATEGORICAL), np.int64)
         )
-    return request.ByteSize(), rows * 4 + 64
+    return request.ByteSize()

@@ -16,8 +16,8 @@ import numpy as np
 from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import latest_version
 from funnel.policy.document import parse_policy
+from funnel.policy.engine import PolicyEngine
 from funnel.v1 import common_pb2
-from services.reranking.engine import PolicyEngine
 
 EVERY_RULE = """
 version: bench

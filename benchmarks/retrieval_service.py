@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -19,13 +18,13 @@ import grpc
 
 from benchmarks.loadgen import open_loop, summarise
 from funnel.artifacts.store import latest_version, publish_copy
-from funnel.launcher.health import wait_serving
-from funnel.launcher.processes import alive, free_port, spawn, stop_group
-from funnel.launcher.stack import REPO_ROOT
-from funnel.v1 import retrieval_pb2, retrieval_pb2_grpc
+from funnel.fusion import DEFAULT_LIMITS
+from funnel.sources import SOURCE_CODES
+from funnel.v2 import retrieval_pb2, retrieval_pb2_grpc
+from launcher.service import ServiceProcess
 
-# What the gateway asks each shard for by default (gateway/settings.py).
-GATEWAY_LIMITS = {"ann": 300, "category_popular": 50, "popular": 50, "fresh": 20}
+# What the gateway asks each shard for by default (`--ann-candidates` and the other source limits).
+GATEWAY_LIMITS = [retrieval_pb2.SourceLimit(source=SOURCE_CODES[name], limit=n) for name, n in DEFAULT_LIMITS.items()]
 
 
 async def run_load(address: str, rate: float, seconds: float, users: int, on_start=None):
@@ -34,7 +33,7 @@ async def run_load(address: str, rate: float, seconds: float, users: int, on_sta
 
         async def call(n: int) -> str:
             request = retrieval_pb2.RetrieveRequest(
-                user_id=f"u{n % users:07d}", num_candidates=300, source_limits=GATEWAY_LIMITS
+                user_id=f"u{n % users:07d}", num_candidates=max(DEFAULT_LIMITS.values()), source_limits=GATEWAY_LIMITS
             )
             return (await stub.Retrieve(request, timeout=5)).index_version
 
@@ -60,18 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         publish_copy(bundle, root / "bundles", "20990101T000000Z-before")
-        port = free_port()
-        command = [
-            sys.executable, "-m", "services.retrieval", "--port", str(port), "--artifact-dir", str(root),
-            "--index-factory", args.index_factory, "--search-params", args.search_params,
+        flags = [
+            "--artifact-dir", str(root), "--index-factory", args.index_factory, "--search-params", args.search_params,
             "--reload-poll-seconds", "0.5", "--access-log", "false",
         ]  # fmt: skip
-        process = spawn(
-            command, root / "retrieval.log", env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT
-        )
+        service = ServiceProcess("services.retrieval", flags, root / "retrieval.log", timeout_s=300)
         try:
-            wait_serving(f"127.0.0.1:{port}", 300, lambda: alive(process.pid))
-            address = f"127.0.0.1:{port}"
+            address = service.address
             users = 1000
             steady = asyncio.run(run_load(address, args.rate, args.seconds, users))
             print(f"steady load at {args.rate:.0f} req/s: {summarise(steady, args.seconds)}", flush=True)
@@ -88,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(f"same load across a hot swap: {swap_summary}", flush=True)
         finally:
-            stop_group(process.pid)
+            service.stop()
     result = {
         "index_factory": args.index_factory, "search_params": args.search_params, "rate": args.rate,
         "seconds": args.seconds, "steady": summarise(steady, args.seconds), "hot_swap": swap_summary,

@@ -31,9 +31,9 @@ from tritonclient.utils import InferenceServerException
 from benchmarks.loadgen import open_loop
 from funnel.artifacts.store import latest_version
 from funnel.features import BundleFeatures
-from funnel.launcher.processes import free_port
-from funnel.launcher.triton import TritonServer
-from services.ranking.model_repository import CATEGORICAL_INPUT, DENSE_INPUT, TritonModelConfig, write_model_version
+from funnel.triton.model_repository import CATEGORICAL_INPUT, DENSE_INPUT, TritonModelConfig, write_model_version
+from launcher.ports import reserve_port, start_server
+from launcher.triton import TritonServer
 
 CONCURRENCY = (1, 2, 4, 8, 16)
 OPEN_LOOP_MODELS = ("ranker_served", "ranker_nobatch")
@@ -185,17 +185,14 @@ def main(argv: list[str] | None = None) -> int:
             write_model_version(repository, source / str(version) / "model.pt", 1, config)
         served = TritonModelConfig(name="ranker_served")
         write_model_version(repository, source / str(version) / "model.pt", 1, served)
-        server = TritonServer(
-            repository,
-            free_port(),
-            free_port(),
-            free_port(),
-            repository / "triton.log",
-            models=["ranker", "ranker_nobatch", "ranker_served"],
+        models = ["ranker", "ranker_nobatch", "ranker_served"]
+        server = start_server(
+            lambda: TritonServer(
+                repository, reserve_port(), reserve_port(), reserve_port(), repository / "triton.log", models=models
+            ),
+            120,
         )
-        server.start()
         try:
-            server.wait_ready()
             header = f"{'model':<16}{'clients':>8}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
             print(header + f"{'server':>9}{'client':>9}  (cores busy){'errors':>8}", flush=True)
             for concurrency in CONCURRENCY:

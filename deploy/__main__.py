@@ -6,6 +6,7 @@
   python -m deploy scale    retrieval --replicas 4 [--shard 1] --overlay prod
   python -m deploy status   --overlay prod [--wait 300]           readiness per stage
   python -m deploy images   [--tag 0.1.0]                         docker build of every image (make images)
+  python -m deploy configuration [--check]                        docs/configuration.md from the settings (make docs)
 
 The cluster comes from the in-cluster service account or the kubeconfig (KUBECONFIG,
 ~/.kube/config; --context picks one). Exit status: 0 done / ready, 1 a check failed, an object
@@ -113,6 +114,17 @@ def _images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configuration(args: argparse.Namespace) -> int:
+    from deploy import configuration
+
+    if args.check:
+        current = configuration.is_current()
+        print(f"{configuration.REFERENCE.relative_to(REPO_ROOT)} is {'up to date' if current else 'out of date'}")
+        return 0 if current else 1
+    print(f"wrote {configuration.write().relative_to(REPO_ROOT)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -124,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     scale_cmd = commands.add_parser("scale", help="scale one stage (or one retrieval shard)")
     status_cmd = commands.add_parser("status", help="readiness per stage")
     images_cmd = commands.add_parser("images", help="build every service image with Docker")
+    configuration_cmd = commands.add_parser(
+        "configuration", help="write docs/configuration.md from every process's settings classes"
+    )
+    configuration_cmd.add_argument("--check", action="store_true", help="only say whether it is up to date")
     images_cmd.add_argument("--tag", default=project_version())
     images_cmd.add_argument(
         "--repository", default="funnel", help="image name prefix, e.g. registry.example.com/funnel"
@@ -146,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "render":
             sys.stdout.write(render_text(args.overlay))
             return 0
-        handlers = {"validate": _validate, "apply": _apply, "scale": _scale, "status": _status, "images": _images}
+        handlers = {
+            "validate": _validate, "apply": _apply, "scale": _scale, "status": _status, "images": _images,
+            "configuration": _configuration,
+        }  # fmt: skip
         handler = handlers[args.command]
         return handler(args)
     except (cluster.ClusterError, RenderError) as exc:

@@ -16,7 +16,7 @@ from deploy.imports import REPO_ROOT, closure, normalise
 
 # Image basename (the last part of its repository name) -> Dockerfile, relative to the root.
 DOCKERFILES = {
-    "gateway": "gateway/Dockerfile",
+    "gateway": "services/gateway/Dockerfile",
     "retrieval": "services/retrieval/Dockerfile",
     "ranking": "services/ranking/Dockerfile",
     "reranking": "services/reranking/Dockerfile",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REPO_PACKAGES = ("funnel", "gateway", "services", "training")
+REPO_PACKAGES = ("funnel", "services", "training", "launcher", "evaluation", "benchmarks", "deploy")
 
 
 @dataclass(frozen=True)

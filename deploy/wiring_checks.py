@@ -19,8 +19,8 @@ from deploy.render import Object, object_id
 from funnel.runtime.config import ServerSettings, env_name, load_settings
 from funnel.runtime.errors import ConfigError
 from funnel.runtime.server import LIVENESS_SERVICE
-from gateway.settings import GatewaySettings
-from services.ranking.model_repository import CLUSTER_CONFIGS
+from funnel.triton.model_repository import CLUSTER_CONFIGS
+from services.gateway.settings import GatewaySettings
 from services.ranking.settings import RankingSettings
 from services.retrieval.settings import RetrievalSettings
 

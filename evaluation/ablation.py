@@ -22,11 +22,11 @@ import numpy as np
 
 from funnel.artifacts.catalog import COUNTRIES
 from funnel.fusion import DEFAULT_LIMITS
-from funnel.launcher.stack import REPO_ROOT
 from funnel.policy.document import load_policy
+from funnel.retrieval.allowed import AllowedItems
 from funnel.sources import ANN
 from funnel.v1 import common_pb2
-from services.retrieval.allowed import AllowedItems
+from launcher.stack import REPO_ROOT
 from training.baselines import evaluate_baselines
 from training.build import load_data
 from training.candidates import Retriever

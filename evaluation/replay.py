@@ -25,10 +25,10 @@ import yaml
 from evaluation.metrics import catalog_coverage, distinct_categories, intra_list_distance, novelty, provider_exposure
 from funnel.artifacts.catalog import COUNTRIES, Catalog, Embeddings, Users
 from funnel.artifacts.store import latest_version, read_manifest
-from funnel.launcher.stack import REPO_ROOT, Stack, StackConfig
 from funnel.policy.content import ContentFilter
 from funnel.policy.document import ContentRules, parse_policy
 from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
+from launcher.stack import REPO_ROOT, Stack, StackConfig
 from training.baselines import evaluate_baselines
 from training.dataset import Interactions, at_most
 from training.protocol import LIST_LENGTH, accuracy

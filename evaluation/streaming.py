@@ -30,9 +30,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from evaluation.replay import EVAL_GATEWAY_FLAGS, HeldOut
 from funnel.artifacts.store import latest_version
-from funnel.launcher.stack import REPO_ROOT, Stack, StackConfig
 from funnel.runtime.config import env_name
 from funnel.v1 import events_pb2, events_pb2_grpc, recommender_pb2_grpc
+from launcher.stack import REPO_ROOT, Stack, StackConfig
 
 K = 10
 ARMS = ("frozen", "live")

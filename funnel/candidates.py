@@ -19,10 +19,10 @@ from operator import itemgetter
 import numpy as np
 
 from funnel.artifacts.catalog import IdIndex
+from funnel.ids import MAX_ID_LENGTH
 from funnel.runtime.errors import InvalidArgument
 from funnel.sources import SOURCE_CODES
 from funnel.v2 import candidates_pb2
-from funnel.validation import MAX_ID_LENGTH
 from funnel.wire import FLOAT32, ROW, SMALL_ENUM, read_columns, write_column
 
 _KNOWN_SOURCES = max(SOURCE_CODES.values())

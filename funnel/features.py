@@ -43,6 +43,7 @@ NUM_DENSE = len(DENSE_FEATURES)
 NUM_CATEGORICAL = len(CATEGORICAL_FEATURES)
 AGE_EDGES_DAYS = np.array([7, 30, 90, 180, 365, 730, 1825], dtype=np.float32)
 NUM_AGE_BUCKETS = len(AGE_EDGES_DAYS) + 1
+NUM_COUNTRY_SLOTS = len(COUNTRIES) + 1  # slot 0 = unknown country
 RECENT_ITEMS = 10  # items the similarity features compare with
 CATEGORY_DECAY = 0.05  # per item back in the history
 MAX_RANK = 2000  # longest candidate list, for scaling the rank feature
@@ -53,9 +54,19 @@ def age_bucket(age_days: np.ndarray) -> np.ndarray:
     return np.digitize(age_days, AGE_EDGES_DAYS).astype(np.int64)
 
 
+def country_slots(country_index: np.ndarray) -> np.ndarray:
+    """COUNTRIES index -> the country's embedding slot (user tower and ranker): 1 + index, and 0 for an
+    unknown country (a negative index). Training's form; `country_slot` is serving's."""
+    return np.where(country_index >= 0, country_index + 1, 0).astype(np.int64)
+
+
 def country_slot(country: str) -> int:
-    """0 = unknown, else 1 + index in COUNTRIES."""
-    return COUNTRIES.index(country) + 1 if country in COUNTRIES else 0
+    """A country code -> its slot, as `country_slots` numbers it (one lookup on the request path)."""
+    return _COUNTRY_SLOTS.get(country, _UNKNOWN_COUNTRY_SLOT)
+
+
+_COUNTRY_SLOTS = dict(zip(COUNTRIES, country_slots(np.arange(len(COUNTRIES))).tolist(), strict=True))
+_UNKNOWN_COUNTRY_SLOT = int(country_slots(np.array([-1]))[0])
 
 
 @dataclass

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 import time
 
+from funnel.ids import MAX_ID_LENGTH
 from funnel.runtime.errors import InvalidArgument
 from funnel.v1 import common_pb2
 
-MAX_ID_LENGTH = 128
 MAX_ATTRIBUTES = 32
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _DEVICE = re.compile(r"^[a-z0-9_-]{1,32}$")

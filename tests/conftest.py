@@ -1,23 +1,47 @@
-"""Shared fixtures: tiny artifacts built once, the full stack on free loopback ports, helpers."""
+"""Shared fixtures: tiny artifacts built once, the full stack on reserved loopback ports, helpers.
+
+Tests that start real processes carry the `processes` marker (`make test-fast` runs the others):
+every test using a fixture that starts one gets it here, and a module that starts its own sets
+`pytestmark`. A test without the marker that starts a process anyway fails, so the fast part stays
+what it claims to be.
+"""
 
 from __future__ import annotations
 
-import os
-import sys
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy.testing  # noqa: F401  (its first import runs `lscpu`: done here, before any test's guard)
 import pytest
 
 from funnel.artifacts.catalog import Catalog
 from funnel.artifacts.store import latest_version
-from funnel.launcher.health import wait_serving
-from funnel.launcher.processes import alive, free_port, spawn, stop_group, tail
-from funnel.launcher.stack import REPO_ROOT, Stack, StackConfig
 from funnel.v1 import recommender_pb2_grpc
+from launcher.service import ServiceProcess
+from launcher.stack import REPO_ROOT, Stack, StackConfig
 
 POLICY = REPO_ROOT / "config" / "policy.yaml"
+# Fixtures that start real processes: a test using one (directly or through another) is marked.
+PROCESS_FIXTURES = {"stack", "gateway", "start_service", "start_gateway", "own_triton", "mtls_triton", "rendered"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.processes)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_unless_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("processes") is not None:
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a process: mark it (or its module) `processes`")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
 
 
 @pytest.fixture(scope="session")
@@ -62,40 +86,6 @@ def gateway(stack: Stack) -> Iterator[recommender_pb2_grpc.RecommenderStub]:
         yield recommender_pb2_grpc.RecommenderStub(channel)
 
 
-class ServiceProcess:
-    """One service started by a test, stopped (SIGTERM, then SIGKILL) when the test ends."""
-
-    def __init__(
-        self,
-        module: str,
-        args: list[str],
-        log: Path,
-        wait: bool = True,
-        env: dict[str, str] | None = None,
-        port: int | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        self.port = port or free_port()
-        self.log = log
-        command = [sys.executable, "-m", module, "--port", str(self.port), *args]
-        environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
-        self.process = spawn(command, log, env=environment, cwd=REPO_ROOT)
-        if wait:
-            try:
-                wait_serving(self.address, 60, lambda: alive(self.process.pid), credentials)
-            except (RuntimeError, TimeoutError) as exc:
-                self.stop()
-                raise RuntimeError(f"{module}: {exc}\n{tail(log)}") from None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        stop_group(self.process.pid)
-        self.process.wait(timeout=5)
-
-
 @pytest.fixture
 def start_service(tmp_path: Path) -> Iterator:
     started: list[ServiceProcess] = []
@@ -107,9 +97,10 @@ def start_service(tmp_path: Path) -> Iterator:
         env: dict[str, str] | None = None,
         port: int | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        metrics: bool = False,
     ) -> ServiceProcess:
         log = tmp_path / f"{module}-{len(started)}.log"
-        service = ServiceProcess(module, args, log, wait, env, port, credentials)
+        service = ServiceProcess(module, args, log, wait, env, port, credentials, metrics)
         started.append(service)
         return service
 
@@ -126,7 +117,7 @@ def start_gateway(start_service, artifacts: Path):
         retrieval: str, ranking: str, reranking: str, *extra: str, wait: bool = True, env: dict[str, str] | None = None
     ) -> ServiceProcess:
         return start_service(
-            "gateway",
+            "services.gateway",
             [
                 "--retrieval-shards",
                 retrieval,

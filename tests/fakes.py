@@ -14,7 +14,6 @@ from contextlib import contextmanager
 
 import grpc
 
-from funnel.launcher.processes import free_port
 from funnel.sources import SOURCE_CODES
 from funnel.v2 import (
     candidates_pb2,
@@ -25,6 +24,7 @@ from funnel.v2 import (
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
+from launcher.ports import bind_reserved_port, reserve_port
 
 
 class Fault:
@@ -106,8 +106,7 @@ class FaultyReranking(reranking_pb2_grpc.RerankingServicer):
 def serve(register: Callable[[grpc.Server], None]) -> Iterator[str]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     register(server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = bind_reserved_port(server)
     server.start()
     try:
         yield f"127.0.0.1:{port}"
@@ -116,8 +115,8 @@ def serve(register: Callable[[grpc.Server], None]) -> Iterator[str]:
 
 
 def closed_address() -> str:
-    """An address where nothing listens: a stage that is down."""
-    return f"127.0.0.1:{free_port()}"
+    """An address where nothing listens: a stage that is down (reserved, so nothing will)."""
+    return f"127.0.0.1:{reserve_port()}"
 
 
 @contextmanager

@@ -21,11 +21,11 @@ from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.store import latest_version, read_manifest
 from funnel.candidates import Candidates
 from funnel.policy.document import PolicyDocument
+from funnel.policy.engine import PolicyEngine
+from funnel.retrieval.faiss_index import IndexSpec
 from funnel.v2 import ranking_pb2, retrieval_pb2
-from gateway.stage_client import Metadata, StageError
-from services.reranking.engine import PolicyEngine
+from services.gateway.stage_client import Metadata, StageError
 from services.reranking.servicer import _rerank
-from services.retrieval.faiss_index import IndexSpec
 from services.retrieval.index import ShardIndex
 from services.retrieval.servicer import _retrieve
 from services.retrieval.settings import RetrievalSettings

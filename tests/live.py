@@ -9,9 +9,9 @@ import grpc
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from funnel.launcher.stack import Stack
 from funnel.live.schema import STREAM, user_key
 from funnel.v1 import events_pb2, events_pb2_grpc
+from launcher.stack import Stack
 
 _ids = itertools.count()
 

@@ -15,7 +15,6 @@ import pytest
 
 from funnel.artifacts.catalog import Catalog, Embeddings
 from funnel.artifacts.store import latest_version, read_manifest
-from funnel.launcher.stack import REPO_ROOT, Stack, StackConfig
 from funnel.sources import SOURCE_CODES
 from funnel.v1 import recommender_pb2, recommender_pb2_grpc
 from funnel.v2 import (
@@ -27,6 +26,7 @@ from funnel.v2 import (
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
+from launcher.stack import REPO_ROOT, Stack, StackConfig
 from tests.conftest import POLICY
 from training.add_items import add_items
 from training.own_data import DataProblems
@@ -61,6 +61,7 @@ def test_a_new_version_holds_the_served_catalog_plus_the_items(root, tmp_path):
     assert float(vectors[-1] @ (mean / np.linalg.norm(mean))) > 0.5, "near the category's mean direction"
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     ("row", "expected"),
     [
@@ -84,6 +85,7 @@ def test_what_cannot_be_added_is_refused_by_name_and_nothing_is_published(root, 
     assert result.returncode == 2 and expected in result.stderr
 
 
+@pytest.mark.processes
 def test_added_items_are_served_by_the_running_stack_within_seconds(root, tmp_path):
     stack = Stack(
         StackConfig(artifacts=root, run_dir=tmp_path / "run", policy=POLICY, auto_ports=True, gateway_port=0,

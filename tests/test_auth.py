@@ -8,10 +8,10 @@ import sys
 import grpc
 import pytest
 
-from funnel.launcher.health import health_status
-from funnel.launcher.stack import REPO_ROOT
 from funnel.runtime.auth import BearerTokens
 from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
+from launcher.health import health_status
+from launcher.stack import REPO_ROOT
 
 TOKEN = "s3cret-token-for-tests"
 REQUEST = recommender_pb2.RecommendRequest(user_id="u0000001", num_results=3, context=common_pb2.Context(country="US"))
@@ -52,6 +52,7 @@ def test_a_valid_token_is_served_probes_need_none_and_no_token_is_logged(guarded
     assert TOKEN not in log and "another-token" not in log  # ...without the token
 
 
+@pytest.mark.processes
 def test_an_unreadable_or_empty_token_file_stops_the_process_at_start(tmp_path):
     empty = tmp_path / "empty"
     empty.write_text("# nothing here\n\n")

@@ -13,10 +13,11 @@ from google.protobuf.descriptor import FieldDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from funnel.launcher.health import health_status
 from funnel.v1 import recommender_pb2
 from funnel.v2 import candidates_pb2, ranking_pb2, reranking_pb2, retrieval_pb2
+from launcher.health import health_status
 
+OK, INVALID = grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT
 ALLOWED = {
     grpc.StatusCode.OK,
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -144,14 +145,34 @@ def test_bytes_that_are_no_message_get_invalid_argument(stack, process, method, 
     assert health_status(stack.address(process)) == "SERVING"
 
 
-def test_nan_scores_and_unicode_ids_in_candidates_are_refused_or_answered(stack):
-    """Two values people forget: a NaN score and an id of astral-plane characters."""
-    candidate = ("i0000010", math.nan)
-    strange = ("\U0001f600" * 10, 1.0)
-    with grpc.insecure_channel(stack.address("reranking-0")) as channel:
-        for pairs in ([candidate], [strange], [candidate, strange]):
-            candidates = candidates_pb2.CandidateList(
-                item_ids=[item for item, _ in pairs], ranking_scores=[score for _, score in pairs]
-            )
-            request = reranking_pb2.RerankRequest(user_id="u0000001", num_results=5, candidates=candidates)
-            check_answer(channel, "/funnel.v2.Reranking/Rerank", request.SerializeToString())
+def status_of(channel: grpc.Channel, method: str, request) -> tuple[grpc.StatusCode, str]:
+    try:
+        channel.unary_unary(method)(request.SerializeToString(), timeout=10)
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details()
+    return grpc.StatusCode.OK, ""
+
+
+@pytest.mark.parametrize("score_column", ["ranking_scores", "retrieval_scores"])
+def test_a_nan_score_is_refused_naming_its_column_and_an_astral_plane_id_is_taken_as_an_id(stack, score_column):
+    """Two values people forget: a NaN score, alone or beside a good candidate, is refused with
+    INVALID_ARGUMENT naming its column (never silently ranked); an id of astral-plane characters is a
+    valid id: re-ranking answers it, ranking refuses it as one its catalog does not hold."""
+    nan, strange = ("i0000010", math.nan), ("\U0001f600" * 10, 1.0)
+    nan_refused = f"candidates.{score_column} holds a non-finite value"
+    cases = {
+        "reranking-0": ("/funnel.v2.Reranking/Rerank", (OK, ""), lambda c: reranking_pb2.RerankRequest(
+            user_id="u0000001", num_results=5, candidates=c)),
+        "ranking-0": ("/funnel.v2.Ranking/Rank", (INVALID, "1 candidate item ids are not in the catalog"),
+                      lambda c: ranking_pb2.RankRequest(user_id="u0000001", candidates=c)),
+    }  # fmt: skip
+    for process, (method, strange_answer, request_with) in cases.items():
+        with grpc.insecure_channel(stack.address(process)) as channel:
+            for pairs, (expected, message) in (
+                ([nan], (INVALID, nan_refused)),
+                ([strange], strange_answer),
+                ([nan, strange], (INVALID, nan_refused)),
+            ):
+                columns = {"item_ids": [i for i, _ in pairs], score_column: [score for _, score in pairs]}
+                code, details = status_of(channel, method, request_with(candidates_pb2.CandidateList(**columns)))
+                assert code == expected and details.startswith(message), f"{process} {pairs}: {code} {details!r}"

@@ -11,10 +11,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from funnel.artifacts.store import MANIFEST, latest_version, write_manifest
-from funnel.launcher.stack import Stack, StackConfig
+from launcher.stack import Stack, StackConfig
 from tests.conftest import POLICY
 from tests.load import SteadyLoad, failed, summary
+
+pytestmark = pytest.mark.processes  # every test here starts real processes
 
 NEW = "20990101T000000Z-retrained"
 

@@ -9,11 +9,11 @@ import pytest
 
 from funnel.artifacts.catalog import COUNTRIES, Catalog
 from funnel.policy.document import ContentRules
+from funnel.retrieval.allowed import AllowedItems
+from funnel.retrieval.faiss_index import IndexSpec, build_index
+from funnel.retrieval.filtered_search import filtered_search
+from funnel.retrieval.sources import CoVisitationSource, PopularSource, Query
 from funnel.v1 import common_pb2
-from services.retrieval.allowed import AllowedItems
-from services.retrieval.faiss_index import IndexSpec, build_index
-from services.retrieval.filtered_search import filtered_search
-from services.retrieval.sources import CoVisitationSource, PopularSource, Query
 from training.covisitation import CoVisitationConfig, build_covisitation
 from training.dataset import Interactions
 

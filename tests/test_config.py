@@ -6,7 +6,7 @@ import pytest
 
 from funnel.runtime.config import ServerSettings, load_settings
 from funnel.runtime.errors import ConfigError
-from gateway.settings import GatewaySettings
+from services.gateway.settings import GatewaySettings
 from services.retrieval.settings import RetrievalSettings
 
 

@@ -15,8 +15,10 @@ from kubernetes import client
 
 from deploy.__main__ import main
 from deploy.render import render
-from funnel.launcher.stack import REPO_ROOT
+from launcher.stack import REPO_ROOT
 from tests.fake_kube_api import FakeKubeApi
+
+pytestmark = pytest.mark.processes  # every test here starts real processes
 
 
 @pytest.fixture

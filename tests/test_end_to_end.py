@@ -14,10 +14,10 @@ from google.protobuf import timestamp_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from funnel.artifacts.catalog import COUNTRIES, Catalog
-from funnel.launcher.health import health_status
 from funnel.policy.document import load_policy
 from funnel.sources import RETRIEVAL_SOURCES
 from funnel.v1 import common_pb2, recommender_pb2
+from launcher.health import health_status
 from tests.conftest import POLICY
 
 OK = common_pb2.STAGE_STATUS_OK

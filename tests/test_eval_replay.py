@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from evaluation.replay import VARIANTS, evaluate
 from evaluation.report import write_report
 
 
+@pytest.mark.processes
 def test_replay_shows_what_ranking_and_reranking_add_and_repeats_exactly(artifacts, tmp_path):
     retrieval_only, with_ranking, served = VARIANTS[0], VARIANTS[1], VARIANTS[2]
     results = evaluate(
@@ -77,7 +80,7 @@ def test_gateway_stages_must_start_with_retrieval_and_name_known_stages():
 
     from funnel.runtime.config import load_settings
     from funnel.runtime.errors import ConfigError
-    from gateway.settings import GatewaySettings
+    from services.gateway.settings import GatewaySettings
 
     base = ["--retrieval-shards", "a:1", "--ranking-target", "b:1", "--reranking-target", "c:1", "--artifact-dir", "x"]
     assert load_settings(GatewaySettings, [*base, "--stages", "retrieval"], {}).enabled_stages() == {"retrieval"}

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from funnel.launcher.health import wait_serving
-from funnel.launcher.processes import alive
-from funnel.launcher.stack import Stack, StackConfig
 from funnel.v1 import common_pb2
+from launcher.health import wait_serving
+from launcher.processes import alive
+from launcher.stack import Stack, StackConfig
 from tests.conftest import POLICY
 from tests.load import SteadyLoad, failed, summary
+
+pytestmark = pytest.mark.processes  # every test here starts real processes
 
 USERS = [f"u{n:07d}" for n in range(1, 60)]
 STAGE_CALLS = re.compile(r'^funnel_rpc_requests_total\{code="OK",method="/funnel\.v\d+\.(\w+)/(\w+)"\} (\S+)$', re.M)

@@ -21,12 +21,12 @@ from funnel.runtime.errors import InvalidArgument, Unavailable
 from funnel.sources import SOURCE_CODES
 from funnel.v1 import common_pb2, recommender_pb2
 from funnel.v2 import ranking_pb2
-from gateway.resilience import QualityFactor, RetryBudget
-from gateway.safety_net import SafetyNet
-from gateway.servicer import Funnel
-from gateway.settings import GatewaySettings
-from gateway.stage_client import StageClient
-from gateway.steps import RankCandidates, RerankCandidates, RetrieveCandidates
+from services.gateway.resilience import QualityFactor, RetryBudget
+from services.gateway.safety_net import SafetyNet
+from services.gateway.servicer import Funnel
+from services.gateway.settings import GatewaySettings
+from services.gateway.stage_client import StageClient
+from services.gateway.steps import RankCandidates, RerankCandidates, RetrieveCandidates
 from tests.conftest import POLICY
 from tests.in_memory_stages import Faults, InMemoryStage, reranking_handler, retrieval_handler, reverse_ranking
 
@@ -296,7 +296,7 @@ class FakeStore:
 
 
 def with_live_state(built: Built, store: FakeStore, budget_ms: float = 10.0, max_excluded: int = 1000) -> Built:
-    from gateway.live_state import HydrateLiveState, LiveLimits
+    from services.gateway.live_state import HydrateLiveState, LiveLimits
 
     limits = LiveLimits(recent=50, dismissed=500, served=300, max_recent=4, max_excluded=max_excluded)
     built.funnel.steps.insert(0, HydrateLiveState(store, budget_ms, limits))  # type: ignore[arg-type]

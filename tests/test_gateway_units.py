@@ -11,7 +11,7 @@ from funnel.candidates import Candidates
 from funnel.runtime.channels import grpc_target
 from funnel.runtime.deadline import Budget, budget_from_grpc
 from funnel.sources import SOURCE_CODES, SOURCE_NAMES
-from gateway.merge import merge_candidates
+from services.gateway.merge import merge_candidates
 
 
 def shard_response(pairs, source="ann"):

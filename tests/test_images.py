@@ -19,7 +19,7 @@ def test_dockerfile_can_run_its_service(image):
 
 def test_images_carry_only_what_their_service_imports():
     assert "torch" not in closure("services.ranking").distributions  # Triton runs the model
-    assert "torch" not in closure("gateway").distributions
+    assert "torch" not in closure("services.gateway").distributions
     assert {"torch", "faiss-cpu"} <= closure("services.retrieval").distributions
     ranking = parse(REPO_ROOT / DOCKERFILES["ranking"])
     assert "torch" not in ranking.packages and "tritonclient[grpc]" in ranking.packages

@@ -21,10 +21,11 @@ from deploy.render import OVERLAYS, render
 from deploy.schema_checks import VERSIONS
 from deploy.validate import manifest_problems
 from deploy.wiring_checks import container_env, funnel_containers
-from funnel.launcher.health import health_status, wait_serving
-from funnel.launcher.processes import alive, free_port, spawn, stop_group, tail
-from funnel.launcher.redis import RedisServer
-from funnel.launcher.stack import REPO_ROOT
+from launcher.health import health_status, wait_listening, wait_serving
+from launcher.ports import PortTaken, reserve_port, retry_on_port_taken, start_server
+from launcher.processes import alive, spawn, stop_group, tail
+from launcher.redis import RedisServer
+from launcher.stack import REPO_ROOT
 
 Objects = list[dict]
 
@@ -154,7 +155,7 @@ def _job_out_read_only(objects: Objects) -> None:
 BROKEN = {
     "a misspelt variable": (
         _rename_env("gateway", "FUNNEL_RANKING_TARGET", "FUNNEL_RANKING_TARGT"),
-        "FUNNEL_RANKING_TARGT is not a setting of gateway",
+        "FUNNEL_RANKING_TARGT is not a setting of services.gateway",
     ),
     "the gRPC port": (
         _container("retrieval-1", lambda c: c["ports"][-1].update(containerPort=50062)),
@@ -257,38 +258,28 @@ def test_each_stage_starts_from_its_rendered_environment_and_answers_its_probes(
     """The dev overlay's containers, run as local processes with the environment the manifests give
     them: only the address, ports and file locations are moved onto this machine."""
     manifests = Manifests(rendered["dev"])
-    started = []
+    started: list[Container] = []
     # The Redis StatefulSet's settings, on this machine: the store the gateway and events service use.
-    store = RedisServer(tmp_path / "redis", free_port(), tmp_path / "redis.log")
-    store.start()
+    store = start_server(lambda: RedisServer(tmp_path / "redis", reserve_port(), tmp_path / "redis.log"), 30)
     try:
-        store.wait_ready()
         for spec, module in funnel_containers(manifests):
             if module == "training.build":
                 continue
             env, problems = container_env(manifests, spec)
             assert problems == []
-            port, metrics_port = free_port(), free_port()
-            env.update(
-                FUNNEL_HOST="127.0.0.1",
-                FUNNEL_PORT=str(port),
-                FUNNEL_METRICS_PORT=str(metrics_port),
-                FUNNEL_ARTIFACT_DIR=str(artifacts),
-                FUNNEL_DRAIN_SECONDS="0",
-            )
+            env.update(FUNNEL_HOST="127.0.0.1", FUNNEL_ARTIFACT_DIR=str(artifacts), FUNNEL_DRAIN_SECONDS="0")
             if "FUNNEL_POLICY_PATH" in env:
                 env["FUNNEL_POLICY_PATH"] = str(REPO_ROOT / "config" / "policy.yaml")
             if "FUNNEL_STATE_STORE" in env:
                 env["FUNNEL_STATE_STORE"] = store.url
             base = {k: v for k, v in os.environ.items() if not k.startswith("FUNNEL_")}
             log = tmp_path / f"{spec.workload['metadata']['name']}.log"
-            process = spawn(
-                [sys.executable, "-m", module], log, env={**base, **env, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT
-            )
-            started.append((spec, process, port, metrics_port, log))
+            started.append(Container(spec, module, {**base, **env}, log))
+        for container in started:  # all spawned at once, then each held to its ports or moved to new ones
+            container.listening()
 
-        for spec, process, port, metrics_port, log in started:
-            address = f"127.0.0.1:{port}"
+        for container in started:
+            spec, process, address, log = container.spec, container.process, container.address, container.log
             name = spec.workload["metadata"]["name"]
             probes = {kind: spec.spec[kind]["grpc"].get("service", "") for kind in ("readinessProbe", "livenessProbe")}
             deadline = time.monotonic() + 90
@@ -301,12 +292,40 @@ def test_each_stage_starts_from_its_rendered_environment_and_answers_its_probes(
             else:
                 wait_serving(address, 90, lambda p=process: alive(p.pid))
                 assert health_status(address, probes["readinessProbe"]) == "SERVING"
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+            with urllib.request.urlopen(f"http://127.0.0.1:{container.metrics_port}/metrics", timeout=5) as reply:
                 assert b"funnel_rpc_in_flight" in reply.read()
     finally:
-        for _, process, *_ in started:
-            stop_group(process.pid)
+        for container in started:
+            stop_group(container.process.pid)
         store.stop()
+
+
+class Container:
+    """One container of an overlay as a local process, its ports reserved on this machine."""
+
+    def __init__(self, spec, module: str, env: dict[str, str], log) -> None:
+        self.spec, self.module, self.env, self.log = spec, module, env, log
+        self.spawn()
+
+    def spawn(self) -> None:
+        self.port, self.metrics_port = reserve_port(), reserve_port()
+        ports = {"FUNNEL_PORT": str(self.port), "FUNNEL_METRICS_PORT": str(self.metrics_port)}
+        env = {**self.env, **ports, "PYTHONPATH": str(REPO_ROOT)}
+        self.process = spawn([sys.executable, "-m", self.module], self.log, env=env, cwd=REPO_ROOT)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def listening(self) -> None:
+        def attempt() -> None:
+            try:
+                wait_listening(self.address, self.process, 90)
+            except PortTaken:
+                self.spawn()  # on new ports, for the next attempt
+                raise
+
+        retry_on_port_taken(attempt)
 
 
 def test_overlays_deploy_the_images_of_this_version(rendered):
@@ -318,6 +337,7 @@ def test_overlays_deploy_the_images_of_this_version(rendered):
         assert tags == {project_version()}
 
 
+@pytest.mark.processes
 def test_make_k8s_validate_passes():
     result = subprocess.run(
         ["make", "--no-print-directory", "k8s-validate"], cwd=REPO_ROOT, capture_output=True, text=True
@@ -327,6 +347,7 @@ def test_make_k8s_validate_passes():
     assert "images: ok" in result.stdout
 
 
+@pytest.mark.processes
 def test_images_without_a_docker_engine_say_so_and_build_nothing(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "deploy", "images"],

@@ -15,13 +15,17 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 
 from funnel.artifacts.store import latest_version
-from funnel.launcher.health import health_status
-from funnel.launcher.processes import alive, free_port
-from funnel.launcher.stack import REPO_ROOT
 from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
+from launcher.health import health_status
+from launcher.ports import reserve_port
+from launcher.processes import alive
+from launcher.stack import REPO_ROOT
 from tests.fakes import Fault, closed_address, faulty_ranking
+
+pytestmark = pytest.mark.processes  # every test here starts real processes
 
 
 def statuses_for(address: str, seconds: float) -> list[str]:
@@ -159,9 +163,9 @@ def test_sigterm_lets_every_in_flight_request_finish(stack, start_gateway):
 
 
 def test_make_up_and_down_leave_no_process_behind(artifacts, tmp_path):
-    run_dir, port = tmp_path / "run", free_port()
+    run_dir, port = tmp_path / "run", reserve_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    launcher = [sys.executable, "-m", "funnel.launcher", "--run-dir", str(run_dir)]
+    launcher = [sys.executable, "-m", "launcher", "--run-dir", str(run_dir)]
     up = subprocess.run(
         [
             *launcher,

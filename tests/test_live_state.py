@@ -14,7 +14,7 @@ from funnel.live.schema import Retention, user_key
 from funnel.live.store import LiveStore, connect
 from funnel.v1 import common_pb2, events_pb2
 from funnel.v1.recommender_pb2 import RecommendRequest as Request
-from gateway.impressions import ImpressionRecorder
+from services.gateway.impressions import ImpressionRecorder
 from tests.live import (
     event,
     events_stub,

@@ -12,10 +12,10 @@ import time
 import grpc
 import pytest
 
-from funnel.launcher.processes import alive
 from funnel.live.schema import user_key
 from funnel.v1 import common_pb2, events_pb2
 from funnel.v1.recommender_pb2 import RecommendRequest as Request
+from launcher.processes import alive
 from tests.live import event, events_stub, store, stream_event_ids, wait_until
 from tests.test_live_state import stage
 

@@ -9,7 +9,7 @@ import torch
 
 from funnel.artifacts.store import latest_version, read_manifest
 from funnel.features import BundleFeatures
-from services.ranking.triton import TritonRanker
+from funnel.triton.client import TritonRanker
 
 
 async def score_on_triton(url: str, dense: np.ndarray, categorical: np.ndarray, shared_memory: bool):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from funnel.artifacts.catalog import COUNTRIES, MATURITY_NAMES, WORLDWIDE
-from funnel.launcher.stack import REPO_ROOT
+from launcher.stack import REPO_ROOT
 from training.own_data import DataProblems, load_files
 
 INTERACTIONS = "user_id,item_id,timestamp,event_type,weight\n"
@@ -102,13 +102,6 @@ def test_each_malformed_case_gets_its_own_clear_error(tmp_path, interactions, it
     assert expected in str(error.value), str(error.value)
 
 
-def test_ids_are_held_to_the_length_serving_accepts():
-    from funnel.validation import MAX_ID_LENGTH as SERVED
-    from training.own_data import MAX_ID_LENGTH
-
-    assert MAX_ID_LENGTH == SERVED
-
-
 def test_a_missing_file_and_many_problems_are_reported_at_once(tmp_path):
     with pytest.raises(DataProblems, match=r"nope\.csv, column -: no such file"):
         load_files(tmp_path / "nope.csv")
@@ -118,6 +111,7 @@ def test_a_missing_file_and_many_problems_are_reported_at_once(tmp_path):
     assert len(error.value.problems) == 20 and str(error.value).endswith("... and 10 more")
 
 
+@pytest.mark.processes
 def test_the_build_stops_before_training_with_exit_2(tmp_path):
     events = write(tmp_path / "events.csv", INTERACTIONS + "u,x,never,,\n")
     out = tmp_path / "out"

@@ -8,8 +8,8 @@ import pytest
 from funnel.artifacts.catalog import COUNTRIES, Catalog, IdIndex, Users
 from funnel.policy.content import ContentFilter
 from funnel.policy.document import ContentRules, PolicyError, parse_policy
+from funnel.policy.engine import PolicyEngine
 from funnel.v1 import common_pb2
-from services.reranking.engine import PolicyEngine
 
 US, DE = 1 << COUNTRIES.index("US"), 1 << COUNTRIES.index("DE")
 VECTORS = np.eye(8, dtype=np.float32)  # every item orthogonal to every other

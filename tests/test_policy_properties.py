@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from funnel.artifacts.catalog import COUNTRIES, Catalog, Users
 from funnel.policy.content import ContentFilter
 from funnel.policy.document import parse_policy
+from funnel.policy.engine import PolicyEngine
 from funnel.v1 import common_pb2
-from services.reranking.engine import PolicyEngine
 
 PROVIDERS = [f"p{n}" for n in range(6)]
 

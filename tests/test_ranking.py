@@ -13,13 +13,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from funnel.launcher.health import health_status
-from funnel.launcher.processes import free_port
-from funnel.launcher.triton import TritonServer
 from funnel.runtime.errors import DeadlineExceeded
 from funnel.sources import SOURCE_CODES
+from funnel.triton.client import TritonRanker
 from funnel.v2 import candidates_pb2, ranking_pb2, ranking_pb2_grpc
-from services.ranking.triton import TritonRanker
+from launcher.health import health_status
+from launcher.ports import reserve_port
+from launcher.triton import TritonServer
+
+pytestmark = pytest.mark.processes  # every test here starts real processes
 
 SLOW_MODEL = '''
 import time
@@ -55,7 +57,7 @@ def own_triton(artifacts: Path, tmp_path: Path):
     """A Triton of the test's own on a copy of the model repository, stopped afterwards."""
     repository = tmp_path / "model_repository"
     shutil.copytree(artifacts / "model_repository", repository, ignore=shutil.ignore_patterns("__pycache__"))
-    server = TritonServer(repository, free_port(), free_port(), free_port(), tmp_path / "triton.log")
+    server = TritonServer(repository, reserve_port(), reserve_port(), reserve_port(), tmp_path / "triton.log")
     yield server
     server.stop()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from funnel.runtime.admission import ConcurrencyLimit
-from gateway.resilience import LatencyWindow, QualityFactor, RetryBudget
+from services.gateway.resilience import LatencyWindow, QualityFactor, RetryBudget
 
 
 class Clock:

@@ -14,13 +14,12 @@ import pytest
 from funnel.artifacts.catalog import Embeddings
 from funnel.artifacts.store import latest_version, publish_copy, read_manifest
 from funnel.candidates import Candidates
-from funnel.launcher.health import health_status
-from funnel.launcher.processes import free_port
+from funnel.retrieval.faiss_index import IndexSpec, build_index, shard_of
 from funnel.sources import RETRIEVAL_CODES, SOURCE_CODES
 from funnel.v1 import common_pb2
 from funnel.v2 import retrieval_pb2, retrieval_pb2_grpc
-from gateway.merge import merge_candidates
-from services.retrieval.faiss_index import IndexSpec, build_index, shard_of
+from launcher.health import health_status
+from services.gateway.merge import merge_candidates
 
 
 def test_two_tower_training_lowers_the_loss_and_beats_popularity(artifacts):
@@ -72,11 +71,10 @@ def test_hot_swap_under_concurrent_requests_fails_none_and_serves_the_new_versio
     original = latest_version(artifacts / "bundles")
     root = tmp_path / "root"
     new_version(root, original, "20990101T000000Z-a")
-    metrics_port = free_port()
     service = start_service(
-        "services.retrieval",
-        ["--artifact-dir", str(root), "--reload-poll-seconds", "0.3", "--metrics-port", str(metrics_port)],
+        "services.retrieval", ["--artifact-dir", str(root), "--reload-poll-seconds", "0.3"], metrics=True
     )
+    metrics_port = service.metrics_port
     seen: list[str] = []
     failures: list[str] = []
     health: list[str] = []

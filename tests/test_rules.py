@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 from funnel.artifacts.catalog import Catalog, Users
-from funnel.launcher.processes import free_port
 from funnel.policy.document import parse_policy
+from funnel.policy.engine import PolicyEngine
 from funnel.v1 import common_pb2
 from funnel.v2 import candidates_pb2, reranking_pb2, reranking_pb2_grpc
-from services.reranking.engine import PolicyEngine
 from tests.conftest import POLICY
 
 EVERYWHERE = common_pb2.Context(country="US", max_maturity=common_pb2.MATURITY_RATING_NC17)
@@ -42,9 +41,7 @@ def catalog() -> Catalog:
 
 @pytest.fixture
 def users() -> Users:
-    return Users(
-        np.array(["u0"]), np.array([0, 0]), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(1, np.int8)
-    )
+    return Users(np.array(["u0"]), np.array([0, 0]), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(1, np.int8))
 
 
 def vectors_with_twins() -> np.ndarray:
@@ -153,12 +150,12 @@ def test_pins_place_items_even_unretrieved_ones_but_never_unsafe_ones(catalog, u
 def test_policy_hot_reload_under_concurrent_requests_rejects_a_malformed_file(artifacts, start_service, tmp_path):
     policy = tmp_path / "policy.yaml"
     shutil.copy(POLICY, policy)
-    metrics_port = free_port()
     service = start_service(
         "services.reranking",
-        ["--artifact-dir", str(artifacts), "--policy-path", str(policy), "--policy-poll-seconds", "0.2",
-         "--metrics-port", str(metrics_port)],
-    )  # fmt: skip
+        ["--artifact-dir", str(artifacts), "--policy-path", str(policy), "--policy-poll-seconds", "0.2"],
+        metrics=True,
+    )
+    metrics_port = service.metrics_port
     request = reranking_pb2.RerankRequest(
         user_id="u0000001",
         num_results=10,

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from funnel.artifacts.store import ArtifactError, latest_version, read_manifest, save_array, write_manifest
-from funnel.launcher.processes import free_port
 from funnel.runtime.calls import CallPolicy, InstrumentedServer
 from funnel.runtime.errors import InvalidArgument, Unavailable
 from funnel.v2 import ranking_pb2, ranking_pb2_grpc
+from launcher.ports import bind_reserved_port
 
 
 class Raising(ranking_pb2_grpc.RankingServicer):
@@ -28,8 +28,7 @@ class Raising(ranking_pb2_grpc.RankingServicer):
 async def call_raising(error: Exception, metadata=()) -> grpc.aio.AioRpcError:
     server = grpc.aio.server()
     ranking_pb2_grpc.add_RankingServicer_to_server(Raising(error), InstrumentedServer(server, CallPolicy()))
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = bind_reserved_port(server)
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -14,10 +14,10 @@ import tritonclient.grpc as triton_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from funnel.launcher.processes import free_port
-from funnel.launcher.triton import TritonServer, TritonTls
 from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
 from funnel.v2 import candidates_pb2, reranking_pb2, reranking_pb2_grpc
+from launcher.ports import reserve_port, start_server
+from launcher.triton import TritonServer, TritonTls
 from tests.certs import Identity, issue, make_authority
 from tests.conftest import POLICY
 
@@ -42,7 +42,7 @@ def health(address: str, credentials: grpc.ChannelCredentials | None) -> str:
 
 def test_mutual_tls_stage_refuses_every_caller_without_a_certificate_its_ca_signed(artifacts, start_service, pki):
     workload, rogue = pki["workload"], pki["rogue"]
-    probe_port = free_port()
+    probe_port = reserve_port()
     reranking = start_service(
         "services.reranking",
         ["--artifact-dir", str(artifacts), "--policy-path", str(POLICY), "--probe-port", str(probe_port)],
@@ -81,17 +81,15 @@ def mtls_triton(artifacts: Path, tmp_path: Path, pki) -> Iterator[TritonServer]:
     repository = tmp_path / "model_repository"
     shutil.copytree(artifacts / "model_repository", repository, ignore=shutil.ignore_patterns("__pycache__"))
     identity = pki["workload"]
-    server = TritonServer(
-        repository,
-        free_port(),
-        free_port(),
-        free_port(),
-        tmp_path / "triton.log",
-        tls=TritonTls(identity.cert, identity.key, identity.ca),
+    tls = TritonTls(identity.cert, identity.key, identity.ca)
+    # Readiness is read over HTTP, which stays on loopback.
+    server = start_server(
+        lambda: TritonServer(
+            repository, reserve_port(), reserve_port(), reserve_port(), tmp_path / "triton.log", tls=tls
+        ),
+        timeout_s=120,
     )
-    server.start()
     try:
-        server.wait_ready()  # readiness is read over HTTP, which stays on loopback
         yield server
     finally:
         server.stop()
@@ -111,7 +109,7 @@ def test_every_hop_runs_over_mutual_tls_down_to_triton(artifacts, start_service,
     # Public port: TLS, no client certificate (callers authenticate with bearer tokens); its own
     # calls to the stages present the workload certificate.
     gateway = start_service(
-        "gateway",
+        "services.gateway",
         [
             "--retrieval-shards", retrieval.address,
             "--ranking-target", f"{ranking.address},{ranking.address}",  # a replica list: an ipv4: target
@@ -193,7 +191,7 @@ def test_nothing_listens_beyond_loopback_by_default(stack):
 def test_a_replica_list_over_several_hosts_needs_an_expected_server_name():
     from funnel.runtime.config import load_settings
     from funnel.runtime.errors import ConfigError
-    from gateway.settings import GatewaySettings
+    from services.gateway.settings import GatewaySettings
 
     env = {
         "FUNNEL_RETRIEVAL_SHARDS": "10.0.0.1:50061,10.0.0.2:50061",

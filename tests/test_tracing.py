@@ -11,9 +11,9 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from funnel.launcher.processes import free_port
 from funnel.runtime.tracing import tracing_requested
 from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
+from launcher.ports import bind_reserved_port
 from tests.conftest import POLICY
 
 SERVER, CLIENT = 2, 3  # opentelemetry.proto.trace.v1.Span.SpanKind
@@ -41,7 +41,7 @@ def collector():
     sink = Collector()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)
-    port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
+    port = bind_reserved_port(server)
     server.start()
     yield sink, f"http://127.0.0.1:{port}"
     server.stop(0)

@@ -17,7 +17,7 @@ import numpy as np
 from funnel.artifacts.activity import ItemActivity
 from funnel.artifacts.catalog import Embeddings, Users
 from funnel.artifacts.store import new_version_name, write_manifest
-from services.ranking.model_repository import TritonModelConfig, next_version, write_model_version
+from funnel.triton.model_repository import TritonModelConfig, next_version, write_model_version
 from training.covisitation import build_covisitation
 from training.dataset import Dataset, Interactions, chronological
 from training.fit import FitConfig, FittedModels, catalog_of, home_country_slots

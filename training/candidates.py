@@ -15,9 +15,9 @@ import numpy as np
 from funnel.artifacts.catalog import Catalog
 from funnel.artifacts.covisitation import CoVisitation
 from funnel.fusion import DEFAULT_LIMITS, fuse
+from funnel.retrieval.faiss_index import IndexSpec, build_index
+from funnel.retrieval.sources import Query, build_sources
 from funnel.sources import ANN, source_code
-from services.retrieval.faiss_index import IndexSpec, build_index
-from services.retrieval.sources import Query, build_sources
 
 
 @dataclass

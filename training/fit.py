@@ -17,13 +17,12 @@ import numpy as np
 from funnel.artifacts.activity import ItemActivity
 from funnel.artifacts.catalog import Catalog
 from funnel.artifacts.covisitation import CoVisitation
-from funnel.features import FeatureStore
+from funnel.features import FeatureStore, country_slots
 from training.candidates import Retriever
 from training.covisitation import CoVisitationConfig, build_covisitation
 from training.dataset import Dataset, Interactions
 from training.impressions import ImpressionConfig, Sequences, choose_cuts, draw_impressions, tail_mask
 from training.ranker import RankerConfig, RankerTraining, train_ranker
-from training.towers import country_slot
 from training.two_tower import (
     TwoTower,
     TwoTowerConfig,
@@ -98,7 +97,7 @@ def fit_retrieval(
 
 
 def home_country_slots(data: Dataset) -> np.ndarray:
-    return country_slot(data.user_country.astype(np.int64))
+    return country_slots(data.user_country.astype(np.int64))
 
 
 def fit_models(data: Dataset, train: Interactions, config: FitConfig, progress) -> FittedModels:

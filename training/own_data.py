@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from funnel.artifacts.catalog import COUNTRIES, MATURITY_NAMES, WORLDWIDE
+from funnel.ids import MAX_ID_LENGTH
 from funnel.live.kinds import INTERACTION_TYPES, STATE_OF_TYPE
 from training.dataset import Dataset, Interactions
 
 DEFAULT_EVENT = "view"
 DEFAULT_MATURITY = 2  # PG
 MAX_PROBLEMS = 20  # reported at once; the rest are counted
-MAX_ID_LENGTH = 128  # what serving accepts (funnel/validation.py; tests/test_own_data.py holds them equal)
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 ITEM_COLUMNS = ("item_id",)
 

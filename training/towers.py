@@ -12,19 +12,10 @@ which feeds it the vectors of the items it already holds.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from funnel.artifacts.catalog import COUNTRIES
-from funnel.features import NUM_AGE_BUCKETS
-
-NUM_COUNTRY_SLOTS = len(COUNTRIES) + 1  # slot 0 = unknown country
-
-
-def country_slot(country_index: np.ndarray) -> np.ndarray:
-    """COUNTRIES index -> embedding slot; negative (unknown) -> 0."""
-    return np.where(country_index >= 0, country_index + 1, 0).astype(np.int64)
+from funnel.features import NUM_AGE_BUCKETS, NUM_COUNTRY_SLOTS
 
 
 class ItemTower(torch.nn.Module):

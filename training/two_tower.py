@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from funnel.artifacts.catalog import Embeddings
-from funnel.features import age_bucket
+from funnel.features import age_bucket, country_slots
 from training.dataset import Dataset, Interactions, chronological
 from training.epochs import EpochLog
 from training.losses import sampled_softmax_loss
-from training.towers import ItemTower, UserTower, country_slot
+from training.towers import ItemTower, UserTower
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class TwoTower:
         self.category = torch.from_numpy(data.category.astype(np.int64))
         self.provider = torch.from_numpy(data.provider.astype(np.int64))
         self.age = torch.from_numpy(age_bucket(data.age_days))
-        self.country = torch.from_numpy(country_slot(data.user_country.astype(np.int64)))
+        self.country = torch.from_numpy(country_slots(data.user_country.astype(np.int64)))
 
     def item_vectors(self, rows: torch.Tensor) -> torch.Tensor:
         return self.items(rows, self.category[rows], self.provider[rows], self.age[rows])
@@ -198,7 +198,7 @@ def compute_embeddings(model: TwoTower, data: Dataset, history_of: list[np.ndarr
     items = item_embeddings(model)
     histories = latest_first(history_of, model.config.history_length)
     user_index = np.arange(1, data.num_users + 1) if model.config.use_user_id else np.zeros(data.num_users, np.int64)
-    users = encode_histories(model, items, histories, country_slot(data.user_country.astype(np.int64)), user_index)
+    users = encode_histories(model, items, histories, country_slots(data.user_country.astype(np.int64)), user_index)
     return Embeddings(users=users.astype(np.float32), items=items.astype(np.float32))
 
 

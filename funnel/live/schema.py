@@ -63,6 +63,16 @@ class Retention:
     stream_max_events: int = 10_000_000
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """How much of a user's live state one request reads by default (the gateway's
+    `--live-recent-items`, `--live-dismissed-items` and `--served-filter-items`)."""
+
+    recent: int = 50
+    dismissed: int = 500
+    served: int = 300
+
+
 @dataclass
 class LiveState:
     """One user's live state as the gateway read it."""

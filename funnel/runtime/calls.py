@@ -25,7 +25,7 @@ from funnel.runtime.admission import ConcurrencyLimit
 from funnel.runtime.auth import BearerTokens
 from funnel.runtime.errors import FunnelError, InvalidArgument, ResourceExhausted, Unauthenticated
 from funnel.runtime.logs import REQUEST_ID
-from funnel.runtime.metrics import IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS, SHED
+from funnel.runtime.metrics import IN_FLIGHT, RPC_LATENCY, RPC_RECEIVED_BYTES, RPC_REQUESTS, RPC_SENT_BYTES, SHED
 from funnel.runtime.tracing import context_from, trace_metadata, tracer, tracing_on
 
 REQUEST_ID_KEY = "x-request-id"
@@ -66,8 +66,8 @@ class CallPolicy:
       it in trailing metadata;
     - refuses a call at once with RESOURCE_EXHAUSTED when the concurrency limit is reached, and
       with UNAUTHENTICATED without an accepted bearer token (when tokens are configured);
-    - counts calls and records latency by method and final status, and writes one access-log
-      line per call when asked to;
+    - counts calls and records latency by method and final status, and the bytes of the messages
+      each way by method, and writes one access-log line per call when asked to;
     - turns FunnelError into its status and any other exception into INTERNAL with a short message
       and the request id, never UNKNOWN with a stack trace. The stack goes to the log.
     """
@@ -86,8 +86,8 @@ class CallPolicy:
         behavior = _traced(handler.unary_unary, method) if tracing_on() else handler.unary_unary
         return grpc.unary_unary_rpc_method_handler(
             self._around(behavior, method),
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
+            request_deserializer=_tolerant(handler.request_deserializer, RPC_RECEIVED_BYTES.labels(method).inc),
+            response_serializer=_counted(handler.response_serializer, RPC_SENT_BYTES.labels(method).inc),
         )
 
     def _around(self, behavior: Behavior, method: str) -> Behavior:
@@ -187,17 +187,32 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
         return self._wrapped[method]
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def _tolerant(
+    deserializer: Callable[[bytes], Any] | None, received: Callable[[int], None]
+) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
 
     def parse(data: bytes) -> Any:
+        received(len(data))
         try:
             return deserializer(data)
         except Exception as exc:  # any parser failure means the caller sent bad bytes
             return Undecodable(str(exc) or type(exc).__name__)
 
     return parse
+
+
+def _counted(serializer: Callable[[Any], bytes] | None, sent: Callable[[int], None]) -> Callable[[Any], bytes] | None:
+    if serializer is None:
+        return None
+
+    def serialize(message: Any) -> bytes:
+        data = serializer(message)
+        sent(len(data))
+        return data
+
+    return serialize
 
 
 def _traced(behavior: Behavior, method: str) -> Behavior:

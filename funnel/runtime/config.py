@@ -16,6 +16,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from funnel.runtime import exits
 from funnel.runtime.errors import ConfigError
 
 ENV_PREFIX = "FUNNEL_"
@@ -124,12 +125,12 @@ def load_settings(cls: type[T], argv: Sequence[str] | None = None, env: Mapping[
 
 
 def load_or_exit(cls: type[T], argv: Sequence[str] | None = None) -> T:
-    """Entry-point helper: print every configuration problem and exit with status 2."""
+    """Entry-point helper: print every configuration problem and exit (status CONFIG_ERROR, 2)."""
     try:
         return load_settings(cls, sys.argv[1:] if argv is None else argv)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(exits.CONFIG_ERROR) from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from funnel.v1 import common_pb2
+
 # Buckets cluster around a tens-of-milliseconds SLO, where the decisions are made.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5)
 
 RPC_REQUESTS = Counter("funnel_rpc_requests_total", "gRPC calls handled, by method and status code", ["method", "code"])
+# Bytes of the serialized messages, as they cross the wire: what each hop of a request carries.
+RPC_RECEIVED_BYTES = Counter("funnel_rpc_received_bytes_total", "Bytes of the request messages received", ["method"])
+RPC_SENT_BYTES = Counter("funnel_rpc_sent_bytes_total", "Bytes of the response messages sent", ["method"])
 RPC_LATENCY = Histogram(
     "funnel_rpc_latency_seconds", "Server-side latency of gRPC calls", ["method"], buckets=LATENCY_BUCKETS
 )
@@ -18,6 +23,10 @@ STAGE_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 DEGRADED = Counter("funnel_degraded_total", "Degraded responses, by stage and cause", ["stage", "cause"])
+# DEGRADED's `cause` label for each DegradationCause, as the benchmarks' reports spell it too.
+CAUSE_LABELS = {
+    value: name.removeprefix("DEGRADATION_CAUSE_").lower() for name, value in common_pb2.DegradationCause.items()
+}
 CANDIDATES = Histogram(
     "funnel_stage_candidates",
     "Items leaving each stage",

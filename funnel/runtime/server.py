@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from funnel.runtime import exits
 from funnel.runtime.admission import ConcurrencyLimit
 from funnel.runtime.auth import BearerTokens, load_tokens
 from funnel.runtime.calls import CallPolicy, InstrumentedServer
@@ -103,10 +104,10 @@ def run(name: str, settings: ServerSettings, build: Callable[[Runtime], Service]
         tls = Tls.from_settings(settings)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(exits.CONFIG_ERROR) from None
     try:
         if not asyncio.run(serve(name, settings, build, tokens, tls)):
-            raise SystemExit(1)
+            raise SystemExit(exits.START_FAILED)
     finally:
         shutdown_tracing()
 
@@ -146,15 +147,22 @@ async def serve(
     )
 
     address = f"{settings.host}:{settings.port}"
-    if tls.serves_tls:
-        port = server.add_secure_port(address, tls.server_credentials())
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        port = (
+            server.add_secure_port(address, tls.server_credentials())
+            if tls.serves_tls
+            else server.add_insecure_port(address)
+        )
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        port = 0
     if not port:
-        raise SystemExit(f"{name}: cannot listen on {address}")
-    await server.start()
+        _exit_port_in_use(f"{name}: cannot listen on {address}")
+    try:
+        start_metrics_server(settings.host, settings.metrics_port)
+    except OSError as exc:
+        _exit_port_in_use(f"{name}: cannot serve metrics on {settings.host}:{settings.metrics_port} ({exc})")
     probes = await _start_probe_server(settings, health)
-    start_metrics_server(settings.host, settings.metrics_port)
+    await server.start()
     log.info(
         "listening",
         extra={
@@ -197,10 +205,19 @@ async def _start_probe_server(settings: ServerSettings, health: health_aio.Healt
         return None
     probes = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(health, probes)
-    if not probes.add_insecure_port(f"{settings.host}:{settings.probe_port}"):
-        raise SystemExit(f"cannot listen on {settings.host}:{settings.probe_port} (probe port)")
+    try:
+        bound = probes.add_insecure_port(f"{settings.host}:{settings.probe_port}")
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        _exit_port_in_use(f"cannot listen on {settings.host}:{settings.probe_port} (probe port)")
     await probes.start()
     return probes
+
+
+def _exit_port_in_use(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(exits.PORT_IN_USE)
 
 
 async def _start_and_freeze(service: Service) -> None:

@@ -17,11 +17,11 @@ from funnel.features import BundleFeatures, UserContext, country_slot
 from funnel.runtime.errors import InvalidArgument, Unavailable
 from funnel.runtime.metrics import ARTIFACT_INFO
 from funnel.runtime.server import Runtime
+from funnel.triton.client import TritonRanker
 from funnel.v2 import ranking_pb2, ranking_pb2_grpc
 from funnel.validation import check_context, check_id, check_ids
 from funnel.wire import FLOAT32, write_column
 from services.ranking.settings import RankingSettings
-from services.ranking.triton import TritonRanker
 
 log = logging.getLogger("funnel.ranking")
 

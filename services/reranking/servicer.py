@@ -15,6 +15,7 @@ from funnel.artifacts.follow import follow_newest
 from funnel.artifacts.store import read_manifest, wait_for_latest
 from funnel.candidates import Candidates, check_item_ids
 from funnel.policy.document import PolicyDocument, load_policy
+from funnel.policy.engine import PolicyEngine
 from funnel.policy.watch import watch_policy
 from funnel.runtime.errors import InvalidArgument, Unavailable
 from funnel.runtime.metrics import ARTIFACT_INFO
@@ -23,7 +24,6 @@ from funnel.sources import PINNED, SOURCE_CODES, SOURCE_NAMES
 from funnel.v1 import common_pb2
 from funnel.v2 import reranking_pb2, reranking_pb2_grpc
 from funnel.validation import check_context, check_count, check_id, check_ids
-from services.reranking.engine import PolicyEngine
 from services.reranking.settings import RerankingSettings
 
 log = logging.getLogger("funnel.reranking")

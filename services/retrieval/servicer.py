@@ -20,16 +20,16 @@ from funnel.candidates import Candidates, pick
 from funnel.features import country_slot
 from funnel.policy.document import PolicyDocument, load_policy
 from funnel.policy.watch import watch_policy
+from funnel.retrieval.faiss_index import IndexSpec
+from funnel.retrieval.sources import Query
 from funnel.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from funnel.runtime.metrics import ARTIFACT_INFO
 from funnel.runtime.server import Runtime
 from funnel.sources import RETRIEVAL_CODES, SOURCE_NAMES
 from funnel.v2 import retrieval_pb2, retrieval_pb2_grpc
 from funnel.validation import check_context, check_count, check_id, check_ids
-from services.retrieval.faiss_index import IndexSpec
 from services.retrieval.index import ShardIndex
 from services.retrieval.settings import RetrievalSettings
-from services.retrieval.sources import Query
 
 log = logging.getLogger("funnel.retrieval")
 

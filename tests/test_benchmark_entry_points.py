@@ -1,0 +1,101 @@
+"""Every benchmark's entry point, as its `make bench…` target runs it, on the tiny bundle for a second
+or so: each one starts, measures and writes its results, so none rots unseen between the sessions
+that run the real thing. (The figures here mean nothing; `tests/test_bench.py` checks what the
+instruments measure.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from launcher.stack import REPO_ROOT
+
+pytestmark = pytest.mark.processes  # each benchmark is a process of its own, most start a stack
+
+
+def run_benchmark(module: str, *args: str, timeout_s: float = 300) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert result.returncode == 0, f"benchmarks.{module} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_ann_indexes_measures_every_faiss_setting(tmp_path):
+    out = tmp_path / "ann.json"
+    run_benchmark("ann_indexes", "--sizes", "5000", "--queries", "20", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert {row["index"].split(",")[0] for row in rows} >= {"Flat", "HNSW32"}
+    assert all(0 <= row["recall@100"] <= 1 and row["p50_ms"] > 0 for row in rows)
+
+
+def test_retrieval_service_is_measured_at_a_rate_and_across_a_hot_swap(artifacts, tmp_path):
+    out = tmp_path / "retrieval.json"
+    run_benchmark(
+        "retrieval_service", "--artifacts", str(artifacts), "--rate", "20", "--seconds", "2", "--out", str(out)
+    )
+    result = json.loads(out.read_text())
+    assert result["steady"]["errors"] == 0 and result["hot_swap"]["errors"] == 0
+    assert result["hot_swap"]["served_after_swap"] > 0
+
+
+def test_reranking_engine_times_every_rule(artifacts, tmp_path):
+    out = tmp_path / "reranking.json"
+    run_benchmark("reranking_engine", "--artifacts", str(artifacts), "--repeats", "20", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert len(result["rules"]) >= 8 and 0 < result["p50_ms"]
+
+
+def test_triton_batching_compares_batching_on_and_off(artifacts, tmp_path):
+    out = tmp_path / "triton.json"
+    run_benchmark(
+        "triton_batching", "--artifacts", str(artifacts), "--seconds", "0.3", "--open-seconds", "2", "--out", str(out)
+    )
+    result = json.loads(out.read_text())
+    assert {"ranker", "ranker_nobatch"} <= {row["model"] for row in result["rows"]}
+    assert result["speedups"] and result["open_loop_tail"] and result["service_overhead_ms"]
+
+
+def test_full_ranking_compares_the_funnel_with_ranking_every_item(artifacts, tmp_path):
+    run_benchmark(
+        "full_ranking", "--artifacts", str(artifacts), "--users", "30", "--full-users", "5", "--triton-users", "2",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    (size,) = json.loads((tmp_path / "full_ranking.json").read_text())["sizes"]
+    assert size["users"] == 30 and len(size["methods"]) >= 3
+
+
+def test_overload_runs_both_configurations_at_one_and_three_times_the_rate(artifacts, tmp_path):
+    run_benchmark("overload", "--artifacts", str(artifacts), "--rate", "10", "--seconds", "1", "--out", str(tmp_path))
+    configs = json.loads((tmp_path / "overload.json").read_text())["configs"]
+    assert len(configs) == 2 and all(len(config["steps"]) == 2 for config in configs.values())
+
+
+def test_live_state_compares_both_gateways_and_records_events_under_load(artifacts, tmp_path):
+    run_benchmark(
+        "live_state", "--artifacts", str(artifacts), "--rounds", "10", "--rate", "5", "--events-rates", "200",
+        "--seconds", "1", "--out", str(tmp_path),
+    )  # fmt: skip
+    result = json.loads((tmp_path / "live.json").read_text())
+    assert result["hydration"] and len(result["events under load"]) == 1
+
+
+def test_e2e_load_and_its_report_run_one_scenario_end_to_end(artifacts, tmp_path):
+    run_benchmark(
+        "e2e_load", "--artifacts", str(artifacts), "--scenarios", "demo", "--rates", "10", "--through", "10",
+        "--seconds", "1", "--min-requests", "10", "--cpu-rate", "10", "--profile-rate", "10", "--out", str(tmp_path),
+        timeout_s=600,
+    )  # fmt: skip
+    (scenario,) = json.loads((tmp_path / "results.json").read_text())["scenarios"]
+    assert scenario["scenario"]["name"] == "demo" and scenario["steps"] and scenario["payload_bytes"]
+    run_benchmark("report", str(tmp_path))
+    assert (tmp_path / "report.md").read_text().strip()
