@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--retrieval-replicas", type=int, default=1)
     up.add_argument("--ranking-replicas", type=int, default=1)
     up.add_argument("--reranking-replicas", type=int, default=1)
-    up.add_argument("--auto-ports", action="store_true", help="free ports for everything but the gateway")
+    up.add_argument(
+        "--auto-ports", action="store_true", help="reserved ports (launcher/ports.py) for everything but the gateway"
+    )
     commands.add_parser("down", help="stop every process `up` started")
     commands.add_parser("status", help="health of every process `up` started")
     args = parser.parse_args(argv)

@@ -243,9 +243,11 @@ class Stack:
             except (RuntimeError, TimeoutError) as exc:
                 raise RuntimeError(f"{info.name}: {exc}\n--- last log lines ---\n{tail(Path(info.log))}") from None
             self._progress(f"{info.name}: a port was taken; starting it again on new ports")
+            place = self.processes.index(info)
             self.processes.remove(info)
             module, args, env, artifacts = self._launches[info.name]
             info = self.launch(info.name, module, args, env=env, artifacts=artifacts)
+            self.processes.insert(place, self.processes.pop())  # where it was: stop order is start order reversed
         raise AssertionError("unreachable")
 
     def launch_like(self, name: str, new_name: str, extra_args: list[str] | None = None) -> ProcessInfo:

@@ -9,11 +9,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from launcher import ports
 from launcher.churn import churn
+from launcher.health import health_status
 from launcher.ports import PORT_IN_USE_EXIT, PortTaken, ephemeral_range, reserve_port, start_server, usable_ports
 from launcher.redis import RedisServer
 from launcher.service import ServiceProcess
@@ -123,3 +125,18 @@ def test_a_server_binary_whose_port_is_taken_is_made_again_on_another(tmp_path):
 def test_a_port_taken_on_a_fixed_port_is_an_error_not_a_move(tmp_path):
     with held() as busy, pytest.raises(PortTaken):
         start_server(lambda: RedisServer(tmp_path / "redis", busy, tmp_path / "redis.log"), 30, attempts=1)
+
+
+def test_a_stack_process_whose_port_is_taken_is_started_again_on_another_in_its_place(stack, monkeypatch):
+    with held() as busy:
+        handed = iter([busy])
+        real = stack._port
+        monkeypatch.setattr(stack, "_port", lambda: next(handed, None) or real())
+        replica = stack.launch_like("reranking-0", "reranking-moved")
+        try:
+            assert replica.port != busy and stack.get("reranking-moved") is replica
+            assert f"cannot listen on 127.0.0.1:{busy}" in Path(replica.log).read_text()
+            stack.wait_all_serving()
+            assert health_status(stack.address("reranking-moved")) == "SERVING"
+        finally:
+            stack.stop_one("reranking-moved")
