@@ -65,7 +65,7 @@ down: ## Stop every process `make up` started
 
 demo: ## From a fresh clone: install, build artifacts, start the stack, show recommendations, stop
 	@$(MAKE) --no-print-directory up
-	@$(PY) -m launcher.demo --target 127.0.0.1:$(GATEWAY_PORT) --artifacts $(ARTIFACTS); status=$$?; \
+	@$(PY) -m launcher.demo --target 127.0.0.1:$(GATEWAY_PORT) --artifacts $(ARTIFACTS) --token-file .run/credentials/demo.token; status=$$?; \
 	  $(MAKE) --no-print-directory down; exit $$status
 
 test: install ## Install what is needed and run the whole test suite (real processes on loopback)

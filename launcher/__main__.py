@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--ranking-replicas", type=int, default=1)
     up.add_argument("--reranking-replicas", type=int, default=1)
     up.add_argument(
+        "--no-credentials",
+        action="store_true",
+        help="the gateway and events service accept any caller (default: only the `demo` client, whose token "
+        "is <run-dir>/credentials/demo.token)",
+    )
+    up.add_argument(
         "--auto-ports", action="store_true", help="reserved ports (launcher/ports.py) for everything but the gateway"
     )
     commands.add_parser("down", help="stop every process `up` started")
@@ -57,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             retrieval_replicas=args.retrieval_replicas,
             ranking_replicas=args.ranking_replicas,
             reranking_replicas=args.reranking_replicas,
+            credentials=not args.no_credentials,
         )
     )
     try:
@@ -66,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     stack.save_state()
     print(f"stack is up: gateway on 127.0.0.1:{args.gateway_port}, logs in {run_dir / 'logs'}; `make down` stops it")
+    if not args.no_credentials:
+        print(f"callers present the demo client's token: {run_dir / 'credentials' / 'demo.token'}")
     return 0
 
 

@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--timeout", type=float, default=1.0, help="client deadline in seconds")
     parser.add_argument("--events-target", default="127.0.0.1:50091", help="the Events service (live events)")
+    parser.add_argument("--token-file", type=Path, help="the client's bearer token (make up's: <run-dir>/credentials)")
     args = parser.parse_args(argv)
+    token = args.token_file.read_text().strip() if args.token_file else None
 
     bundle = latest_version(args.artifacts / "bundles")
     catalog = Catalog.load(bundle) if bundle else None
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
         user_ids = [str(u) for u in Users.load(bundle).user_ids[:3]]
 
-    with grpc.insecure_channel(args.target) as channel:
+    with authenticated(grpc.insecure_channel(args.target), token) as channel:
         stub = recommender_pb2_grpc.RecommenderStub(channel)
         stub.Recommend(recommender_pb2.RecommendRequest(user_id=user_ids[0], num_results=1), timeout=5)  # warm-up
         first: recommender_pb2.RecommendResponse | None = None
@@ -107,11 +109,26 @@ def main(argv: list[str] | None = None) -> int:
                 print("  reasons for #1: " + " | ".join(response.items[0].reasons))
             first = first or response
         if catalog is not None:
-            return live_events(stub, args.events_target, catalog, args.timeout)
+            return live_events(stub, args.events_target, catalog, args.timeout, token)
     return 0
 
 
-def live_events(stub: recommender_pb2_grpc.RecommenderStub, target: str, catalog: Catalog, timeout: float) -> int:
+class _Bearer(grpc.UnaryUnaryClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self.metadata = (("authorization", f"Bearer {token}"),)
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(details._replace(metadata=(*(details.metadata or ()), *self.metadata)), request)
+
+
+def authenticated(channel: grpc.Channel, token: str | None) -> grpc.Channel:
+    """`channel`, every call on it carrying the client's token when there is one."""
+    return grpc.intercept_channel(channel, _Bearer(token)) if token else channel
+
+
+def live_events(
+    stub: recommender_pb2_grpc.RecommenderStub, target: str, catalog: Catalog, timeout: float, token: str | None
+) -> int:
     """A visitor views five items of one category; their very next answer follows."""
     from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -134,7 +151,7 @@ def live_events(stub: recommender_pb2_grpc.RecommenderStub, target: str, catalog
         for n, item in enumerate(viewed)
     ]
     request = recommender_pb2.RecommendRequest(user_id=user, num_results=8, context=common_pb2.Context(country="US"))
-    with grpc.insecure_channel(target) as channel:
+    with authenticated(grpc.insecure_channel(target), token) as channel:
         try:
             before = stub.Recommend(request, timeout=timeout)
             reply = events_pb2_grpc.EventsStub(channel).RecordEvents(

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from funnel.runtime.clients import RECOMMEND, RECORD_EVENTS, new_credential
 from launcher.health import wait_listening, wait_serving
 from launcher.ports import ATTEMPTS, PortTaken, reserve_port, start_server
 from launcher.processes import alive, spawn, stop_group, tail
@@ -49,6 +50,9 @@ class StackConfig:
     live_state: bool = True
     redis_port: int = 6390
     events_port: int = 50091
+    # The public services (gateway, events) check callers against a credentials file made in the run
+    # directory: a `demo` client (recommend, record_events) whose token is `credentials/demo.token`.
+    credentials: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     gateway_env: dict[str, str] = field(default_factory=dict)  # on top of extra_env, gateway only
 
@@ -98,6 +102,7 @@ class Stack:
     def _start(self) -> None:
         c = self.config
         logs = c.run_dir / "logs"
+        public = ["--clients-file", str(write_demo_credentials(c.run_dir / "credentials"))] if c.credentials else []
 
         def make_triton() -> TritonServer:
             http, grpc_port, metrics = (self._port(), self._port(), self._port()) if c.auto_ports else c.triton_ports
@@ -107,7 +112,7 @@ class Stack:
         self.triton = t = start_server(make_triton, c.startup_timeout_s, ATTEMPTS if c.auto_ports else 1)
         assert t.process is not None
         self.processes.append(ProcessInfo("triton", t.process.pid, t.grpc_port, t.metrics_port, str(t.log_path)))
-        store_flags = self._start_store() if c.live_state else []
+        store_flags = self._start_store(public) if c.live_state else []
 
         shards = []
         policy = ["--policy-path", str(c.policy)]  # retrieval applies its content rules inside the search
@@ -152,6 +157,7 @@ class Stack:
                 "--policy-path",
                 str(c.policy),
                 *store_flags,
+                *public,
             ],
             port=c.gateway_port or None,
             env=c.gateway_env,
@@ -159,7 +165,7 @@ class Stack:
         self.listening(gateway)
         self.wait_all_serving()
 
-    def _start_store(self) -> list[str]:
+    def _start_store(self, public: list[str]) -> list[str]:
         """Redis and the events service writing it; the gateway's flags for reading it."""
         c = self.config
 
@@ -173,9 +179,8 @@ class Stack:
         assert r.process is not None
         self.processes.append(ProcessInfo("redis", r.process.pid, r.port, 0, str(r.log_path)))
         store = ["--state-store", r.url]
-        events = self.launch(
-            "events", "services.events", store, port=None if c.auto_ports else c.events_port, artifacts=False
-        )
+        port = None if c.auto_ports else c.events_port
+        events = self.launch("events", "services.events", [*store, *public], port=port, artifacts=False)
         self.listening(events)
         return store
 
@@ -311,3 +316,16 @@ class Stack:
 
     def _progress(self, message: str) -> None:
         print(f"[stack {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def write_demo_credentials(folder: Path) -> Path:
+    """A credentials file with one client, `demo` (recommend, record_events), and its token beside it
+    (`demo.token`, readable by this user only), made anew for each stack; the file's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    token, line = new_credential("demo", [RECOMMEND, RECORD_EVENTS])
+    token_file = folder / "demo.token"
+    token_file.touch(mode=0o600)
+    token_file.write_text(token + "\n")
+    clients = folder / "clients"
+    clients.write_text("# made by the local launcher for this stack's run; a token is in demo.token\n" + line + "\n")
+    return clients

@@ -207,11 +207,18 @@ def _check_running_stack(launcher: list[str], env: dict[str, str], state: list[d
         "reranking-0",
         "gateway",
     ]
+    token = (run_dir / "credentials" / "demo.token").read_text().strip()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        request = recommender_pb2.RecommendRequest(user_id="u0000001", num_results=3)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Recommend(request, timeout=10)  # make up's public services know their callers
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         for n in range(12):
-            response = recommender_pb2_grpc.RecommenderStub(channel).Recommend(
-                recommender_pb2.RecommendRequest(user_id=f"u{n:07d}", num_results=3), timeout=10
-            )
+            response = stub.Recommend(
+                recommender_pb2.RecommendRequest(user_id=f"u{n:07d}", num_results=3), timeout=10,
+                metadata=(("authorization", f"Bearer {token}"),),
+            )  # fmt: skip
             assert len(response.items) == 3 and not response.degraded, response.stages
     ports = {p["name"]: p["metrics_port"] for p in state}
     served = re.compile(r'funnel_rpc_requests_total\{code="OK",method="/funnel.v2.Ranking/Rank"\} (\S+)')

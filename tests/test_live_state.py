@@ -177,17 +177,17 @@ def test_the_event_log_exports_to_the_file_the_build_reads(stack, gateway, tmp_p
     client = store(stack)
     assert wait_until(lambda: len(client.zrange(user_key(user, "served"), 0, -1)) == 3)
 
-    written, last = export(client, tmp_path / "all.csv")
+    exported = export(client, tmp_path / "all.csv", commit=False)
     rows = [row for row in csv.DictReader((tmp_path / "all.csv").open()) if row["user_id"] == user]
     assert {(row["item_id"], row["event_type"]) for row in rows} == {
         ("i0000100", "view"),
         ("i0000101", "dismiss"),
         *((item, "impression") for item in served),
     }
-    assert written >= len(rows) and last != "-"
+    assert exported.rows >= len(rows) and exported.last_id != "-"
     assert load_files(tmp_path / "all.csv").interactions is not None, "the build reads it"
-    more, _ = export(client, tmp_path / "since.csv", after=last)
-    assert more == 0, "--after exports only what came since"
+    more = export(client, tmp_path / "since.csv", after=exported.last_id)
+    assert more.rows == 0, "--after exports only what came since"
 
 
 class CountingStore(LiveStore):
@@ -197,9 +197,9 @@ class CountingStore(LiveStore):
         super().__init__(*args, **kwargs)
         self.writes: list[int] = []
 
-    async def record_served(self, served, now_ms: int) -> None:
+    async def record_served(self, served, now_ms: int) -> tuple[int, int]:
         self.writes.append(len(served))
-        await super().record_served(served, now_ms)
+        return await super().record_served(served, now_ms)
 
 
 @pytest.mark.parametrize(("linger_s", "writes"), [(0.3, [5]), (0.0, [1, 1, 1, 1, 1])])
@@ -211,7 +211,7 @@ def test_answers_given_while_the_recorder_lingers_share_one_store_write(stack, l
         recorder = ImpressionRecorder(live, capacity=100, linger_s=linger_s)
         recorder.start()
         for n, user in enumerate(users):
-            recorder.offer(user, [f"item-{n}", "item-x"], f"request-{n}")
+            recorder.offer(user, [f"item-{n}", "item-x"], f"request-{n}", "test")
             await asyncio.sleep(0.02)  # answers 20 ms apart: 50 requests a second
         await recorder.stop()
         await live.close()

@@ -1,67 +1,132 @@
-"""Write the events the online store logged to an interactions file the build reads.
+"""Write the events the online store logged to an interactions file the build reads, and record how
+far the export got, so the log may trim what is exported (and nothing else).
 
-    python -m training.export_events --store redis://127.0.0.1:6390/0 --out events.csv [--after ID]
+    python -m training.export_events --store redis://127.0.0.1:6390/0 --out events.csv \
+        [--exclude-clients forged-app,other] [--after ID --no-commit]
 
-Columns: user_id, item_id, timestamp (Unix seconds), event_type, weight, event_id: the format of
-`training.build --interactions` (which counts every type but impressions and dismissals as an
-interaction). An impression logged by the gateway covers every item it served: one row each. The
-last line printed is the id of the newest entry exported: pass it as --after next time to export
-only what came since.
+Columns: user_id, item_id, timestamp (Unix seconds), event_type, weight, event_id, client: the
+format of `training.build --interactions` (which counts every type but impressions and dismissals as
+an interaction; the client column says who wrote each event, so one client's events can be left out
+before retraining). An impression logged by the gateway covers every item it served: one row each.
+
+By default the export starts after the checkpoint (`funnel:log:exported`) and, once the file is
+written and fsynced, moves the checkpoint to the last entry it read. Every entry carries a sequence
+number: one missing (a gap, from a log trimmed by hand, say) fails the export with status 1 and the
+checkpoint stays where it was. One exporter at a time: the checkpoint only moves from where this run
+found it.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
-from funnel.live.schema import STREAM
+from funnel.live.schema import LOG_EXPORTED, STREAM
 
-COLUMNS = ("user_id", "item_id", "timestamp", "event_type", "weight", "event_id")
+COLUMNS = ("user_id", "item_id", "timestamp", "event_type", "weight", "event_id", "client")
 PAGE = 10_000
+# Moves the checkpoint only from where this export found it (another exporter may have moved it).
+_ADVANCE = """
+if (redis.call('HGET', KEYS[1], 'id') or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'id', ARGV[2], 'seq', ARGV[3])
+return 1
+"""
 
 
-def rows(entries: list[tuple[str, dict[str, str]]]) -> Iterator[tuple[str, ...]]:
-    for _, fields in entries:
-        seconds = f"{int(fields['ts']) / 1000:.3f}"
-        for item in fields["item_id"].split("\n"):
-            yield fields["user_id"], item, seconds, fields["type"], fields["value"], fields["event_id"]
+class ExportGap(RuntimeError):
+    """Sequence numbers are missing between the checkpoint and what the log holds: events were lost."""
 
 
-def export(client: redis.Redis, out: Path, after: str = "-") -> tuple[int, str]:
-    """(rows written, id of the last entry exported); `after` is exclusive."""
-    written, last = 0, after
+@dataclass(frozen=True)
+class Exported:
+    rows: int  # written to the file
+    entries: int  # log entries read (an impression entry is one row per item)
+    left_out: int  # entries of excluded clients
+    last_id: str
+    last_seq: int
+
+
+def rows(fields: dict[str, str]) -> Iterator[tuple[str, ...]]:
+    seconds = f"{int(fields['ts']) / 1000:.3f}"
+    for item in fields["item_id"].split("\n"):
+        yield (fields["user_id"], item, seconds, fields["type"], fields["value"], fields["event_id"],
+               fields.get("client", ""))  # fmt: skip
+
+
+def export(
+    client: redis.Redis,
+    out: Path,
+    after: str | None = None,
+    commit: bool = True,
+    exclude_clients: frozenset[str] = frozenset(),
+) -> Exported:
+    """Entries after `after` (exclusive), or after the checkpoint when None; moves the checkpoint
+    when `commit` and the export started from it. Raises ExportGap (nothing moved) on a gap."""
+    checkpoint = client.hgetall(LOG_EXPORTED) if after is None else {}
+    start_id = (checkpoint.get("id") or "-") if after is None else after
+    expected = int(checkpoint.get("seq", 0)) + 1 if after is None else None
+    written = entries = left_out = 0
+    last_id, last_seq = start_id, expected - 1 if expected is not None else 0
     with out.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
-        while True:
-            start = "-" if last == "-" else f"({last}"
-            entries = client.xrange(STREAM, min=start, max="+", count=PAGE)
-            if not entries:
-                return written, last
-            for row in rows(entries):
-                writer.writerow(row)
-                written += 1
-            last = entries[-1][0]
+        while page := client.xrange(STREAM, min="-" if last_id == "-" else f"({last_id}", max="+", count=PAGE):
+            for entry_id, fields in page:
+                seq = int(fields.get("seq", 0))
+                if expected is not None and seq != expected:
+                    raise ExportGap(
+                        f"the log skips from sequence number {expected - 1} to {seq} (entry {entry_id}): "
+                        f"{seq - expected:,} events were removed before they were exported"
+                        if seq > expected
+                        else f"entry {entry_id} carries sequence number {seq}, expected {expected}"
+                    )
+                expected = seq + 1 if expected is not None else None
+                entries += 1
+                last_id, last_seq = entry_id, seq
+                if fields.get("client", "") in exclude_clients:
+                    left_out += 1
+                    continue
+                for row in rows(fields):
+                    writer.writerow(row)
+                    written += 1
+        handle.flush()
+        os.fsync(handle.fileno())  # on disk before the checkpoint says these entries may go
+    if commit and after is None and entries:
+        if not client.eval(_ADVANCE, 1, LOG_EXPORTED, checkpoint.get("id", ""), last_id, last_seq):
+            raise ExportGap("another export moved the checkpoint meanwhile: this file overlaps it; run again")
+    return Exported(written, entries, left_out, last_id, last_seq)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", required=True, help="Redis URL of the online store")
     parser.add_argument("--out", type=Path, required=True, help="CSV file to write")
-    parser.add_argument("--after", default="-", help="export entries after this stream id (exclusive)")
+    parser.add_argument("--exclude-clients", default="", help="clients whose events are left out, comma separated")
+    parser.add_argument("--after", help="export the entries after this stream id (exclusive), not the checkpoint's")
+    parser.add_argument("--no-commit", action="store_true", help="leave the checkpoint where it is")
     args = parser.parse_args(argv)
+    excluded = frozenset(name for name in args.exclude_clients.split(",") if name)
     try:
-        written, last = export(redis.Redis.from_url(args.store, decode_responses=True), args.out, args.after)
+        result = export(redis.Redis.from_url(args.store, decode_responses=True), args.out, args.after,
+                        not args.no_commit, excluded)  # fmt: skip
     except redis.RedisError as exc:
         print(f"error: the store at {args.store} could not be read: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {written:,} events to {args.out}")
-    print(last)
+    except ExportGap as exc:
+        print(f"error: {exc}; the checkpoint was not moved", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {result.rows:,} rows from {result.entries:,} log entries to {args.out}"
+        + (f" ({result.left_out:,} entries of {', '.join(sorted(excluded))} left out)" if excluded else "")
+    )
+    print(result.last_id)
     return 0
 
 

@@ -1,13 +1,20 @@
 """What the store holds and under which keys: one place, read by every writer and reader.
 
-Per user (hash-tagged by user id, so one user's keys share a Redis Cluster slot):
+Per user (hash-tagged by user id, so one user's keys share a Redis Cluster slot); each expires
+after the user's inactivity (`user_ttl`), so a user who left costs nothing:
 - `funnel:u:{<user>}:recent`    sorted set item -> latest event time (ms): positive interactions,
   capped to the newest `recent_cap`;
 - `funnel:u:{<user>}:dismissed` sorted set item -> time: never served again, capped;
-- `funnel:u:{<user>}:served`    sorted set item -> time served: left out for `served_ttl`, the
-  key itself expires after it.
-Global: `funnel:event:<event_id>` (idempotency keys, expiring) and the stream `funnel:events` (the
-durable log the export command turns into files the build reads).
+- `funnel:u:{<user>}:served`    sorted set item -> time served: left out for `served_ttl`, capped
+  to `served_cap`, the key itself expires after it;
+- `funnel:u:{<user>}:event:<client>:<event_id>` an idempotency key: the digest of the event's
+  payload, for as long as a client may retry (`idempotency_ttl`). Scoped by user and client, so
+  no one's id can shadow another's event.
+The log: the stream `funnel:events` (every event and impression, with the client that wrote it and a
+sequence number), `funnel:log:seq` (the last sequence number given), `funnel:log:exported` (how far
+the export got: stream id and sequence number) and `funnel:log:config` (its bound and retention,
+written by the events service, read by every writer: set in one place). Nothing unexported is ever
+trimmed.
 """
 
 from __future__ import annotations
@@ -48,8 +55,13 @@ def user_key(user_id: str, group: str) -> str:
     return f"funnel:u:{{{user_id}}}:{group}"
 
 
-def event_key(event_id: str) -> str:
-    return f"funnel:event:{event_id}"
+LOG_SEQ = "funnel:log:seq"
+LOG_EXPORTED = "funnel:log:exported"
+LOG_CONFIG = "funnel:log:config"
+
+
+def event_key(user_id: str, client: str, event_id: str) -> str:
+    return f"funnel:u:{{{user_id}}}:event:{client}:{event_id}"
 
 
 @dataclass(frozen=True)
@@ -59,8 +71,22 @@ class Retention:
     recent_cap: int = 200
     dismissed_cap: int = 1000
     served_ttl_ms: int = 30 * 60 * 1000
-    idempotency_ttl_s: int = 7 * 24 * 3600
-    stream_max_events: int = 10_000_000
+    served_cap: int = 1000  # items one user's served set holds at most: one caller cannot grow it without end
+    user_ttl_s: int = 90 * 24 * 3600  # a user's state is dropped after this long without an event
+    idempotency_ttl_s: int = 24 * 3600  # how long a client may retry a batch and have it recognised
+
+
+@dataclass(frozen=True)
+class LogBounds:
+    """The event log's bound and retention, set once (by the events service) for every writer.
+
+    The log never drops an event that was not exported: an exported entry is trimmed once it is
+    older than `retention_ms`, sooner when the log is full; when `max_events` unexported entries
+    are waiting, writes are refused (events) or left out of the log (impressions) until an export
+    runs."""
+
+    max_events: int = 10_000_000
+    retention_ms: int = 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """The Redis client every live-state reader and writer uses: one Lua script records a batch of
-events, another reads a user's state: one command each way.
+events, one records what the gateway served, another reads a user's state: one command each.
 
 Durability is the server's: with `appendonly yes` and `appendfsync always` Redis writes and
 fsyncs the append-only file before it answers, so an answered `record` is on disk. `durability()`
 says what the server is configured to do, so the events service can refuse to acknowledge events
-it could lose.
+it could lose. The log never loses what it acknowledged: an entry is trimmed only once the export
+has it (`funnel/live/schema.py`), and a full log refuses the write instead.
 """
 
 from __future__ import annotations
@@ -21,49 +22,128 @@ from redis.retry import Retry
 
 from funnel.live.schema import (
     DISMISSED,
+    LOG_CONFIG,
+    LOG_EXPORTED,
+    LOG_SEQ,
     RECENT,
     SERVED,
     STREAM,
     LiveState,
+    LogBounds,
     Retention,
     event_key,
     user_key,
 )
 
-# KEYS: the stream, then per event its idempotency key and the user's state key.
-# ARGV: retention and the writer's clock, then 7 fields per event.
-_RECORD = """
+# Room in the log for `wanted` more entries. Exported entries older than the retention go first;
+# when that is not room enough, every exported entry; an entry the export has not read, never.
+_ROOM = """
+local function room(stream, exported_key, wanted, now, retention, max_events)
+  local exported = redis.call('HGET', exported_key, 'id')
+  if exported then
+    local ms, sq = string.match(exported, '^(%d+)-(%d+)$')
+    local after = ms .. '-' .. string.format('%.0f', tonumber(sq) + 1)
+    local cutoff = now - retention
+    if cutoff < tonumber(ms) then
+      redis.call('XTRIM', stream, 'MINID', string.format('%.0f', cutoff) .. '-0')
+    else
+      redis.call('XTRIM', stream, 'MINID', after)
+    end
+    if redis.call('XLEN', stream) + wanted > max_events then
+      redis.call('XTRIM', stream, 'MINID', after)
+    end
+  end
+  return redis.call('XLEN', stream) + wanted <= max_events
+end
+"""
+
+# KEYS: the stream, the sequence, the export checkpoint, then per event its idempotency key and the
+# user's state key. ARGV: 10 settings, then 8 fields per event. Returns {recorded, duplicates}, or
+# {-1, i} when event i reuses an id with another payload, or {-2, entries} when the log is full:
+# in both cases nothing is written.
+_RECORD = (
+    _ROOM
+    + """
 local idem_ttl, recent_cap, dismissed_cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local served_ttl, maxlen, now = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-local recorded, duplicates = 0, 0
-for i = 0, (#KEYS - 1) / 2 - 1 do
-  local a = 6 + i * 7
-  local id, user, item, kind = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  local ts, value, group = tonumber(ARGV[a + 5]), ARGV[a + 6], ARGV[a + 7]
-  if redis.call('SET', KEYS[2 + 2 * i], '1', 'NX', 'EX', idem_ttl) then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
+local served_ttl, served_cap, user_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local now, client, max_events, retention = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local n = (#KEYS - 3) / 2
+local fresh, wanted = {}, 0
+for i = 0, n - 1 do
+  local seen = redis.call('GET', KEYS[4 + 2 * i])
+  if seen then
+    if seen ~= ARGV[10 + i * 8 + 8] then return {-1, i} end
+  else
+    fresh[i] = true
+    wanted = wanted + 1
+  end
+end
+if wanted > 0 and not room(KEYS[1], KEYS[3], wanted, now, retention, max_events) then
+  return {-2, redis.call('XLEN', KEYS[1])}
+end
+for i = 0, n - 1 do
+  if fresh[i] then
+    local a = 10 + i * 8
+    local id, user, item, kind = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+    local ts, value, group = tonumber(ARGV[a + 5]), ARGV[a + 6], ARGV[a + 7]
+    redis.call('SET', KEYS[4 + 2 * i], ARGV[a + 8], 'EX', idem_ttl)
+    redis.call('XADD', KEYS[1], '*', 'seq', redis.call('INCR', KEYS[2]), 'client', client,
       'event_id', id, 'user_id', user, 'item_id', item, 'type', kind, 'ts', ARGV[a + 5], 'value', value)
-    local key = KEYS[3 + 2 * i]
+    local key = KEYS[5 + 2 * i]
     -- GT: an event replayed late never moves an item back in time.
     if group == 'recent' then
       redis.call('ZADD', key, 'GT', ts, item)
       redis.call('ZREMRANGEBYRANK', key, 0, -recent_cap - 1)
+      redis.call('PEXPIRE', key, user_ttl)
     elseif group == 'dismissed' then
       redis.call('ZADD', key, 'GT', ts, item)
       redis.call('ZREMRANGEBYRANK', key, 0, -dismissed_cap - 1)
+      redis.call('PEXPIRE', key, user_ttl)
     elseif ts > now - served_ttl then
       redis.call('ZADD', key, 'GT', ts, item)
       redis.call('ZREMRANGEBYSCORE', key, '-inf', now - served_ttl)
+      redis.call('ZREMRANGEBYRANK', key, 0, -served_cap - 1)
       redis.call('PEXPIRE', key, served_ttl)
     end
-    recorded = recorded + 1
-  else
-    duplicates = duplicates + 1
   end
 end
-return {recorded, duplicates}
+return {wanted, n - wanted}
 """
+)
 
+# What the gateway served. KEYS: the stream, the sequence, the export checkpoint, the log's bounds,
+# then each answer's served key. ARGV: now, served TTL and cap, then per answer: client, user, the
+# items joined by newlines, the request id. The served sets are always updated; the answers go to
+# the log while it has room under the bounds the events service set. Returns {logged, not logged}.
+_SERVED = (
+    _ROOM
+    + """
+local now, served_ttl, served_cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_events = tonumber(redis.call('HGET', KEYS[4], 'max_events') or '0')
+local retention = tonumber(redis.call('HGET', KEYS[4], 'retention_ms') or '0')
+local n = #KEYS - 4
+local logging = max_events > 0 and room(KEYS[1], KEYS[3], n, now, retention, max_events)
+for i = 1, n do
+  local a = 3 + (i - 1) * 4
+  local key, items = KEYS[4 + i], {}
+  for item in string.gmatch(ARGV[a + 3], '[^\\n]+') do
+    items[#items + 1] = now
+    items[#items + 1] = item
+  end
+  redis.call('ZADD', key, 'GT', unpack(items))
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - served_ttl)
+  redis.call('ZREMRANGEBYRANK', key, 0, -served_cap - 1)
+  redis.call('PEXPIRE', key, served_ttl)
+  if logging then
+    redis.call('XADD', KEYS[1], '*', 'seq', redis.call('INCR', KEYS[2]), 'client', ARGV[a + 1],
+      'event_id', ARGV[a + 4], 'user_id', ARGV[a + 2], 'item_id', ARGV[a + 3], 'type', 'impression',
+      'ts', ARGV[1], 'value', '0')
+  end
+end
+if logging then return {n, 0} end
+return {0, n}
+"""
+)
 
 # One script, so a read is one command: cheaper for the client than a pipeline of three.
 # KEYS: recent, dismissed, served; ARGV: how many of each, the oldest served time still in.
@@ -89,10 +169,35 @@ class EventRecord:
     group: str  # RECENT, DISMISSED or SERVED
     timestamp_ms: int
     value: float
+    digest: str  # of the payload: an id reused with another payload is refused, not taken for a retry
+
+
+@dataclass(frozen=True)
+class LogStatus:
+    entries: int  # in the stream now, exported ones within their retention included
+    unexported: int  # written and not yet exported: what the bound counts
+    last_seq: int
+    exported_seq: int
 
 
 class StoreError(Exception):
     """The store could not be reached or refused the command: nothing may be assumed written."""
+
+
+class PayloadConflict(StoreError):
+    """An event id this client already used for this user came with another payload."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"event {index} reuses an id with another payload")
+        self.index = index
+
+
+class LogFull(StoreError):
+    """The log holds as many unexported events as its bound allows: an export must run first."""
+
+    def __init__(self, entries: int) -> None:
+        super().__init__(f"the event log holds {entries:,} entries not yet exported, its bound")
+        self.entries = entries
 
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
@@ -109,35 +214,37 @@ def connect(url: str, timeout_s: float) -> aioredis.Redis:
 
 
 class LiveStore:
-    def __init__(self, client: aioredis.Redis, retention: Retention) -> None:
+    def __init__(self, client: aioredis.Redis, retention: Retention, bounds: LogBounds | None = None) -> None:
         self.client = client
         self.retention = retention
+        self.bounds = bounds or LogBounds()  # the events service's; the gateway reads them from the store
         self._record = client.register_script(_RECORD)
+        self._served = client.register_script(_SERVED)
         self._read = client.register_script(READ_SCRIPT)
 
-    async def record(self, events: Sequence[EventRecord], now_ms: int) -> tuple[int, int]:
-        """Write a batch; (recorded, duplicates). The script runs as one unit (no other command sees
-        part of it); a StoreError means nothing is acknowledged, though an error inside the script
-        (the store out of memory) can leave its first events written, which a retry with the same
-        event ids completes without doubling them."""
-        r = self.retention
-        keys = [STREAM]
+    async def record(self, events: Sequence[EventRecord], now_ms: int, client: str) -> tuple[int, int]:
+        """Write a batch for `client`; (recorded, duplicates). The script runs as one unit and checks
+        everything before it writes: PayloadConflict or LogFull mean nothing was written. Any other
+        StoreError means nothing is acknowledged; an error inside the script (the store out of
+        memory) can leave its first events written, which a retry with the same ids completes."""
+        r, b = self.retention, self.bounds
+        keys = [STREAM, LOG_SEQ, LOG_EXPORTED]
         args: list[str | int | float] = [
-            r.idempotency_ttl_s,
-            r.recent_cap,
-            r.dismissed_cap,
-            r.served_ttl_ms,
-            r.stream_max_events,
-            now_ms,
-        ]
+            r.idempotency_ttl_s, r.recent_cap, r.dismissed_cap, r.served_ttl_ms, r.served_cap, r.user_ttl_s * 1000,
+            now_ms, client, b.max_events, b.retention_ms,
+        ]  # fmt: skip
         for event in events:
-            keys += [event_key(event.event_id), user_key(event.user_id, event.group)]
+            keys += [event_key(event.user_id, client, event.event_id), user_key(event.user_id, event.group)]
             args += [
                 event.event_id, event.user_id, event.item_id, event.kind, event.timestamp_ms,
-                repr(event.value), event.group,
+                repr(event.value), event.group, event.digest,
             ]  # fmt: skip
-        recorded, duplicates = await _once_more_if_stale(lambda: self._record(keys=keys, args=args))
-        return int(recorded), int(duplicates)
+        first, second = await _once_more_if_stale(lambda: self._record(keys=keys, args=args))
+        if int(first) == -1:
+            raise PayloadConflict(int(second))
+        if int(first) == -2:
+            raise LogFull(int(second))
+        return int(first), int(second)
 
     async def read(self, user_id: str, now_ms: int, recent: int, dismissed: int, served: int) -> LiveState:
         """A user's live state in one round trip: the newest `recent` interactions (oldest first),
@@ -150,27 +257,41 @@ class LiveStore:
         # ZRANGE with a start of -0 would read everything: an empty part is asked as none.
         return LiveState(recent_items if recent else [], dismissed_items if dismissed else [], served_items)
 
-    async def record_served(self, served: Sequence[tuple[str, Sequence[str], str]], now_ms: int) -> None:
-        """What the gateway served: (user, items, request id) per answer, in one round trip. Each
-        answer is one log entry (its items joined by newlines, which no item id may contain)."""
-        ttl = self.retention.served_ttl_ms
+    async def record_served(self, served: Sequence[Served], now_ms: int) -> tuple[int, int]:
+        """What the gateway served, in one round trip: each user's served set is updated (capped and
+        expiring), and each answer is one log entry (its items joined by newlines, which no item id
+        may contain) while the log has room. (answers logged, answers left out of the log)."""
+        r = self.retention
+        keys = [STREAM, LOG_SEQ, LOG_EXPORTED, LOG_CONFIG, *(user_key(s.user_id, SERVED) for s in served)]
+        args: list[str | int] = [now_ms, r.served_ttl_ms, r.served_cap]
+        for s in served:
+            args += [s.client, s.user_id, "\n".join(s.items), s.request_id]
+        logged, left_out = await _once_more_if_stale(lambda: self._served(keys=keys, args=args))
+        return int(logged), int(left_out)
 
-        def write() -> Awaitable[list[Any]]:
+    async def publish_bounds(self) -> None:
+        """Write this writer's log bounds where every writer reads them (the events service does)."""
+        b = self.bounds
+        await _once_more_if_stale(
+            lambda: self.client.hset(LOG_CONFIG, mapping={"max_events": b.max_events, "retention_ms": b.retention_ms})
+        )
+
+    async def log_status(self) -> LogStatus:
+        async def read() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
-            for user_id, items, request_id in served:
-                key = user_key(user_id, SERVED)
-                pipe.zadd(key, dict.fromkeys(items, now_ms), gt=True)
-                pipe.zremrangebyscore(key, "-inf", now_ms - ttl)
-                pipe.pexpire(key, ttl)
-                pipe.xadd(
-                    STREAM,
-                    {"event_id": request_id, "user_id": user_id, "item_id": "\n".join(items), "type": "impression",
-                     "ts": now_ms, "value": "0"},
-                    maxlen=self.retention.stream_max_events, approximate=True,
-                )  # fmt: skip
-            return pipe.execute()
+            pipe.xlen(STREAM)
+            pipe.get(LOG_SEQ)
+            pipe.hget(LOG_EXPORTED, "seq")
+            return await pipe.execute()
 
-        await _once_more_if_stale(write)
+        entries, last, exported = await _once_more_if_stale(read)
+        last_seq, exported_seq = int(last or 0), int(exported or 0)
+        return LogStatus(int(entries), last_seq - exported_seq, last_seq, exported_seq)
+
+    async def memory(self) -> tuple[int, int]:
+        """(used_memory, maxmemory) in bytes; maxmemory 0 = no limit set."""
+        info = await _once_more_if_stale(lambda: self.client.info("memory"))
+        return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
 
     async def ping(self) -> None:
         await _once_more_if_stale(self.client.ping)
@@ -190,6 +311,16 @@ class LiveStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+@dataclass(frozen=True)
+class Served:
+    """One answer the gateway served: to whom, which items, for which client and request."""
+
+    user_id: str
+    items: Sequence[str]
+    request_id: str
+    client: str
 
 
 async def _once_more_if_stale(command: Callable[[], Awaitable[Any]]) -> Any:

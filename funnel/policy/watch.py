@@ -4,22 +4,15 @@ them; a file that fails is rejected (logged and counted) and the current policy 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from funnel.policy.document import PolicyDocument, PolicyError, load_policy
+from funnel.runtime.files import file_digest
 from funnel.runtime.metrics import POLICY_RELOADS
 
 log = logging.getLogger("funnel.policy")
-
-
-def digest(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return ""  # a file being replaced; the next poll sees the new one
 
 
 async def watch_policy(
@@ -27,10 +20,10 @@ async def watch_policy(
 ) -> None:
     """Poll `path` every `poll_s`; hand each new valid policy to `apply` (which may raise
     PolicyError too, e.g. a rule that contradicts the catalog). Runs until cancelled."""
-    seen = digest(path)
+    seen = file_digest(path)
     while True:
         await asyncio.sleep(poll_s)
-        now = digest(path)
+        now = file_digest(path)
         if now == seen:
             continue
         seen = now

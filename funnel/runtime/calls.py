@@ -1,5 +1,5 @@
-"""Cross-cutting behaviour of every unary call, written once: request ids, admission, auth, metrics,
-access logs, error mapping.
+"""Cross-cutting behaviour of every unary call, written once: request ids, the caller's identity and
+scope, admission, metrics, access logs, error mapping.
 
 It is applied when a service registers its methods (`InstrumentedServer`), not as a grpc.aio
 interceptor: an interceptor is awaited on every call and builds a new handler each time, which cost
@@ -22,8 +22,8 @@ import grpc
 from opentelemetry.trace import SpanKind
 
 from funnel.runtime.admission import ConcurrencyLimit
-from funnel.runtime.auth import BearerTokens
-from funnel.runtime.errors import FunnelError, InvalidArgument, ResourceExhausted, Unauthenticated
+from funnel.runtime.clients import CALLER, Clients
+from funnel.runtime.errors import FunnelError, InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
 from funnel.runtime.logs import REQUEST_ID
 from funnel.runtime.metrics import IN_FLIGHT, RPC_LATENCY, RPC_RECEIVED_BYTES, RPC_REQUESTS, RPC_SENT_BYTES, SHED
 from funnel.runtime.tracing import context_from, trace_metadata, tracer, tracing_on
@@ -60,23 +60,30 @@ class Undecodable:
 
 
 class CallPolicy:
-    """What every served call goes through:
+    """What every served call goes through, in this order:
 
     - binds the request id (from `x-request-id` or new) for logs and downstream calls, and echoes
       it in trailing metadata;
-    - refuses a call at once with RESOURCE_EXHAUSTED when the concurrency limit is reached, and
-      with UNAUTHENTICATED without an accepted bearer token (when tokens are configured);
+    - with a credentials file, identifies the caller by its bearer token and checks the method's
+      scope (UNAUTHENTICATED, PERMISSION_DENIED) before the call costs anything: it takes no
+      admission slot and its bytes are not parsed;
+    - refuses a call at once with RESOURCE_EXHAUSTED when the concurrency limit is reached;
+    - parses the request (bytes that are no message: INVALID_ARGUMENT);
     - counts calls and records latency by method and final status, and the bytes of the messages
-      each way by method, and writes one access-log line per call when asked to;
+      each way by method, and writes one access-log line per call (with the client's name, never
+      its token) when asked to;
     - turns FunnelError into its status and any other exception into INTERNAL with a short message
       and the request id, never UNKNOWN with a stack trace. The stack goes to the log.
     """
 
     def __init__(
-        self, access_log: bool = True, tokens: BearerTokens | None = None, limit: ConcurrencyLimit | None = None
+        self,
+        access_log: bool = True,
+        clients: Callable[[], Clients] | None = None,
+        limit: ConcurrencyLimit | None = None,
     ) -> None:
         self.access_log = access_log
-        self.tokens = tokens
+        self.clients = clients  # the current credentials (re-read when the file changes), or None: no checks
         self.limit = limit
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
@@ -85,13 +92,14 @@ class CallPolicy:
             return handler
         behavior = _traced(handler.unary_unary, method) if tracing_on() else handler.unary_unary
         return grpc.unary_unary_rpc_method_handler(
-            self._around(behavior, method),
-            request_deserializer=_tolerant(handler.request_deserializer, RPC_RECEIVED_BYTES.labels(method).inc),
+            self._around(behavior, method, _tolerant(handler.request_deserializer)),
+            # The bytes stay bytes until the caller is known and admitted: parsing is the call's cost.
+            request_deserializer=_counted_bytes(RPC_RECEIVED_BYTES.labels(method).inc),
             response_serializer=_counted(handler.response_serializer, RPC_SENT_BYTES.labels(method).inc),
         )
 
-    def _around(self, behavior: Behavior, method: str) -> Behavior:
-        limit, tokens, access_log = self.limit, self.tokens, self.access_log
+    def _around(self, behavior: Behavior, method: str, parse: Callable[[bytes], Any]) -> Behavior:
+        limit, clients, access_log = self.limit, self.clients, self.access_log
         counters: dict[Any, Callable[[], None]] = {}  # per final status, filled as statuses occur
 
         def count(code: Any) -> None:
@@ -102,23 +110,31 @@ class CallPolicy:
         observe = RPC_LATENCY.labels(method).observe
         shed = SHED.labels(method).inc
 
-        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Any:
             metadata = context.invocation_metadata()
             request_id = request_id_from(metadata)
             token = REQUEST_ID.set(request_id)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             trailer = ((REQUEST_ID_KEY, request_id),)
-            admitted = limit is None or limit.try_acquire()
+            caller = clients().identify(metadata) if clients is not None else None
+            caller_token = CALLER.set(caller)
+            admitted = False
             IN_FLIGHT.inc()
             try:
+                if clients is not None:
+                    if caller is None:
+                        raise Unauthenticated("missing or invalid bearer token in the 'authorization' metadata")
+                    if not caller.may_call(method):
+                        raise PermissionDenied(f"client {caller.name} may not call {method} (scopes: "
+                                               f"{', '.join(sorted(caller.scopes))})")  # fmt: skip
+                admitted = limit is None or limit.try_acquire()
                 if not admitted:
                     shed()
                     raise ResourceExhausted(
                         f"overloaded: {limit.in_flight} calls in flight, limit {int(limit.limit)}; retry with backoff"
                     )
-                if tokens is not None and not tokens.accepts(metadata):
-                    raise Unauthenticated("missing or invalid bearer token in the 'authorization' metadata")
+                request = parse(data)
                 if isinstance(request, Undecodable):
                     raise InvalidArgument(f"the request is not a valid message for {method}: {request.error}")
                 reply = await behavior(request, context)
@@ -147,7 +163,9 @@ class CallPolicy:
                 count(code)
                 observe(elapsed)
                 if access_log:
-                    log.info("rpc", extra={"method": method, "code": code.name, "ms": round(elapsed * 1000, 2)})
+                    extra = {"method": method, "code": code.name, "ms": round(elapsed * 1000, 2)}
+                    log.info("rpc", extra=extra | ({"client": caller.name} if caller is not None else {}))
+                CALLER.reset(caller_token)
                 REQUEST_ID.reset(token)
 
         return handle
@@ -187,20 +205,25 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
         return self._wrapped[method]
 
 
-def _tolerant(
-    deserializer: Callable[[bytes], Any] | None, received: Callable[[int], None]
-) -> Callable[[bytes], Any] | None:
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
     if deserializer is None:
-        return None
+        return lambda data: data
 
     def parse(data: bytes) -> Any:
-        received(len(data))
         try:
             return deserializer(data)
         except Exception as exc:  # any parser failure means the caller sent bad bytes
             return Undecodable(str(exc) or type(exc).__name__)
 
     return parse
+
+
+def _counted_bytes(received: Callable[[int], None]) -> Callable[[bytes], bytes]:
+    def take(data: bytes) -> bytes:
+        received(len(data))
+        return data
+
+    return take
 
 
 def _counted(serializer: Callable[[Any], bytes] | None, sent: Callable[[int], None]) -> Callable[[Any], bytes] | None:

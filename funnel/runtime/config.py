@@ -161,11 +161,17 @@ class ServerSettings:
     )
     access_log: bool = setting(True, help="write one JSON log line per served call")
     max_message_bytes: int = setting(4 * 1024 * 1024, help="largest gRPC message accepted", checks=[positive])
-    auth_token_file: str = setting(
+    clients_file: str = setting(
         "",
-        help="file of accepted bearer tokens, one per line (a mounted Secret); when set, every call but "
-        "health and reflection needs 'authorization: Bearer <token>' or gets UNAUTHENTICATED",
+        help="credentials file (a mounted Secret): named clients, their scopes and the SHA-256 digests of their "
+        "tokens (funnel/runtime/clients.py); when set, every call but health and reflection needs "
+        "'authorization: Bearer <token>' of a client with the method's scope (else UNAUTHENTICATED or "
+        "PERMISSION_DENIED); re-read when it changes",
     )
+    clients_poll_seconds: float = setting(
+        1.0, help="how often the credentials file is checked for changes (rotation without a restart)",
+        checks=[positive],
+    )  # fmt: skip
     max_connection_age_seconds: float = setting(
         0.0,
         help="close client connections after this long (0 = never), so clients re-resolve DNS and "

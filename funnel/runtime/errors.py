@@ -41,6 +41,16 @@ class Unauthenticated(FunnelError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class PermissionDenied(FunnelError):
+    """The caller is known but may not do this (a scope it lacks, another user's data)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class AlreadyExists(FunnelError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class FailedPrecondition(FunnelError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 

@@ -40,6 +40,9 @@ READY = Gauge("funnel_ready", "1 when the process reports SERVING")
 LOADED_ARTIFACTS = Gauge(
     "funnel_loaded_artifacts", "Artifact versions alive in memory (2 during a swap, then 1 once released)", ["kind"]
 )
+CREDENTIAL_RELOADS = Counter(
+    "funnel_credentials_reloads_total", "Credentials file reloads, by result (loaded/rejected)", ["result"]
+)
 POLICY_RELOADS = Counter("funnel_policy_reloads_total", "Policy file reloads, by result (loaded/rejected)", ["result"])
 ARTIFACT_INFO = Gauge("funnel_artifact_info", "Versions of the artifacts this process serves", ["kind", "version"])
 SHED = Counter(
@@ -64,10 +67,21 @@ def start_metrics_server(host: str, port: int) -> None:
 
 
 EVENTS = Counter(
-    "funnel_events_total", "Events the events service handled, by result (recorded/duplicate/unavailable)", ["result"]
+    "funnel_events_total",
+    "Events the events service handled, by result (recorded/duplicate/unavailable/conflict/log_full)",
+    ["result"],
 )
+# The online store as the events service sees it, every `--store-check-seconds`: what the alert
+# rules in k8s/components/alerts read (memory near maxmemory, the log near its bound, no fsync).
+STORE_USED_MEMORY = Gauge("funnel_store_used_memory_bytes", "Memory the online store uses")
+STORE_MAX_MEMORY = Gauge("funnel_store_maxmemory_bytes", "The online store's maxmemory (0: none set)")
+STORE_DURABLE = Gauge("funnel_store_durable", "1 while the online store fsyncs every write before it answers")
+LOG_ENTRIES = Gauge("funnel_event_log_entries", "Entries in the event log, exported ones within retention included")
+LOG_UNEXPORTED = Gauge("funnel_event_log_unexported", "Events logged and not yet exported: what the bound counts")
+LOG_MAX_EVENTS = Gauge("funnel_event_log_max_events", "The event log's bound of unexported entries")
 IMPRESSIONS = Counter(
     "funnel_gateway_impressions_total",
-    "Answers whose served items the gateway recorded, by result (recorded/dropped_queue_full/dropped_store_error)",
+    "Answers whose served items the gateway recorded, by result (recorded/not_logged_log_full/dropped_queue_full/"
+    "dropped_store_error)",
     ["result"],
 )

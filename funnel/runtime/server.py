@@ -26,8 +26,8 @@ from grpc_reflection.v1alpha import reflection
 
 from funnel.runtime import exits
 from funnel.runtime.admission import ConcurrencyLimit
-from funnel.runtime.auth import BearerTokens, load_tokens
 from funnel.runtime.calls import CallPolicy, InstrumentedServer
+from funnel.runtime.clients import ClientsFile
 from funnel.runtime.config import ServerSettings
 from funnel.runtime.errors import ConfigError
 from funnel.runtime.logs import configure_logging
@@ -100,13 +100,13 @@ def run(name: str, settings: ServerSettings, build: Callable[[Runtime], Service]
     configure_logging(name, settings.log_level)
     try:
         configure_tracing(name)
-        tokens = load_tokens(settings.auth_token_file) if settings.auth_token_file else None
+        clients = ClientsFile(settings.clients_file) if settings.clients_file else None
         tls = Tls.from_settings(settings)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(exits.CONFIG_ERROR) from None
     try:
-        if not asyncio.run(serve(name, settings, build, tokens, tls)):
+        if not asyncio.run(serve(name, settings, build, clients, tls)):
             raise SystemExit(exits.START_FAILED)
     finally:
         shutdown_tracing()
@@ -116,7 +116,7 @@ async def serve(
     name: str,
     settings: ServerSettings,
     build: Callable[[Runtime], Service],
-    tokens: BearerTokens | None = None,
+    clients: ClientsFile | None = None,
     tls: Tls = PLAINTEXT,
 ) -> bool:
     """Serve until a stop signal; False when start-up (loading artifacts) failed."""
@@ -131,7 +131,7 @@ async def serve(
     limit = ConcurrencyLimit(settings.max_in_flight, settings.latency_target_ms / 1000)
     server = grpc.aio.server(options=options)
     executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix=f"{name}-cpu")
-    policy = CallPolicy(settings.access_log, tokens, limit)
+    policy = CallPolicy(settings.access_log, clients, limit)
     runtime = Runtime(InstrumentedServer(server, policy), settings, executor, tls)
     service = build(runtime)
 
@@ -180,6 +180,7 @@ async def serve(
 
     # Loading runs beside serving so that health answers NOT_SERVING while an index or model loads.
     starting = asyncio.create_task(_start_and_freeze(service), name=f"{name}-start")
+    rotating = asyncio.create_task(clients.watch(settings.clients_poll_seconds)) if clients is not None else None
     starting.add_done_callback(functools.partial(_report_start_failure, stop))
     await stop.wait()
 
@@ -191,6 +192,8 @@ async def serve(
     if probes is not None:
         await probes.stop(0)
     starting.cancel()
+    if rotating is not None:
+        rotating.cancel()
     await service.stop()
     executor.shutdown(wait=False, cancel_futures=True)
     failed = starting.done() and not starting.cancelled() and starting.exception() is not None

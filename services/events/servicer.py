@@ -1,9 +1,13 @@
-"""The Events gRPC service: validated batches written to the online store, acknowledged only once
-they are durable there.
+"""The Events gRPC service: validated batches written to the online store under the calling
+client's name, acknowledged only once they are durable there.
 
 An events service of its own, not a method of the gateway: writes scale with the event rate and
 reads with the request rate, and a burst of events (a client flushing its queue after being
 offline) then competes with other writes for this service's CPU, never with recommendations.
+
+It watches the store all along (`--store-check-seconds`): a store that stops fsyncing every write,
+or cannot be reached, gets no acknowledgement (UNAVAILABLE) and the service turns NOT_SERVING until
+it does again; memory and the log's fill are published as metrics for the alert rules.
 """
 
 from __future__ import annotations
@@ -15,13 +19,22 @@ import time
 
 import grpc
 
-from funnel.live.store import LiveStore, StoreError, connect
-from funnel.runtime.errors import Unavailable
-from funnel.runtime.metrics import EVENTS
+from funnel.live.store import LiveStore, LogFull, PayloadConflict, StoreError, connect
+from funnel.runtime.clients import ANONYMOUS, CALLER
+from funnel.runtime.errors import AlreadyExists, ResourceExhausted, Unavailable
+from funnel.runtime.metrics import (
+    EVENTS,
+    LOG_ENTRIES,
+    LOG_MAX_EVENTS,
+    LOG_UNEXPORTED,
+    STORE_DURABLE,
+    STORE_MAX_MEMORY,
+    STORE_USED_MEMORY,
+)
 from funnel.runtime.server import Runtime
 from funnel.v1 import events_pb2, events_pb2_grpc
 from services.events.settings import EventsSettings
-from services.events.validation import check_events
+from services.events.validation import check_events, drop_repeats
 
 log = logging.getLogger("funnel.events")
 
@@ -32,53 +45,88 @@ class EventsService(events_pb2_grpc.EventsServicer):
     def __init__(self, runtime: Runtime, settings: EventsSettings) -> None:
         self.runtime = runtime
         self.settings = settings
-        self.store = LiveStore(connect(settings.state_store, settings.store_timeout_ms / 1000), settings.retention())
-        self._waiting: asyncio.Task[None] | None = None
+        client = connect(settings.state_store, settings.store_timeout_ms / 1000)
+        self.store = LiveStore(client, settings.retention(), settings.log_bounds())
+        self._watching: asyncio.Task[None] | None = None
         self.store_ready = False  # its own flag: readiness also turns off while draining, writes must not
+        LOG_MAX_EVENTS.set(settings.log_max_events)
         events_pb2_grpc.add_EventsServicer_to_server(self, runtime.server)
 
     async def start(self) -> None:
         # Ready once the store has answered and keeps what it acknowledges; until then (the store
         # starts after this pod, say) every call is UNAVAILABLE and nothing is acknowledged.
-        self._waiting = asyncio.create_task(self._wait_for_store())
+        self._watching = asyncio.create_task(self._watch_store())
 
-    async def _wait_for_store(self) -> None:
+    async def _watch_store(self) -> None:
         reported = ""
         while True:
-            try:
-                problem = await self.store.durability()
-            except StoreError as exc:
-                problem = f"store unreachable: {exc}"
-            if problem is None or (not self.settings.require_fsync and not problem.startswith("store unreachable")):
-                if problem:
-                    log.warning("store does not fsync every write: acknowledged events can be lost on a crash",
-                                extra={"store": problem})  # fmt: skip
-                self.store_ready = True
-                await self.runtime.readiness.set(True, "online store reachable")
-                return
+            problem = await self._store_problem()
             if problem != reported:
-                log.warning("not ready: the online store cannot acknowledge durably", extra={"store": problem})
+                if problem:
+                    log.warning("not ready: the online store cannot acknowledge durably", extra={"store": problem})
+                else:
+                    log.info("the online store acknowledges durably")
                 reported = problem
-            await asyncio.sleep(self.settings.store_poll_seconds)
+            ready = not problem
+            if ready != self.store_ready:
+                self.store_ready = ready
+                await self.runtime.readiness.set(ready, problem or "online store reachable and durable")
+            await asyncio.sleep(self.settings.store_check_seconds)
+
+    async def _store_problem(self) -> str:
+        """Empty when the store is reachable and keeps what it acknowledges; publishes its metrics."""
+        try:
+            durability = await self.store.durability()
+            await self.store.publish_bounds()  # every check: a store restarted empty gets them back at once
+            used, maximum = await self.store.memory()
+            status = await self.store.log_status()
+        except StoreError as exc:
+            STORE_DURABLE.set(0)
+            return f"store unreachable: {exc}"
+        STORE_USED_MEMORY.set(used)
+        STORE_MAX_MEMORY.set(maximum)
+        LOG_ENTRIES.set(status.entries)
+        LOG_UNEXPORTED.set(status.unexported)
+        STORE_DURABLE.set(0 if durability else 1)
+        if durability and self.settings.require_fsync:
+            return durability
+        if durability:
+            log.warning("store does not fsync every write: acknowledged events can be lost on a crash",
+                        extra={"store": durability})  # fmt: skip
+        return ""
 
     async def stop(self) -> None:
-        if self._waiting is not None:
-            self._waiting.cancel()
+        if self._watching is not None:
+            self._watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._waiting
+                await self._watching
         await self.store.close()
 
     async def RecordEvents(
         self, request: events_pb2.RecordEventsRequest, context: grpc.aio.ServicerContext
     ) -> events_pb2.RecordEventsResponse:
         s = self.settings
-        records = check_events(request.events, s.max_events, s.max_clock_skew_seconds)
+        records, repeats = drop_repeats(check_events(request.events, s.max_events, s.max_clock_skew_seconds))
         if not self.store_ready:
-            raise Unavailable("the online store is not reachable yet: nothing was recorded")
+            raise Unavailable("the online store is not reachable or not durable: nothing was recorded")
+        caller = CALLER.get()
+        client = caller.name if caller is not None else ANONYMOUS
         try:
             recorded, duplicates = await asyncio.wait_for(
-                self.store.record(records, int(time.time() * 1000)), s.store_timeout_ms / 1000
+                self.store.record(records, int(time.time() * 1000), client), s.store_timeout_ms / 1000
             )
+        except PayloadConflict as exc:
+            EVENTS.labels("conflict").inc(len(records))
+            raise AlreadyExists(
+                f"events[{exc.index}].event_id {records[exc.index].event_id!r} was recorded before with another "
+                "payload; nothing in this batch was recorded (a retry sends the same payload; a new event needs "
+                "a new id)"
+            ) from None
+        except LogFull as exc:
+            EVENTS.labels("log_full").inc(len(records))
+            raise ResourceExhausted(
+                f"{exc}: nothing was recorded; retry after the log is exported (python -m training.export_events)"
+            ) from None
         except (StoreError, TimeoutError) as exc:
             EVENTS.labels("unavailable").inc(len(records))
             # A write cut off by the timeout may still land: the same event ids make a retry safe.
@@ -86,5 +134,5 @@ class EventsService(events_pb2_grpc.EventsServicer):
                 f"the online store did not acknowledge the events ({exc or 'timed out'}); retry with the same event ids"
             ) from None
         EVENTS.labels("recorded").inc(recorded)
-        EVENTS.labels("duplicate").inc(duplicates)
-        return events_pb2.RecordEventsResponse(recorded=recorded, duplicates=duplicates)
+        EVENTS.labels("duplicate").inc(duplicates + repeats)
+        return events_pb2.RecordEventsResponse(recorded=recorded, duplicates=duplicates + repeats)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from funnel.live.schema import Retention, store_url_problem
+from funnel.live.schema import LogBounds, Retention, store_url_problem
 from funnel.runtime.config import ServerSettings, non_empty, non_negative, port_setting, positive, setting
 
 
@@ -32,22 +32,44 @@ class EventsSettings(ServerSettings):
     served_ttl_seconds: float = setting(
         1800.0, help="how long an impression keeps its item out of the user's answers", checks=[positive]
     )
-    idempotency_seconds: int = setting(
-        7 * 24 * 3600, help="how long an event id is remembered (a replay within it changes nothing)", checks=[positive]
+    served_cap: int = setting(1000, help="items one user's served set holds at most, newest", checks=[positive])
+    user_ttl_seconds: float = setting(
+        90 * 24 * 3600.0, help="a user's live state is dropped after this long without an event", checks=[positive]
     )
-    stream_max_events: int = setting(
-        10_000_000,
-        help="events the log keeps (oldest trimmed beyond it, approximately): export more often than it fills",
+    idempotency_seconds: int = setting(
+        24 * 3600,
+        help="how long an event id is remembered per client and user: a batch retried within it is recognised "
+        "(duplicates) and an id reused with another payload refused (ALREADY_EXISTS); clients must not retry "
+        "later than this",
         checks=[positive],
     )
-    store_poll_seconds: float = setting(0.5, help="how often to try the store while it is unreachable at start",
-                                        checks=[positive])  # fmt: skip
+    log_max_events: int = setting(
+        10_000_000,
+        help="most entries the event log holds that were not exported; beyond it writes are refused "
+        "(RESOURCE_EXHAUSTED) until `training.export_events` runs: nothing acknowledged is ever trimmed",
+        checks=[positive],
+    )
+    log_retention_seconds: float = setting(
+        24 * 3600.0,
+        help="how long an exported entry stays in the log (for a second export) before it is trimmed",
+        checks=[non_negative],
+    )
+    store_check_seconds: float = setting(
+        1.0,
+        help="how often the store's durability (fsync of every write), memory and log are checked: a store that "
+        "stops fsyncing gets no acknowledgement and the service turns NOT_SERVING",
+        checks=[positive],
+    )
 
     def retention(self) -> Retention:
         return Retention(
             recent_cap=self.recent_cap,
             dismissed_cap=self.dismissed_cap,
             served_ttl_ms=int(self.served_ttl_seconds * 1000),
+            served_cap=self.served_cap,
+            user_ttl_s=int(self.user_ttl_seconds),
             idempotency_ttl_s=self.idempotency_seconds,
-            stream_max_events=self.stream_max_events,
         )
+
+    def log_bounds(self) -> LogBounds:
+        return LogBounds(max_events=self.log_max_events, retention_ms=int(self.log_retention_seconds * 1000))

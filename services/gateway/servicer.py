@@ -17,6 +17,7 @@ import grpc
 
 from funnel.live.store import LiveStore, StoreError, connect
 from funnel.policy.document import load_policy
+from funnel.runtime.clients import ANONYMOUS, CALLER
 from funnel.runtime.deadline import budget_from_grpc
 from funnel.runtime.errors import Unavailable
 from funnel.runtime.logs import REQUEST_ID
@@ -128,7 +129,8 @@ class Funnel:
                 item.reasons.extend(state.reasons[n])
         response.degraded = any(stage.status in (DEGRADED, FAILED) for stage in response.stages)
         if self.impressions is not None:
-            self.impressions.offer(request.user_id, final.item_ids, request_id)
+            caller = CALLER.get()
+            self.impressions.offer(request.user_id, final.item_ids, request_id, caller.name if caller else ANONYMOUS)
         return response
 
 
