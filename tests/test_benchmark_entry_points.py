@@ -99,3 +99,14 @@ def test_e2e_load_and_its_report_run_one_scenario_end_to_end(artifacts, tmp_path
     assert scenario["scenario"]["name"] == "demo" and scenario["steps"] and scenario["payload_bytes"]
     run_benchmark("report", str(tmp_path))
     assert (tmp_path / "report.md").read_text().strip()
+
+
+def test_quota_flood_compares_a_neighbour_alone_and_beside_a_flooding_client(artifacts, tmp_path):
+    run_benchmark(
+        "quota_flood", "--artifacts", str(artifacts), "--seconds", "2", "--rounds", "1", "--rate", "5",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    result = json.loads((tmp_path / "quota_flood.json").read_text())
+    assert set(result["neighbour"]) == {"alone", "beside the flood"} and result["p99_ratio"] > 0
+    (flooder,) = result["flooder_calls_per_s"]
+    assert flooder["RESOURCE_EXHAUSTED"] > 0, "the flood was over its quota"

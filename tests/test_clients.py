@@ -123,9 +123,7 @@ def test_health_needs_no_token_and_no_token_is_ever_logged(guarded, credentials)
     assert credentials.tokens["web"] not in credentials.path.read_text(), "the file holds digests only"
 
 
-def test_a_rotated_credentials_file_takes_effect_without_a_restart_and_a_broken_one_is_refused(
-    guarded, credentials
-):
+def test_a_rotated_credentials_file_takes_effect_without_a_restart_and_a_broken_one_is_refused(guarded, credentials):
     gateway, events = guarded
     new_token, line = new_credential("web", ["recommend", "record_events"])
     old = credentials.bearer("web")
@@ -241,3 +239,45 @@ def test_an_unreadable_or_empty_credentials_file_stops_the_process_at_start(tmp_
         assert result.returncode == CONFIG_ERROR, result.stderr
         assert "configuration error: " in result.stderr
         assert "clients_file" in result.stderr or "names no client" in result.stderr
+
+
+def test_a_client_over_its_rate_is_refused_with_a_retry_hint_and_the_others_are_not(stack, start_gateway, tmp_path):
+    tokens = {}
+    lines = []
+    for name, options in (("flooder", ["rate=1", "burst=2"]), ("neighbour", [])):
+        tokens[name], line = new_credential(name, ["recommend"], options)
+        lines.append(line)
+    (tmp_path / "clients").write_text("\n".join(lines) + "\n")
+    shards = f"{stack.address('retrieval-0-0')};{stack.address('retrieval-1-0')}"
+    gateway = start_gateway(
+        shards, stack.address("ranking-0"), stack.address("reranking-0"), "--clients-file", str(tmp_path / "clients")
+    )
+    with grpc.insecure_channel(gateway.address) as channel:
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        flooder = (("authorization", f"Bearer {tokens['flooder']}"),)
+        for _ in range(2):  # its burst
+            stub.Recommend(REQUEST, timeout=5, metadata=flooder)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Recommend(REQUEST, timeout=5, metadata=flooder)
+        assert (
+            error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "over its rate limit" in error.value.details()
+        )
+        retry_ms = dict(error.value.trailing_metadata())["retry-after-ms"]
+        assert 0 < int(retry_ms) <= 1000
+        neighbour = (("authorization", f"Bearer {tokens['neighbour']}"),)
+        assert all(len(stub.Recommend(REQUEST, timeout=5, metadata=neighbour).items) == 3 for _ in range(5))
+
+
+def test_a_token_bucket_refills_at_the_clients_rate_up_to_its_burst():
+    from funnel.runtime.clients import Client
+    from funnel.runtime.quotas import ClientQuotas
+
+    now = [0.0]
+    quotas = ClientQuotas(rate_per_s=10, burst=0, clock=lambda: now[0])
+    default, own = Client("a", frozenset({"recommend"})), Client("b", frozenset({"recommend"}), rate_per_s=1, burst=1)
+    assert [quotas.take(default) for _ in range(20)] == [0.0] * 20, "a burst of twice the rate"
+    assert quotas.take(default) == pytest.approx(0.1)
+    now[0] = 0.35
+    assert [quotas.take(default) == 0.0 for _ in range(4)] == [True, True, True, False], "3.5 tokens back"
+    assert quotas.take(own) == 0.0 and quotas.take(own) == pytest.approx(1.0), "its own line's rate and burst"
+    assert ClientQuotas(0, 0).take(default) == 0.0, "rate 0: no quota"

@@ -206,3 +206,12 @@ def test_impressions_obey_the_bound_the_events_service_set(own_redis, events_ser
 
     assert asyncio.run(serve()) == (0, 1), "the full log takes no impression"
     assert client_of(own_redis).zrange(user_key("user-i", "served"), 0, -1) == ["a", "b"], "the filter still works"
+
+
+def test_one_user_cannot_send_more_than_the_per_user_cap_in_a_window(own_redis, events_service):
+    service = events_service("--user-events-per-window", "5", "--user-window-seconds", "60")
+    assert record(service, [event("user-q", f"i{n}") for n in range(5)]).recorded == 5
+    error = refused(lambda: record(service, [event("user-other", "ok"), event("user-q", "one-more")]))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "user 'user-q' sent more than 5" in error.details()
+    assert not client_of(own_redis).exists(user_key("user-other", "recent")), "nothing of the batch was written"
+    assert record(service, [event("user-other", "ok")]).recorded == 1

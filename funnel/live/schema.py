@@ -9,7 +9,9 @@ after the user's inactivity (`user_ttl`), so a user who left costs nothing:
   to `served_cap`, the key itself expires after it;
 - `funnel:u:{<user>}:event:<client>:<event_id>` an idempotency key: the digest of the event's
   payload, for as long as a client may retry (`idempotency_ttl`). Scoped by user and client, so
-  no one's id can shadow another's event.
+  no one's id can shadow another's event;
+- `funnel:u:{<user>}:quota:<window>` the events the user sent in this window (`user_window`),
+  held under `user_events_per_window`.
 The log: the stream `funnel:events` (every event and impression, with the client that wrote it and a
 sequence number), `funnel:log:seq` (the last sequence number given), `funnel:log:exported` (how far
 the export got: stream id and sequence number) and `funnel:log:config` (its bound and retention,
@@ -74,6 +76,8 @@ class Retention:
     served_cap: int = 1000  # items one user's served set holds at most: one caller cannot grow it without end
     user_ttl_s: int = 90 * 24 * 3600  # a user's state is dropped after this long without an event
     idempotency_ttl_s: int = 24 * 3600  # how long a client may retry a batch and have it recognised
+    user_events_per_window: int = 1000  # events one user may send in a window (0: no cap)
+    user_window_s: int = 60
 
 
 @dataclass(frozen=True)

@@ -57,39 +57,52 @@ local function room(stream, exported_key, wanted, now, retention, max_events)
 end
 """
 
-# KEYS: the stream, the sequence, the export checkpoint, then per event its idempotency key and the
-# user's state key. ARGV: 10 settings, then 8 fields per event. Returns {recorded, duplicates}, or
-# {-1, i} when event i reuses an id with another payload, or {-2, entries} when the log is full:
-# in both cases nothing is written.
+# KEYS: the stream, the sequence, the export checkpoint, then per event its idempotency key, the
+# user's state key and the user's quota counter for this window. ARGV: 12 settings, then 8 fields per
+# event. Returns {recorded, duplicates}; or, with nothing written, {-1, i} when event i reuses an id
+# with another payload, {-2, entries} when the log is full, {-3, i} when event i's user is over quota.
 _RECORD = (
     _ROOM
     + """
 local idem_ttl, recent_cap, dismissed_cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local served_ttl, served_cap, user_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local now, client, max_events, retention = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
-local n = (#KEYS - 3) / 2
-local fresh, wanted = {}, 0
+local user_cap, window = tonumber(ARGV[11]), tonumber(ARGV[12])
+local n = (#KEYS - 3) / 3
+local fresh, wanted, per_user, first_of = {}, 0, {}, {}
 for i = 0, n - 1 do
-  local seen = redis.call('GET', KEYS[4 + 2 * i])
+  local seen = redis.call('GET', KEYS[4 + 3 * i])
   if seen then
-    if seen ~= ARGV[10 + i * 8 + 8] then return {-1, i} end
+    if seen ~= ARGV[12 + i * 8 + 8] then return {-1, i} end
   else
     fresh[i] = true
     wanted = wanted + 1
+    local quota = KEYS[6 + 3 * i]
+    per_user[quota] = (per_user[quota] or 0) + 1
+    if first_of[quota] == nil then first_of[quota] = i end
+  end
+end
+if user_cap > 0 then
+  for quota, count in pairs(per_user) do
+    if tonumber(redis.call('GET', quota) or '0') + count > user_cap then return {-3, first_of[quota]} end
   end
 end
 if wanted > 0 and not room(KEYS[1], KEYS[3], wanted, now, retention, max_events) then
   return {-2, redis.call('XLEN', KEYS[1])}
 end
+for quota, count in pairs(per_user) do
+  redis.call('INCRBY', quota, count)
+  redis.call('PEXPIRE', quota, window)
+end
 for i = 0, n - 1 do
   if fresh[i] then
-    local a = 10 + i * 8
+    local a = 12 + i * 8
     local id, user, item, kind = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
     local ts, value, group = tonumber(ARGV[a + 5]), ARGV[a + 6], ARGV[a + 7]
-    redis.call('SET', KEYS[4 + 2 * i], ARGV[a + 8], 'EX', idem_ttl)
+    redis.call('SET', KEYS[4 + 3 * i], ARGV[a + 8], 'EX', idem_ttl)
     redis.call('XADD', KEYS[1], '*', 'seq', redis.call('INCR', KEYS[2]), 'client', client,
       'event_id', id, 'user_id', user, 'item_id', item, 'type', kind, 'ts', ARGV[a + 5], 'value', value)
-    local key = KEYS[5 + 2 * i]
+    local key = KEYS[5 + 3 * i]
     -- GT: an event replayed late never moves an item back in time.
     if group == 'recent' then
       redis.call('ZADD', key, 'GT', ts, item)
@@ -192,6 +205,14 @@ class PayloadConflict(StoreError):
         self.index = index
 
 
+class UserOverQuota(StoreError):
+    """A user sent more events in this window than the per-user cap allows."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"event {index}'s user is over the per-user cap")
+        self.index = index
+
+
 class LogFull(StoreError):
     """The log holds as many unexported events as its bound allows: an export must run first."""
 
@@ -224,17 +245,22 @@ class LiveStore:
 
     async def record(self, events: Sequence[EventRecord], now_ms: int, client: str) -> tuple[int, int]:
         """Write a batch for `client`; (recorded, duplicates). The script runs as one unit and checks
-        everything before it writes: PayloadConflict or LogFull mean nothing was written. Any other
+        everything before it writes: PayloadConflict, UserOverQuota or LogFull mean nothing was written. Any other
         StoreError means nothing is acknowledged; an error inside the script (the store out of
         memory) can leave its first events written, which a retry with the same ids completes."""
         r, b = self.retention, self.bounds
         keys = [STREAM, LOG_SEQ, LOG_EXPORTED]
+        window_ms = r.user_window_s * 1000
         args: list[str | int | float] = [
             r.idempotency_ttl_s, r.recent_cap, r.dismissed_cap, r.served_ttl_ms, r.served_cap, r.user_ttl_s * 1000,
-            now_ms, client, b.max_events, b.retention_ms,
+            now_ms, client, b.max_events, b.retention_ms, r.user_events_per_window, window_ms,
         ]  # fmt: skip
         for event in events:
-            keys += [event_key(event.user_id, client, event.event_id), user_key(event.user_id, event.group)]
+            keys += [
+                event_key(event.user_id, client, event.event_id),
+                user_key(event.user_id, event.group),
+                user_key(event.user_id, f"quota:{now_ms // window_ms}"),
+            ]
             args += [
                 event.event_id, event.user_id, event.item_id, event.kind, event.timestamp_ms,
                 repr(event.value), event.group, event.digest,
@@ -244,6 +270,8 @@ class LiveStore:
             raise PayloadConflict(int(second))
         if int(first) == -2:
             raise LogFull(int(second))
+        if int(first) == -3:
+            raise UserOverQuota(int(second))
         return int(first), int(second)
 
     async def read(self, user_id: str, now_ms: int, recent: int, dismissed: int, served: int) -> LiveState:

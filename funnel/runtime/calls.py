@@ -22,15 +22,20 @@ import grpc
 from opentelemetry.trace import SpanKind
 
 from funnel.runtime.admission import ConcurrencyLimit
-from funnel.runtime.clients import CALLER, Clients
-from funnel.runtime.errors import FunnelError, InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
+from funnel.runtime.clients import CALLER, Client, Clients
+from funnel.runtime.errors import FunnelError, InvalidArgument, ResourceExhausted
 from funnel.runtime.logs import REQUEST_ID
 from funnel.runtime.metrics import IN_FLIGHT, RPC_LATENCY, RPC_RECEIVED_BYTES, RPC_REQUESTS, RPC_SENT_BYTES, SHED
+from funnel.runtime.quotas import ClientQuotas
 from funnel.runtime.tracing import context_from, trace_metadata, tracer, tracing_on
 
 REQUEST_ID_KEY = "x-request-id"
 # Trailer with the server's own time on the call, so a caller can tell its wait from the work.
 SERVER_TIME_KEY = "x-server-ms"
+# Trailer of a call refused for its client's rate limit: when a token is back.
+RETRY_AFTER_KEY = "retry-after-ms"
+MAX_HOLD_S = 1.0  # the longest a refusal for a client's rate is held
+MAX_HELD = 64  # a client's refusals held at once
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 log = logging.getLogger("funnel.rpc")
@@ -64,9 +69,10 @@ class CallPolicy:
 
     - binds the request id (from `x-request-id` or new) for logs and downstream calls, and echoes
       it in trailing metadata;
-    - with a credentials file, identifies the caller by its bearer token and checks the method's
-      scope (UNAUTHENTICATED, PERMISSION_DENIED) before the call costs anything: it takes no
-      admission slot and its bytes are not parsed;
+    - with a credentials file, identifies the caller by its bearer token, checks the method's scope
+      (UNAUTHENTICATED, PERMISSION_DENIED) and the client's rate limit (RESOURCE_EXHAUSTED with a
+      `retry-after-ms` trailer) before the call costs anything: it takes no admission slot and its
+      bytes are not parsed;
     - refuses a call at once with RESOURCE_EXHAUSTED when the concurrency limit is reached;
     - parses the request (bytes that are no message: INVALID_ARGUMENT);
     - counts calls and records latency by method and final status, and the bytes of the messages
@@ -81,10 +87,14 @@ class CallPolicy:
         access_log: bool = True,
         clients: Callable[[], Clients] | None = None,
         limit: ConcurrencyLimit | None = None,
+        quotas: ClientQuotas | None = None,
     ) -> None:
         self.access_log = access_log
         self.clients = clients  # the current credentials (re-read when the file changes), or None: no checks
         self.limit = limit
+        self.quotas = quotas  # per-client rate limits, with clients
+        self._refusals = RefusalLog()
+        self._held: dict[str, int] = {}  # refusals being held, per client
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """`handler` with the policy around it (unary-unary methods; others pass through)."""
@@ -100,6 +110,7 @@ class CallPolicy:
 
     def _around(self, behavior: Behavior, method: str, parse: Callable[[bytes], Any]) -> Behavior:
         limit, clients, access_log = self.limit, self.clients, self.access_log
+        door = self._door(method)
         counters: dict[Any, Callable[[], None]] = {}  # per final status, filled as statuses occur
 
         def count(code: Any) -> None:
@@ -112,22 +123,30 @@ class CallPolicy:
 
         async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Any:
             metadata = context.invocation_metadata()
+            caller = None
+            if clients is not None:
+                caller = clients().identify(metadata)
+                refusal = door(caller)
+                if refusal is not None:
+                    # Turned away at the door, as cheaply as gRPC allows: no request id, no exception,
+                    # no log line per call (a flood would spend the process on them), no slot taken.
+                    code, message, trailer = refusal
+                    if trailer and caller is not None:
+                        await self._hold(caller.name, int(trailer[0][1]) / 1000)
+                    count(code)
+                    context.set_code(code)
+                    context.set_details(message)
+                    context.set_trailing_metadata(trailer)
+                    return None
             request_id = request_id_from(metadata)
             token = REQUEST_ID.set(request_id)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             trailer = ((REQUEST_ID_KEY, request_id),)
-            caller = clients().identify(metadata) if clients is not None else None
             caller_token = CALLER.set(caller)
             admitted = False
             IN_FLIGHT.inc()
             try:
-                if clients is not None:
-                    if caller is None:
-                        raise Unauthenticated("missing or invalid bearer token in the 'authorization' metadata")
-                    if not caller.may_call(method):
-                        raise PermissionDenied(f"client {caller.name} may not call {method} (scopes: "
-                                               f"{', '.join(sorted(caller.scopes))})")  # fmt: skip
                 admitted = limit is None or limit.try_acquire()
                 if not admitted:
                     shed()
@@ -169,6 +188,70 @@ class CallPolicy:
                 REQUEST_ID.reset(token)
 
         return handle
+
+    async def _hold(self, client: str, wait_s: float) -> None:
+        """A client over its rate waits for its refusal until its next token is due (at most
+        MAX_HOLD_S): one that retries at once, ignoring the hint, is paced to its rate instead of
+        spinning on refusals that each cost this process a little CPU. At most MAX_HELD of a client's
+        calls wait at once; beyond them the refusal is immediate (an open-loop flood is the
+        ingress's to stop)."""
+        held = self._held.get(client, 0)
+        if held >= MAX_HELD:
+            return
+        self._held[client] = held + 1
+        try:
+            await asyncio.sleep(min(wait_s, MAX_HOLD_S))
+        finally:
+            self._held[client] -= 1
+
+    def _door(self, method: str) -> Callable[[Client | None], Refusal | None]:
+        """Who may come in: a known client, with the method's scope, within its rate limit."""
+        quotas, refusals = self.quotas, self._refusals
+
+        def check(caller: Client | None) -> Refusal | None:
+            if caller is None:
+                refusals.note("unauthenticated", method, "")
+                return _UNAUTHENTICATED
+            if not caller.may_call(method):
+                refusals.note("permission denied", method, caller.name)
+                scopes = ", ".join(sorted(caller.scopes))
+                return grpc.StatusCode.PERMISSION_DENIED, f"client {caller.name} may not call {method} ({scopes})", ()
+            wait_s = quotas.take(caller) if quotas is not None else 0.0
+            if wait_s:
+                refusals.note("over its rate limit", method, caller.name)
+                retry_ms = max(1, round(wait_s * 1000))
+                message = f"client {caller.name} is over its rate limit; retry in {retry_ms} ms"
+                return grpc.StatusCode.RESOURCE_EXHAUSTED, message, ((RETRY_AFTER_KEY, str(retry_ms)),)
+            return None
+
+        return check
+
+
+Refusal = tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]
+_UNAUTHENTICATED: Refusal = (
+    grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token in the 'authorization' metadata", ()
+)
+
+
+class RefusalLog:
+    """One log line per kind of refusal, method and client every `every_s` at most, with how many
+    there were since: a flood is visible in the log without the log becoming its cost."""
+
+    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self._clock = clock
+        self._since: dict[tuple[str, str, str], tuple[float, int]] = {}
+
+    def note(self, kind: str, method: str, client: str) -> None:
+        key = (kind, method, client)
+        now = self._clock()
+        logged_at, count = self._since.get(key, (float("-inf"), 0))
+        if now - logged_at < self.every_s:
+            self._since[key] = (logged_at, count + 1)
+            return
+        self._since[key] = (now, 0)
+        log.warning("calls refused at the door", extra={"refusal": kind, "method": method, "client": client,
+                                                        "refused_since_last_line": count + 1})  # fmt: skip
 
 
 class InstrumentedServer:

@@ -168,6 +168,15 @@ class ServerSettings:
         "'authorization: Bearer <token>' of a client with the method's scope (else UNAUTHENTICATED or "
         "PERMISSION_DENIED); re-read when it changes",
     )
+    client_rate_per_s: float = setting(
+        0.0,
+        help="with clients_file: calls a second each client may make to this process (a token bucket; a "
+        "client's own rate= in the file overrides it); beyond it RESOURCE_EXHAUSTED with retry-after-ms; 0 = none",
+        checks=[non_negative],
+    )
+    client_burst: int = setting(
+        0, help="calls a client may make at once before its rate applies (0 = twice the rate)", checks=[non_negative]
+    )
     clients_poll_seconds: float = setting(
         1.0, help="how often the credentials file is checked for changes (rotation without a restart)",
         checks=[positive],

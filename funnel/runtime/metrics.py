@@ -50,6 +50,9 @@ SHED = Counter(
     "Calls refused with RESOURCE_EXHAUSTED because the concurrency limit was reached",
     ["method"],
 )
+QUOTA_REFUSED = Counter(
+    "funnel_rpc_quota_refused_total", "Calls refused because their client was over its rate limit", ["client"]
+)
 CONCURRENCY_LIMIT = Gauge("funnel_rpc_concurrency_limit", "Calls this process accepts at once right now (0 = no limit)")
 RETRIES = Counter(
     "funnel_gateway_extra_calls_total", "Retries and hedges the gateway sent, by stage", ["stage", "kind"]
@@ -68,7 +71,7 @@ def start_metrics_server(host: str, port: int) -> None:
 
 EVENTS = Counter(
     "funnel_events_total",
-    "Events the events service handled, by result (recorded/duplicate/unavailable/conflict/log_full)",
+    "Events the events service handled, by result (recorded/duplicate/unavailable/conflict/user_over_quota/log_full)",
     ["result"],
 )
 # The online store as the events service sees it, every `--store-check-seconds`: what the alert

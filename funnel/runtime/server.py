@@ -32,6 +32,7 @@ from funnel.runtime.config import ServerSettings
 from funnel.runtime.errors import ConfigError
 from funnel.runtime.logs import configure_logging
 from funnel.runtime.metrics import READY, start_metrics_server
+from funnel.runtime.quotas import ClientQuotas
 from funnel.runtime.tls import PLAINTEXT, Tls
 from funnel.runtime.tracing import configure_tracing, shutdown_tracing
 
@@ -131,7 +132,8 @@ async def serve(
     limit = ConcurrencyLimit(settings.max_in_flight, settings.latency_target_ms / 1000)
     server = grpc.aio.server(options=options)
     executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix=f"{name}-cpu")
-    policy = CallPolicy(settings.access_log, clients, limit)
+    quotas = ClientQuotas(settings.client_rate_per_s, settings.client_burst) if clients is not None else None
+    policy = CallPolicy(settings.access_log, clients, limit, quotas)
     runtime = Runtime(InstrumentedServer(server, policy), settings, executor, tls)
     service = build(runtime)
 

@@ -19,7 +19,7 @@ import time
 
 import grpc
 
-from funnel.live.store import LiveStore, LogFull, PayloadConflict, StoreError, connect
+from funnel.live.store import LiveStore, LogFull, PayloadConflict, StoreError, UserOverQuota, connect
 from funnel.runtime.clients import ANONYMOUS, CALLER
 from funnel.runtime.errors import AlreadyExists, ResourceExhausted, Unavailable
 from funnel.runtime.metrics import (
@@ -121,6 +121,13 @@ class EventsService(events_pb2_grpc.EventsServicer):
                 f"events[{exc.index}].event_id {records[exc.index].event_id!r} was recorded before with another "
                 "payload; nothing in this batch was recorded (a retry sends the same payload; a new event needs "
                 "a new id)"
+            ) from None
+        except UserOverQuota as exc:
+            EVENTS.labels("user_over_quota").inc(len(records))
+            user = records[exc.index].user_id
+            raise ResourceExhausted(
+                f"user {user!r} sent more than {s.user_events_per_window} events in {s.user_window_seconds} s; "
+                "nothing in this batch was recorded; retry in the next window"
             ) from None
         except LogFull as exc:
             EVENTS.labels("log_full").inc(len(records))

@@ -11,6 +11,16 @@ from funnel.runtime.config import ServerSettings, non_empty, non_negative, port_
 @dataclass(frozen=True, kw_only=True)
 class EventsSettings(ServerSettings):
     port: int = port_setting(50091, "gRPC port of the public Events API")
+    client_rate_per_s: float = setting(
+        100.0,
+        help="with clients_file: calls a second each client may make to this replica, each of up to max_events "
+        "events (a client's own rate= in the credentials file overrides it); beyond it RESOURCE_EXHAUSTED with "
+        "retry-after-ms; 0 = none",
+        checks=[non_negative],
+    )
+    client_burst: int = setting(
+        200, help="calls a client may make at once before its rate applies", checks=[non_negative]
+    )
     state_store: str = setting(
         help="Redis URL of the online store (redis://host:port/db)", checks=[non_empty, store_url_problem]
     )
@@ -43,6 +53,13 @@ class EventsSettings(ServerSettings):
         "later than this",
         checks=[positive],
     )
+    user_events_per_window: int = setting(
+        1000,
+        help="events one user may send in a window, whichever client sends them; beyond it the batch is refused "
+        "(RESOURCE_EXHAUSTED) and nothing of it written; 0 = no cap",
+        checks=[non_negative],
+    )
+    user_window_seconds: int = setting(60, help="the per-user cap's window", checks=[positive])
     log_max_events: int = setting(
         10_000_000,
         help="most entries the event log holds that were not exported; beyond it writes are refused "
@@ -69,6 +86,8 @@ class EventsSettings(ServerSettings):
             served_cap=self.served_cap,
             user_ttl_s=int(self.user_ttl_seconds),
             idempotency_ttl_s=self.idempotency_seconds,
+            user_events_per_window=self.user_events_per_window,
+            user_window_s=self.user_window_seconds,
         )
 
     def log_bounds(self) -> LogBounds:
