@@ -281,3 +281,51 @@ def test_a_token_bucket_refills_at_the_clients_rate_up_to_its_burst():
     assert [quotas.take(default) == 0.0 for _ in range(4)] == [True, True, True, False], "3.5 tokens back"
     assert quotas.take(own) == 0.0 and quotas.take(own) == pytest.approx(1.0), "its own line's rate and burst"
     assert ClientQuotas(0, 0).take(default) == 0.0, "rate 0: no quota"
+
+
+def test_a_client_bound_to_its_users_acts_only_for_the_subject_of_a_valid_user_token(
+    stack, start_gateway, start_service, tmp_path
+):
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    signer = ec.generate_private_key(ec.SECP256R1())
+    public = signer.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "users.pem").write_bytes(public)
+    token, line = new_credential("app", ["recommend", "record_events"], ["bind_user"])
+    (tmp_path / "clients").write_text(line + "\n")
+
+    def user_token(subject: str, expires_in: float = 300, key=signer) -> str:
+        claims = {"sub": subject, "exp": int(time.time() + expires_in), "aud": "funnel", "iss": "https://id.example"}
+        return jwt.encode(claims, key, algorithm="ES256")
+
+    assert stack.redis is not None
+    flags = ["--clients-file", str(tmp_path / "clients"), "--user-token-key-file", str(tmp_path / "users.pem"),
+             "--user-token-audience", "funnel", "--user-token-issuer", "https://id.example"]  # fmt: skip
+    shards = f"{stack.address('retrieval-0-0')};{stack.address('retrieval-1-0')}"
+    gateway = start_gateway(shards, stack.address("ranking-0"), stack.address("reranking-0"), *flags)
+    events = start_service("services.events", ["--state-store", stack.redis.url, *flags])
+    bearer = ("authorization", f"Bearer {token}")
+    alice = recommender_pb2.RecommendRequest(user_id="bound-alice", num_results=3)
+
+    assert len(recommend(gateway.address, (bearer, ("x-user-token", user_token("bound-alice"))), alice).items) == 3
+    error = refused(lambda: recommend(gateway.address, (bearer, ("x-user-token", user_token("bound-mallory"))), alice))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "'bound-mallory'" in error.details()
+    forged = user_token("bound-alice", key=ec.generate_private_key(ec.SECP256R1()))
+    for metadata in (
+        (bearer,),
+        (bearer, ("x-user-token", user_token("bound-alice", -120))),
+        (bearer, ("x-user-token", forged)),
+    ):
+        assert (
+            refused(lambda m=metadata: recommend(gateway.address, m, alice)).code() == grpc.StatusCode.UNAUTHENTICATED
+        )
+
+    own = (bearer, ("x-user-token", user_token("bound-alice")))
+    assert record(events.address, [event("bound-alice", "i0000001")], own).recorded == 1
+    error = refused(lambda: record(events.address, [event("bound-alice", "i2"), event("bound-bob", "i0000007")], own))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "'bound-bob'" in error.details()
+    assert not store(stack).exists("funnel:u:{bound-bob}:recent"), "nothing written for the other user"

@@ -23,11 +23,12 @@ from opentelemetry.trace import SpanKind
 
 from funnel.runtime.admission import ConcurrencyLimit
 from funnel.runtime.clients import CALLER, Client, Clients
-from funnel.runtime.errors import FunnelError, InvalidArgument, ResourceExhausted
+from funnel.runtime.errors import FunnelError, InvalidArgument, PermissionDenied, ResourceExhausted
 from funnel.runtime.logs import REQUEST_ID
 from funnel.runtime.metrics import IN_FLIGHT, RPC_LATENCY, RPC_RECEIVED_BYTES, RPC_REQUESTS, RPC_SENT_BYTES, SHED
 from funnel.runtime.quotas import ClientQuotas
 from funnel.runtime.tracing import context_from, trace_metadata, tracer, tracing_on
+from funnel.runtime.user_tokens import METHOD_USERS, USER_TOKEN_KEY, UserTokens
 
 REQUEST_ID_KEY = "x-request-id"
 # Trailer with the server's own time on the call, so a caller can tell its wait from the work.
@@ -70,11 +71,12 @@ class CallPolicy:
     - binds the request id (from `x-request-id` or new) for logs and downstream calls, and echoes
       it in trailing metadata;
     - with a credentials file, identifies the caller by its bearer token, checks the method's scope
-      (UNAUTHENTICATED, PERMISSION_DENIED) and the client's rate limit (RESOURCE_EXHAUSTED with a
-      `retry-after-ms` trailer) before the call costs anything: it takes no admission slot and its
-      bytes are not parsed;
+      (UNAUTHENTICATED, PERMISSION_DENIED), a bound client's user token, and the client's rate limit
+      (RESOURCE_EXHAUSTED with a `retry-after-ms` trailer) before the call costs anything: it takes
+      no admission slot and its bytes are not parsed;
     - refuses a call at once with RESOURCE_EXHAUSTED when the concurrency limit is reached;
-    - parses the request (bytes that are no message: INVALID_ARGUMENT);
+    - parses the request (bytes that are no message: INVALID_ARGUMENT) and, for a client bound to
+      its users, checks that the request acts for the user token's subject (PERMISSION_DENIED);
     - counts calls and records latency by method and final status, and the bytes of the messages
       each way by method, and writes one access-log line per call (with the client's name, never
       its token) when asked to;
@@ -88,11 +90,13 @@ class CallPolicy:
         clients: Callable[[], Clients] | None = None,
         limit: ConcurrencyLimit | None = None,
         quotas: ClientQuotas | None = None,
+        user_tokens: UserTokens | None = None,
     ) -> None:
         self.access_log = access_log
         self.clients = clients  # the current credentials (re-read when the file changes), or None: no checks
         self.limit = limit
         self.quotas = quotas  # per-client rate limits, with clients
+        self.user_tokens = user_tokens  # for clients bound to their users
         self._refusals = RefusalLog()
         self._held: dict[str, int] = {}  # refusals being held, per client
 
@@ -123,10 +127,10 @@ class CallPolicy:
 
         async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Any:
             metadata = context.invocation_metadata()
-            caller = None
+            caller = subject = None
             if clients is not None:
                 caller = clients().identify(metadata)
-                refusal = door(caller)
+                refusal, subject = door(caller, metadata)
                 if refusal is not None:
                     # Turned away at the door, as cheaply as gRPC allows: no request id, no exception,
                     # no log line per call (a flood would spend the process on them), no slot taken.
@@ -156,6 +160,10 @@ class CallPolicy:
                 request = parse(data)
                 if isinstance(request, Undecodable):
                     raise InvalidArgument(f"the request is not a valid message for {method}: {request.error}")
+                if subject is not None:
+                    others = sorted(METHOD_USERS[method](request) - {subject})
+                    if others:
+                        raise PermissionDenied(f"the user token is {subject!r}'s; this call acts for {others[0]!r}")
                 reply = await behavior(request, context)
                 server_ms = f"{(time.perf_counter() - started) * 1000:.3f}"
                 context.set_trailing_metadata((*trailer, (SERVER_TIME_KEY, server_ms)))
@@ -204,32 +212,48 @@ class CallPolicy:
         finally:
             self._held[client] -= 1
 
-    def _door(self, method: str) -> Callable[[Client | None], Refusal | None]:
-        """Who may come in: a known client, with the method's scope, within its rate limit."""
-        quotas, refusals = self.quotas, self._refusals
+    def _door(
+        self, method: str
+    ) -> Callable[[Client | None, Sequence[tuple[str, Any]] | None], tuple[Refusal | None, str | None]]:
+        """Who may come in: a known client, with the method's scope, within its rate limit; for a
+        client bound to its users, with a valid user token (whose subject is checked against the
+        request once it is parsed). (refusal, the user token's subject)."""
+        quotas, refusals, user_tokens = self.quotas, self._refusals, self.user_tokens
 
-        def check(caller: Client | None) -> Refusal | None:
+        def check(
+            caller: Client | None, metadata: Sequence[tuple[str, Any]] | None
+        ) -> tuple[Refusal | None, str | None]:
             if caller is None:
                 refusals.note("unauthenticated", method, "")
-                return _UNAUTHENTICATED
-            if not caller.may_call(method):
+                return _UNAUTHENTICATED, None
+            if not caller.may_call(method) or (caller.bind_user and method not in METHOD_USERS):
                 refusals.note("permission denied", method, caller.name)
                 scopes = ", ".join(sorted(caller.scopes))
-                return grpc.StatusCode.PERMISSION_DENIED, f"client {caller.name} may not call {method} ({scopes})", ()
+                return (grpc.StatusCode.PERMISSION_DENIED, f"client {caller.name} may not call {method} ({scopes})",
+                        ()), None  # fmt: skip
+            subject = None
+            if caller.bind_user:
+                subject = user_tokens.subject(metadata) if user_tokens is not None else None
+                if subject is None:
+                    refusals.note("without a valid user token", method, caller.name)
+                    return (grpc.StatusCode.UNAUTHENTICATED, f"client {caller.name} acts for its users: the call "
+                            f"needs a valid signed token in '{USER_TOKEN_KEY}'", ()), None  # fmt: skip
             wait_s = quotas.take(caller) if quotas is not None else 0.0
             if wait_s:
                 refusals.note("over its rate limit", method, caller.name)
                 retry_ms = max(1, round(wait_s * 1000))
                 message = f"client {caller.name} is over its rate limit; retry in {retry_ms} ms"
-                return grpc.StatusCode.RESOURCE_EXHAUSTED, message, ((RETRY_AFTER_KEY, str(retry_ms)),)
-            return None
+                return (grpc.StatusCode.RESOURCE_EXHAUSTED, message, ((RETRY_AFTER_KEY, str(retry_ms)),)), None
+            return None, subject
 
         return check
 
 
 Refusal = tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]
 _UNAUTHENTICATED: Refusal = (
-    grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token in the 'authorization' metadata", ()
+    grpc.StatusCode.UNAUTHENTICATED,
+    "missing or invalid bearer token in the 'authorization' metadata",
+    (),
 )
 
 

@@ -177,6 +177,14 @@ class ServerSettings:
     client_burst: int = setting(
         0, help="calls a client may make at once before its rate applies (0 = twice the rate)", checks=[non_negative]
     )
+    user_token_key_file: str = setting(
+        "",
+        help="key that verifies end-user tokens (JWT in 'x-user-token'): a PEM public key (RS256, ES256) or a shared "
+        "secret (HS256); clients marked bind_user act only for the subject of such a token; re-read when it changes",
+    )
+    user_token_algorithms: str = setting("RS256,ES256", help="algorithms a user token may be signed with, by ','")
+    user_token_audience: str = setting("", help="the audience a user token must name (empty: it must name none)")
+    user_token_issuer: str = setting("", help="the issuer a user token must name (empty: not checked)")
     clients_poll_seconds: float = setting(
         1.0, help="how often the credentials file is checked for changes (rotation without a restart)",
         checks=[positive],

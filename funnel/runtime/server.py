@@ -35,6 +35,7 @@ from funnel.runtime.metrics import READY, start_metrics_server
 from funnel.runtime.quotas import ClientQuotas
 from funnel.runtime.tls import PLAINTEXT, Tls
 from funnel.runtime.tracing import configure_tracing, shutdown_tracing
+from funnel.runtime.user_tokens import UserTokens
 
 log = logging.getLogger("funnel.server")
 # Health service name that answers SERVING while the process runs, whatever its readiness: the
@@ -102,12 +103,17 @@ def run(name: str, settings: ServerSettings, build: Callable[[Runtime], Service]
     try:
         configure_tracing(name)
         clients = ClientsFile(settings.clients_file) if settings.clients_file else None
+        user_tokens = (
+            UserTokens(settings.user_token_key_file, settings.user_token_algorithms.split(","),
+                       settings.user_token_audience, settings.user_token_issuer)
+            if settings.user_token_key_file else None
+        )  # fmt: skip
         tls = Tls.from_settings(settings)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(exits.CONFIG_ERROR) from None
     try:
-        if not asyncio.run(serve(name, settings, build, clients, tls)):
+        if not asyncio.run(serve(name, settings, build, clients, tls, user_tokens)):
             raise SystemExit(exits.START_FAILED)
     finally:
         shutdown_tracing()
@@ -119,6 +125,7 @@ async def serve(
     build: Callable[[Runtime], Service],
     clients: ClientsFile | None = None,
     tls: Tls = PLAINTEXT,
+    user_tokens: UserTokens | None = None,
 ) -> bool:
     """Serve until a stop signal; False when start-up (loading artifacts) failed."""
     options = [
@@ -133,7 +140,7 @@ async def serve(
     server = grpc.aio.server(options=options)
     executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix=f"{name}-cpu")
     quotas = ClientQuotas(settings.client_rate_per_s, settings.client_burst) if clients is not None else None
-    policy = CallPolicy(settings.access_log, clients, limit, quotas)
+    policy = CallPolicy(settings.access_log, clients, limit, quotas, user_tokens)
     runtime = Runtime(InstrumentedServer(server, policy), settings, executor, tls)
     service = build(runtime)
 
