@@ -24,11 +24,12 @@ def server_binary() -> Path:
 
 
 def answers_ping(host: str, port: int) -> bool:
-    """Whether a Redis server on host:port answers PING (a LOADING server does not yet)."""
+    """Whether a Redis server on host:port answers PING (a LOADING server does not yet; one whose
+    default user is off answers that it needs a password: it is up)."""
     try:
         with socket.create_connection((host, port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -39,6 +40,7 @@ class RedisServer:
     port: int
     log_path: Path
     host: str = "127.0.0.1"
+    acl_file: Path | None = None  # users and their commands (funnel/live/acl.py); None: the default user only
     process: subprocess.Popen | None = None
     _log_start: int = 0  # where this start's lines begin in the appended log
 
@@ -58,6 +60,7 @@ class RedisServer:
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",
             "--protected-mode", "yes",
+            *(["--aclfile", str(self.acl_file.resolve())] if self.acl_file else []),
         ]  # fmt: skip
 
     def start(self) -> subprocess.Popen:

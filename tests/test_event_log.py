@@ -215,3 +215,56 @@ def test_one_user_cannot_send_more_than_the_per_user_cap_in_a_window(own_redis, 
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "user 'user-q' sent more than 5" in error.details()
     assert not client_of(own_redis).exists(user_key("user-other", "recent")), "nothing of the batch was written"
     assert record(service, [event("user-other", "ok")]).recorded == 1
+
+
+def test_each_service_has_a_store_user_with_only_its_commands_and_no_password_shows(
+    stack, start_gateway, start_service, tmp_path
+):
+    """Redis run with the roles' ACL file (the one the Kubernetes Secret holds): the gateway and the
+    events service work on their own users, and neither may FLUSHALL, CONFIG SET or DEBUG."""
+    import secrets as token_source
+
+    from funnel.live.acl import ROLES, acl_file
+
+    passwords = {role: token_source.token_urlsafe(16) for role in ROLES}
+    (tmp_path / "users.acl").write_text(acl_file(passwords))
+    for role, password in passwords.items():
+        (tmp_path / role).write_text(password + "\n")
+    acl = tmp_path / "users.acl"
+    server = start_server(lambda: RedisServer(tmp_path / "redis", reserve_port(), tmp_path / "log", acl_file=acl), 30)
+    try:
+        url = f"redis://{{}}@{server.host}:{server.port}/0"
+        events = start_service(
+            "services.events",
+            ["--state-store", url.format("events"), "--state-store-password-file", str(tmp_path / "events")],
+        )
+        shards = f"{stack.address('retrieval-0-0')};{stack.address('retrieval-1-0')}"
+        gateway = start_gateway(
+            shards, stack.address("ranking-0"), stack.address("reranking-0"), "--state-store", url.format("gateway"),
+            "--state-store-password-file", str(tmp_path / "gateway"),
+        )  # fmt: skip
+        assert record(events, [event("acl-user", "i0000003")]).recorded == 1
+        with grpc.insecure_channel(gateway.address) as channel:
+            from funnel.v1 import recommender_pb2, recommender_pb2_grpc
+
+            reply = recommender_pb2_grpc.RecommenderStub(channel).Recommend(
+                recommender_pb2.RecommendRequest(user_id="acl-user", num_results=5), timeout=5
+            )
+        assert not reply.degraded, reply.stages  # the live-state read went through on the gateway's user
+        for role in ("gateway", "events", "export"):
+            as_role = redis.Redis(host=server.host, port=server.port, username=role, password=passwords[role])
+            for command in (("FLUSHALL",), ("CONFIG", "SET", "appendfsync", "no"), ("DEBUG", "SLEEP", "0")):
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    as_role.execute_command(*command)
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(host=server.host, port=server.port).ping()  # no user, no access
+        export_run = subprocess.run(
+            [sys.executable, "-m", "training.export_events", "--store", url.format("export"), "--password-file",
+             str(tmp_path / "export"), "--out", str(tmp_path / "log.csv")],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert export_run.returncode == 0, export_run.stderr
+        logs = "".join(p.read_text() for p in (*tmp_path.glob("*.log"), tmp_path / "log")) + export_run.stderr
+        assert not [password for password in passwords.values() if password in logs]
+    finally:
+        server.stop()

@@ -2,7 +2,7 @@
 far the export got, so the log may trim what is exported (and nothing else).
 
     python -m training.export_events --store redis://127.0.0.1:6390/0 --out events.csv \
-        [--exclude-clients forged-app,other] [--after ID --no-commit]
+        [--password-file FILE] [--exclude-clients forged-app,other] [--after ID --no-commit]
 
 Columns: user_id, item_id, timestamp (Unix seconds), event_type, weight, event_id, client: the
 format of `training.build --interactions` (which counts every type but impressions and dismissals as
@@ -29,6 +29,7 @@ from pathlib import Path
 import redis
 
 from funnel.live.schema import LOG_EXPORTED, STREAM
+from funnel.runtime.config import shown
 
 COLUMNS = ("user_id", "item_id", "timestamp", "event_type", "weight", "event_id", "client")
 PAGE = 10_000
@@ -106,7 +107,8 @@ def export(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", required=True, help="Redis URL of the online store")
+    parser.add_argument("--store", required=True, help="Redis URL of the online store (the `export` user's)")
+    parser.add_argument("--password-file", default="", help="file holding that user's password (a mounted Secret)")
     parser.add_argument("--out", type=Path, required=True, help="CSV file to write")
     parser.add_argument("--exclude-clients", default="", help="clients whose events are left out, comma separated")
     parser.add_argument("--after", help="export the entries after this stream id (exclusive), not the checkpoint's")
@@ -114,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     excluded = frozenset(name for name in args.exclude_clients.split(",") if name)
     try:
-        result = export(redis.Redis.from_url(args.store, decode_responses=True), args.out, args.after,
-                        not args.no_commit, excluded)  # fmt: skip
+        password = Path(args.password_file).read_text().strip() if args.password_file else None
+        client = redis.Redis.from_url(args.store, password=password, decode_responses=True)
+        result = export(client, args.out, args.after, not args.no_commit, excluded)
     except redis.RedisError as exc:
-        print(f"error: the store at {args.store} could not be read: {exc}", file=sys.stderr)
+        print(f"error: the store at {shown(args.store)} could not be read: {exc}", file=sys.stderr)
         return 1
     except ExportGap as exc:
         print(f"error: {exc}; the checkpoint was not moved", file=sys.stderr)

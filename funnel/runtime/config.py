@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +53,16 @@ def one_of(*allowed: str) -> Check:
 
 def non_empty(value: Any) -> str | None:
     return None if value else "must not be empty"
+
+
+def readable_file(path: str) -> str | None:
+    """A settings check: empty, or a file this process can read (a mounted Secret, say)."""
+    return None if not path or (os.path.isfile(path) and os.access(path, os.R_OK)) else "is not a readable file"
+
+
+def shown(value: Any) -> str:
+    """A value as a problem message may show it: a URL's password is masked."""
+    return re.sub(r"(://[^:/@\s]*:)[^@/\s]*@", r"\1***@", repr(value))
 
 
 def port_setting(default: int, help: str = "gRPC port") -> Any:
@@ -106,7 +117,7 @@ def load_settings(cls: type[T], argv: Sequence[str] | None = None, env: Mapping[
         try:
             values[field.name] = _parse(raw, hints[field.name])
         except ValueError as exc:
-            problems.append(f"{field.name}: {origin}={raw!r} is invalid: {exc}")
+            problems.append(f"{field.name}: {origin}={shown(raw)} is invalid: {exc}")
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -115,7 +126,7 @@ def load_settings(cls: type[T], argv: Sequence[str] | None = None, env: Mapping[
         for check in field.metadata.get("checks", ()):
             message = check(getattr(settings, field.name))
             if message:
-                problems.append(f"{field.name}={getattr(settings, field.name)!r} {message}")
+                problems.append(f"{field.name}={shown(getattr(settings, field.name))} {message}")
     cross_check = getattr(settings, "validate", None)
     if callable(cross_check):
         problems.extend(cross_check())

@@ -45,7 +45,7 @@ class EventsService(events_pb2_grpc.EventsServicer):
     def __init__(self, runtime: Runtime, settings: EventsSettings) -> None:
         self.runtime = runtime
         self.settings = settings
-        client = connect(settings.state_store, settings.store_timeout_ms / 1000)
+        client = connect(settings.state_store, settings.store_timeout_ms / 1000, settings.state_store_password_file)
         self.store = LiveStore(client, settings.retention(), settings.log_bounds())
         self._watching: asyncio.Task[None] | None = None
         self.store_ready = False  # its own flag: readiness also turns off while draining, writes must not

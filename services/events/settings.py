@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from funnel.live.schema import LogBounds, Retention, store_url_problem
-from funnel.runtime.config import ServerSettings, non_empty, non_negative, port_setting, positive, setting
+from funnel.runtime.config import (
+    ServerSettings,
+    non_empty,
+    non_negative,
+    port_setting,
+    positive,
+    readable_file,
+    setting,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +31,11 @@ class EventsSettings(ServerSettings):
     )
     state_store: str = setting(
         help="Redis URL of the online store (redis://host:port/db)", checks=[non_empty, store_url_problem]
+    )
+    state_store_password_file: str = setting(
+        "",
+        help="file holding the password of the store's user named in state_store (a mounted Secret); empty: none",
+        checks=[readable_file],
     )
     store_timeout_ms: float = setting(
         2000.0, help="most one write may take before the call fails UNAVAILABLE", checks=[positive]

@@ -8,7 +8,15 @@ from funnel import sources
 from funnel.fusion import DEFAULT_LIMITS
 from funnel.live.schema import ReadLimits, Retention, store_url_problem
 from funnel.runtime.channels import listed_hosts
-from funnel.runtime.config import ServerSettings, non_empty, non_negative, port_setting, positive, setting
+from funnel.runtime.config import (
+    ServerSettings,
+    non_empty,
+    non_negative,
+    port_setting,
+    positive,
+    readable_file,
+    setting,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +134,11 @@ class GatewaySettings(ServerSettings):
         "(recent interactions, dismissals, what was served) and the answer is recorded as impressions; empty: "
         "answers use the bundle's stored history only",
         checks=[store_url_problem],
+    )
+    state_store_password_file: str = setting(
+        "",
+        help="file holding the password of the store's user named in state_store (a mounted Secret); empty: none",
+        checks=[readable_file],
     )
     # The read itself takes under a millisecond; its wall time is mostly the gateway's own event loop
     # when busy. 100-result requests from 8 clients at once on 2 cores took it to p99 13.7 ms (6% of
