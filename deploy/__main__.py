@@ -7,6 +7,8 @@
   python -m deploy status   --overlay prod [--wait 300]           readiness per stage
   python -m deploy images   [--tag 0.1.0]                         docker build of every image (make images)
   python -m deploy configuration [--check]                        docs/configuration.md from the settings (make docs)
+  python -m deploy credentials new NAME --scopes S[,S] --file F   a client's token (printed once) and its line in F
+  python -m deploy secrets  --overlay dev --clients F [--apply]   the Secrets the overlays mount (YAML, or applied)
 
 The cluster comes from the in-cluster service account or the kubeconfig (KUBECONFIG,
 ~/.kube/config; --context picks one). Exit status: 0 done / ready, 1 a check failed, an object
@@ -20,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from deploy import cluster
 from deploy.images import DOCKERFILES
@@ -114,6 +117,46 @@ def _images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _credentials(args: argparse.Namespace) -> int:
+    from funnel.runtime.clients import new_credential
+    from funnel.runtime.errors import ConfigError
+
+    options = ["bind_user"] if args.bind_user else []
+    options += [f"rate={args.rate:g}"] if args.rate else []
+    options += [f"burst={args.burst}"] if args.burst else []
+    try:
+        token, line = new_credential(args.name, [s for s in args.scopes.split(",") if s], options)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with args.file.open("a") as clients:
+        clients.write(line + "\n")
+    print(f"# {args.name}'s token, shown this once (the file keeps its digest); the client sends "
+          "'authorization: Bearer <token>'", file=sys.stderr)  # fmt: skip
+    print(token)
+    return 0
+
+
+def _secrets(args: argparse.Namespace) -> int:
+    import yaml
+
+    from deploy.secrets import funnel_secrets
+    from funnel.runtime.errors import ConfigError
+
+    try:
+        objects = funnel_secrets(_namespace(args), args.clients)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.apply:
+        sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+        return 0
+    results = cluster.apply(cluster.connect(args.context), objects)
+    for result in results:
+        print(f"  {result.object:50} {result.namespace:12} {result.outcome}")  # names only, never the data
+    return 1 if any(r.outcome.startswith("failed") for r in results) else 0
+
+
 def _configuration(args: argparse.Namespace) -> int:
     from deploy import configuration
 
@@ -140,6 +183,22 @@ def main(argv: list[str] | None = None) -> int:
         "configuration", help="write docs/configuration.md from every process's settings classes"
     )
     configuration_cmd.add_argument("--check", action="store_true", help="only say whether it is up to date")
+    credentials_cmd = commands.add_parser(
+        "credentials", help="a new client: its token, and its line in a credentials file"
+    )
+    credentials_cmd.add_argument("action", choices=["new"])
+    credentials_cmd.add_argument("name")
+    credentials_cmd.add_argument("--scopes", required=True, help="recommend, record_events and/or admin, by ','")
+    credentials_cmd.add_argument("--file", type=Path, required=True, help="the credentials file to append to")
+    credentials_cmd.add_argument("--rate", type=float, default=0.0, help="calls a second (default: the process's)")
+    credentials_cmd.add_argument("--burst", type=int, default=0, help="calls at once (default: the process's)")
+    credentials_cmd.add_argument("--bind-user", action="store_true", help="acts only for its users' signed tokens")
+    secrets_cmd = commands.add_parser("secrets", help="the Secrets the overlays mount: clients and store users")
+    secrets_cmd.add_argument("--overlay", default="dev", help=f"{', '.join(OVERLAYS)} or a kustomization folder")
+    secrets_cmd.add_argument("--namespace", help="default: the overlay's namespace")
+    secrets_cmd.add_argument("--clients", type=Path, required=True, help="the credentials file")
+    secrets_cmd.add_argument("--apply", action="store_true", help="apply them (else print the YAML)")
+    secrets_cmd.add_argument("--context", help="kubeconfig context (default: the current one)")
     images_cmd.add_argument("--tag", default=project_version())
     images_cmd.add_argument(
         "--repository", default="funnel", help="image name prefix, e.g. registry.example.com/funnel"
@@ -164,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         handlers = {
             "validate": _validate, "apply": _apply, "scale": _scale, "status": _status, "images": _images,
-            "configuration": _configuration,
+            "configuration": _configuration, "credentials": _credentials, "secrets": _secrets,
         }  # fmt: skip
         handler = handlers[args.command]
         return handler(args)

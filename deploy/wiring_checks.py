@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 from urllib.parse import urlsplit
 
 from deploy.images import DOCKERFILES, image_basename, parse
@@ -20,6 +21,7 @@ from funnel.runtime.config import ServerSettings, env_name, load_settings
 from funnel.runtime.errors import ConfigError
 from funnel.runtime.server import LIVENESS_SERVICE
 from funnel.triton.model_repository import CLUSTER_CONFIGS
+from services.events.settings import EventsSettings
 from services.gateway.settings import GatewaySettings
 from services.ranking.settings import RankingSettings
 from services.retrieval.settings import RetrievalSettings
@@ -82,37 +84,76 @@ def wiring_problems(manifests: Manifests) -> list[str]:
     if not any(isinstance(settings, GatewaySettings) for _, settings in loaded.values()):
         problems.append("no gateway Deployment")
     for container, settings in loaded.values():
+        if isinstance(settings, GatewaySettings | EventsSettings) and not settings.clients_file:
+            problems.append(f"{container.name}: a public service must check its callers: set FUNNEL_CLIENTS_FILE "
+                            "(the Secret funnel-clients: python -m deploy secrets)")  # fmt: skip
         if isinstance(settings, GatewaySettings):
             problems += _gateway_problems(manifests, container, settings, containers, loaded)
         if isinstance(settings, RankingSettings):
             problems += _triton_problems(manifests, container, settings)
         if getattr(settings, "state_store", ""):
-            problems += _store_problems(manifests, container, settings.state_store)  # type: ignore[attr-defined]
+            problems += _store_problems(manifests, container, settings)
     return problems
 
 
-def _store_problems(manifests: Manifests, container: Container, url: str) -> list[str]:
-    """FUNNEL_STATE_STORE names a Service of this namespace, on a port a Redis container listens on
-    with append-only persistence fsynced before every reply (the events service refuses anything
-    less). An address outside the manifests (a managed Redis) is the operator's to check."""
+# The oldest release of each Redis line with the fixes for the Lua remote-code-execution CVEs of 2025;
+# a line not listed is refused unless newer than all of them.
+REDIS_FIXED = {(6, 2): (6, 2, 20), (7, 2): (7, 2, 11), (7, 4): (7, 4, 6), (8, 0): (8, 0, 4)}
+
+
+def _store_problems(manifests: Manifests, container: Container, settings: ServerSettings) -> list[str]:
+    """FUNNEL_STATE_STORE names a user of the store with a password file, and a Service of this
+    namespace whose Redis listens on that port with append-only persistence fsynced before every
+    reply (the events service refuses anything less), no eviction under a memory limit, protected
+    mode, users from an ACL file (the default user off: `python -m deploy secrets`), and an image with
+    the Lua fixes. An address outside the manifests (a managed Redis) is the operator's to check."""
+    url: str = getattr(settings, "state_store", "")
     parsed = urlsplit(url)  # a Redis URL: the settings loaded (store_url_problem)
+    problems = []
+    if not parsed.username or not getattr(settings, "state_store_password_file", ""):
+        problems.append(f"{container.name}: FUNNEL_STATE_STORE must name the store user of this service "
+                        "(redis://<user>@host:port/db) and FUNNEL_STATE_STORE_PASSWORD_FILE its password")  # fmt: skip
     service = manifests.get("Service", (parsed.hostname or "").split(".")[0])
     if service is None:
-        return []
+        return problems
     port = parsed.port or 6379
     ports = [p for p in service["spec"]["ports"] if p["port"] == port]
     if not ports:
-        return [f"{container.name}: FUNNEL_STATE_STORE: {object_id(service)} has no port {port}"]
-    problems = []
+        return [*problems, f"{container.name}: FUNNEL_STATE_STORE: {object_id(service)} has no port {port}"]
     for workload in manifests.pods_selected_by(service["spec"]["selector"]):
         redis = Container(workload, workload["spec"]["template"]["spec"]["containers"][0])
         if redis.port(ports[0].get("targetPort", port)) is None:
             problems.append(f"{object_id(service)}: port {port} reaches no port of {object_id(workload)}")
-        args = redis.spec.get("args", [])
-        # Redis takes "--name value" pairs
-        flags = {name: value for name, value in zip(args, [*args[1:], ""], strict=True) if name.startswith("--")}
-        if flags.get("--appendonly") != "yes" or flags.get("--appendfsync") != "always":
-            problems.append(f"{object_id(workload)}: Redis must run --appendonly yes --appendfsync always")
+        problems += [f"{object_id(workload)}: {problem}" for problem in redis_problems(redis)]
+    return problems
+
+
+def redis_problems(redis: Container) -> list[str]:
+    args = redis.spec.get("args", [])
+    # Redis takes "--name value" pairs
+    flags = {name: value for name, value in zip(args, [*args[1:], ""], strict=True) if name.startswith("--")}
+    problems = []
+    if flags.get("--appendonly") != "yes" or flags.get("--appendfsync") != "always":
+        problems.append("Redis must run --appendonly yes --appendfsync always")
+    if flags.get("--maxmemory-policy") != "noeviction" or not flags.get("--maxmemory"):
+        problems.append("Redis must run --maxmemory-policy noeviction under a --maxmemory (acknowledged data is never "
+                        "evicted; the memory alerts read the limit)")  # fmt: skip
+    if flags.get("--protected-mode") != "yes":
+        problems.append("Redis must run --protected-mode yes")
+    acl = flags.get("--aclfile", "")
+    found = redis.mount_for(acl) if acl else None
+    if found is None or found["volume"] is None or "secret" not in found["volume"]:
+        problems.append("Redis must load its users from --aclfile on a mounted Secret (python -m deploy secrets)")
+    version = re.search(r":(\d+)\.(\d+)\.(\d+)", redis.spec.get("image", ""))
+    if version is None:
+        problems.append(f"Redis image {redis.spec.get('image')!r} names no version: pin one with the Lua fixes")
+    else:
+        release = tuple(int(part) for part in version.groups())
+        fixed = REDIS_FIXED.get(release[:2])
+        if (fixed is None and release[:2] < max(REDIS_FIXED)) or (fixed is not None and release < fixed):
+            fixes = ", ".join(".".join(map(str, v)) for v in REDIS_FIXED.values())
+            problems.append(f"Redis {'.'.join(map(str, release))} predates the fixes for the Lua remote-code-execution "
+                            f"CVEs ({fixes} or later)")  # fmt: skip
     return problems
 
 
@@ -173,7 +214,8 @@ def _listening_problems(manifests: Manifests, container: Container, settings: Se
 
 def _file_problems(manifests: Manifests, container: Container, settings: ServerSettings) -> list[str]:
     problems = []
-    for field in ("artifact_dir", "policy_path", "tls_cert_file", "tls_key_file", "tls_ca_file"):
+    files = ("clients_file", "user_token_key_file", "state_store_password_file")
+    for field in ("artifact_dir", "policy_path", "tls_cert_file", "tls_key_file", "tls_ca_file", *files):
         path = getattr(settings, field, None)
         if not path:
             continue

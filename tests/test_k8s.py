@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,6 +23,8 @@ from deploy.render import OVERLAYS, render
 from deploy.schema_checks import VERSIONS
 from deploy.validate import manifest_problems
 from deploy.wiring_checks import container_env, funnel_containers
+from funnel.live.acl import ROLES, acl_file
+from funnel.runtime.clients import new_credential
 from launcher.health import health_status, wait_listening, wait_serving
 from launcher.ports import PortTaken, reserve_port, retry_on_port_taken, start_server
 from launcher.processes import alive, spawn, stop_group, tail
@@ -132,6 +136,35 @@ def _triton_arg(old: str, new: str) -> Callable[[Objects], None]:
     return mutate
 
 
+def _redis_flag(flag: str, value: str | None) -> Callable[[Objects], None]:
+    """Redis run with `flag` set to `value` (None: without the flag)."""
+
+    def mutate(objects: Objects) -> None:
+        args = find(objects, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]["args"]
+        at = args.index(flag)
+        if value is None:
+            del args[at : at + 2]
+        else:
+            args[at + 1] = value
+
+    return mutate
+
+
+def _remove_env(deployment: str, variable: str) -> Callable[[Objects], None]:
+    def mutate(objects: Objects) -> None:
+        env = container(objects, deployment)["env"]
+        env.remove(env_var(objects, deployment, variable))
+
+    return mutate
+
+
+def _redis_image(image: str) -> Callable[[Objects], None]:
+    def mutate(objects: Objects) -> None:
+        find(objects, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]["image"] = image
+
+    return mutate
+
+
 def _redis_arg(old: str, new: str) -> Callable[[Objects], None]:
     def mutate(objects: Objects) -> None:
         args = find(objects, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -225,10 +258,25 @@ BROKEN = {
     ),
     "a store that fsyncs once a second": (_redis_arg("always", "everysec"), "must run --appendonly yes"),
     "a store address on the wrong port": (
-        _env("events", "FUNNEL_STATE_STORE", "redis://redis:6380/0"),
+        _env("events", "FUNNEL_STATE_STORE", "redis://events@redis:6380/0"),
         "Service/redis has no port 6380",
     ),
     "a store address that is no URL": (_env("gateway", "FUNNEL_STATE_STORE", "redis:6379"), "must be a redis://"),
+    "a store user without a password": (
+        _env("gateway", "FUNNEL_STATE_STORE", "redis://redis:6379/0"),
+        "must name the store user of this service",
+    ),
+    "a store without users": (_redis_flag("--aclfile", None), "must load its users from --aclfile"),
+    "a store in unprotected mode": (_redis_flag("--protected-mode", "no"), "must run --protected-mode yes"),
+    "a store image with the Lua CVEs": (
+        _redis_image("redis:6.2.14-alpine"),
+        "Redis 6.2.14 predates the fixes for the Lua remote-code-execution CVEs",
+    ),
+    "a store that evicts": (_redis_flag("--maxmemory-policy", "allkeys-lru"), "must run --maxmemory-policy noeviction"),
+    "a public service open to anyone": (
+        _remove_env("events", "FUNNEL_CLIENTS_FILE"),
+        "Deployment/events:app: a public service must check its callers",
+    ),
     "the gateway cut off from the store": (
         _remove("NetworkPolicy", "gateway-to-online-store"),
         "gateway -> online-store:6379 is blocked",
@@ -259,8 +307,17 @@ def test_each_stage_starts_from_its_rendered_environment_and_answers_its_probes(
     them: only the address, ports and file locations are moved onto this machine."""
     manifests = Manifests(rendered["dev"])
     started: list[Container] = []
-    # The Redis StatefulSet's settings, on this machine: the store the gateway and events service use.
-    store = start_server(lambda: RedisServer(tmp_path / "redis", reserve_port(), tmp_path / "redis.log"), 30)
+    # The Redis StatefulSet's settings, on this machine: the store the gateway and events service use,
+    # with the users of the Secret funnel-store-acl; and the Secrets' other files, written here.
+    passwords = {role: f"password-of-{role}" for role in ROLES}
+    (tmp_path / "users.acl").write_text(acl_file(passwords))
+    for role, password in passwords.items():
+        (tmp_path / f"{role}.password").write_text(password)
+    (tmp_path / "clients").write_text(new_credential("app", ["recommend", "record_events"])[1] + "\n")
+    acl = tmp_path / "users.acl"
+    store = start_server(
+        lambda: RedisServer(tmp_path / "redis", reserve_port(), tmp_path / "redis.log", acl_file=acl), 30
+    )
     try:
         for spec, module in funnel_containers(manifests):
             if module == "training.build":
@@ -271,7 +328,11 @@ def test_each_stage_starts_from_its_rendered_environment_and_answers_its_probes(
             if "FUNNEL_POLICY_PATH" in env:
                 env["FUNNEL_POLICY_PATH"] = str(REPO_ROOT / "config" / "policy.yaml")
             if "FUNNEL_STATE_STORE" in env:
-                env["FUNNEL_STATE_STORE"] = store.url
+                user = urlsplit(env["FUNNEL_STATE_STORE"]).username
+                env["FUNNEL_STATE_STORE"] = f"redis://{user}@{store.host}:{store.port}/0"
+                env["FUNNEL_STATE_STORE_PASSWORD_FILE"] = str(tmp_path / f"{user}.password")
+            if "FUNNEL_CLIENTS_FILE" in env:
+                env["FUNNEL_CLIENTS_FILE"] = str(tmp_path / "clients")
             base = {k: v for k, v in os.environ.items() if not k.startswith("FUNNEL_")}
             log = tmp_path / f"{spec.workload['metadata']['name']}.log"
             started.append(Container(spec, module, {**base, **env}, log))
@@ -459,3 +520,56 @@ def test_shared_memory_with_a_triton_in_other_pods_is_caught(rendered):
     objects = copy.deepcopy(rendered["dev"])
     container(objects, "ranking")["env"].append({"name": "FUNNEL_TRITON_SHARED_MEMORY", "value": "true"})
     assert any("needs Triton in the same pod" in problem for problem in problems_of(objects))
+
+
+def test_the_deploy_command_makes_every_secret_the_overlays_mount(rendered, tmp_path):
+    import base64
+    import hashlib
+
+    from deploy.secrets import funnel_secrets
+    from funnel.runtime.clients import parse_clients
+
+    clients = tmp_path / "clients"
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy", "credentials", "new", "web", "--scopes", "recommend,record_events",
+         "--rate", "50", "--file", str(clients)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert token not in clients.read_text(), "the file keeps the token's digest only"
+    client = parse_clients(clients.read_text()).identify((("authorization", f"Bearer {token}"),))
+    assert client is not None and client.name == "web" and client.rate_per_s == 50
+
+    made = {s["metadata"]["name"]: s for s in funnel_secrets("funnel", clients)}
+    for objects in rendered.values():
+        mounted = {
+            volume["secret"]["secretName"]
+            for spec in Manifests(objects).containers()
+            for volume in spec.workload["spec"]["template"]["spec"].get("volumes", [])
+            if "secret" in volume and not volume["secret"]["secretName"].startswith("funnel-tls")
+        }
+        assert mounted <= set(made), f"mounted but never made: {mounted - set(made)}"
+    data = {name: {k: base64.b64decode(v).decode() for k, v in s["data"].items()} for name, s in made.items()}
+    users = data["funnel-store-acl"]["users.acl"]
+    assert "user default off" in users
+    for role in ("gateway", "events", "export"):
+        password = data[f"funnel-store-{role}"]["password"]
+        assert password not in users and hashlib.sha256(password.encode()).hexdigest() in users
+
+
+def test_the_alert_rules_read_metrics_the_services_publish():
+    import yaml
+    from prometheus_client import REGISTRY
+
+    import funnel.runtime.metrics  # noqa: F401  (registers every metric)
+
+    rules = yaml.safe_load((REPO_ROOT / "k8s/components/prometheus/alert-rules.yaml").read_text())
+    groups = yaml.safe_load(rules["data"]["funnel.rules.yaml"])["groups"]
+    families = list(REGISTRY.collect())  # a counter's family is named without its _total
+    published = {m.name for m in families} | {f"{m.name}_total" for m in families if m.type == "counter"}
+    named = {name for group in groups for rule in group["rules"] for name in re.findall(r"funnel_\w+", rule["expr"])}
+    assert named and named <= published, named - published
+    assert {"FunnelStoreMemoryHigh", "FunnelStoreMemoryCritical", "FunnelEventLogFull", "FunnelStoreNotDurable"} <= {
+        rule["alert"] for group in groups for rule in group["rules"]
+    }

@@ -55,9 +55,15 @@ def non_empty(value: Any) -> str | None:
     return None if value else "must not be empty"
 
 
-def readable_file(path: str) -> str | None:
-    """A settings check: empty, or a file this process can read (a mounted Secret, say)."""
-    return None if not path or (os.path.isfile(path) and os.access(path, os.R_OK)) else "is not a readable file"
+def unreadable_files(settings: Any) -> list[str]:
+    """The `*_file` settings naming a file this process cannot read (a Secret not mounted, say):
+    checked at start, where the files are, not where the manifests are rendered."""
+    return [
+        f"{field.name}={value!r} is not a readable file"
+        for field in dataclasses.fields(settings)
+        if field.name.endswith("_file") and (value := getattr(settings, field.name))
+        and not (os.path.isfile(value) and os.access(value, os.R_OK))
+    ]
 
 
 def shown(value: Any) -> str:

@@ -28,7 +28,7 @@ from funnel.runtime import exits
 from funnel.runtime.admission import ConcurrencyLimit
 from funnel.runtime.calls import CallPolicy, InstrumentedServer
 from funnel.runtime.clients import ClientsFile
-from funnel.runtime.config import ServerSettings
+from funnel.runtime.config import ServerSettings, unreadable_files
 from funnel.runtime.errors import ConfigError
 from funnel.runtime.logs import configure_logging
 from funnel.runtime.metrics import READY, start_metrics_server
@@ -101,6 +101,8 @@ def run(name: str, settings: ServerSettings, build: Callable[[Runtime], Service]
     """Entry point of every process: serve until SIGTERM or SIGINT, then shut down gracefully."""
     configure_logging(name, settings.log_level)
     try:
+        if problems := unreadable_files(settings):
+            raise ConfigError("; ".join(problems))
         configure_tracing(name)
         clients = ClientsFile(settings.clients_file) if settings.clients_file else None
         user_tokens = (

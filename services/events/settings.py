@@ -11,7 +11,6 @@ from funnel.runtime.config import (
     non_negative,
     port_setting,
     positive,
-    readable_file,
     setting,
 )
 
@@ -35,7 +34,6 @@ class EventsSettings(ServerSettings):
     state_store_password_file: str = setting(
         "",
         help="file holding the password of the store's user named in state_store (a mounted Secret); empty: none",
-        checks=[readable_file],
     )
     store_timeout_ms: float = setting(
         2000.0, help="most one write may take before the call fails UNAVAILABLE", checks=[positive]
