@@ -28,7 +28,7 @@ BENCH_FULL_USERS ?= 200
 OVERLAY ?= dev
 
 .PHONY: help install protos artifacts artifacts-movielens up down demo test test-fast docs lint clean bench-retrieval bench-ranking bench-reranking \
-	k8s-render k8s-validate images bench bench-artifacts bench-overload bench-quota eval eval-movielens eval-ablation \
+	k8s-render k8s-validate images bench bench-artifacts bench-overload bench-quota bench-soak eval eval-movielens eval-ablation \
 	eval-streaming eval-streaming-movielens bench-live
 
 help: ## List every target with one line each
@@ -133,6 +133,9 @@ bench-ranking: artifacts ## Triton dynamic batching on vs off at 1-16 concurrent
 
 bench-quota: artifacts ## One client floods the gateway beside another: the neighbour's latency with and without it
 	$(PY) -m benchmarks.quota_flood --artifacts $(ARTIFACTS) --seconds 20 --out results/quota_flood
+
+bench-soak: artifacts ## 10 minutes of events into a store with a small maxmemory, exported as it goes: memory, refusals, losses
+	$(PY) -m benchmarks.soak --artifacts $(ARTIFACTS) --seconds 600 --out results/soak
 
 bench-reranking: artifacts ## The policy engine in-process, 500 candidates to 20 with every rule on
 	$(PY) -m benchmarks.reranking_engine --artifacts $(ARTIFACTS)

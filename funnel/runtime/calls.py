@@ -22,21 +22,18 @@ import grpc
 from opentelemetry.trace import SpanKind
 
 from funnel.runtime.admission import ConcurrencyLimit
-from funnel.runtime.clients import CALLER, Client, Clients
+from funnel.runtime.clients import CALLER, Clients
+from funnel.runtime.door import Door
 from funnel.runtime.errors import FunnelError, InvalidArgument, PermissionDenied, ResourceExhausted
 from funnel.runtime.logs import REQUEST_ID
 from funnel.runtime.metrics import IN_FLIGHT, RPC_LATENCY, RPC_RECEIVED_BYTES, RPC_REQUESTS, RPC_SENT_BYTES, SHED
 from funnel.runtime.quotas import ClientQuotas
 from funnel.runtime.tracing import context_from, trace_metadata, tracer, tracing_on
-from funnel.runtime.user_tokens import METHOD_USERS, USER_TOKEN_KEY, UserTokens
+from funnel.runtime.user_tokens import METHOD_USERS, UserTokens
 
 REQUEST_ID_KEY = "x-request-id"
 # Trailer with the server's own time on the call, so a caller can tell its wait from the work.
 SERVER_TIME_KEY = "x-server-ms"
-# Trailer of a call refused for its client's rate limit: when a token is back.
-RETRY_AFTER_KEY = "retry-after-ms"
-MAX_HOLD_S = 1.0  # the longest a refusal for a client's rate is held
-MAX_HELD = 64  # a client's refusals held at once
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 log = logging.getLogger("funnel.rpc")
@@ -95,10 +92,7 @@ class CallPolicy:
         self.access_log = access_log
         self.clients = clients  # the current credentials (re-read when the file changes), or None: no checks
         self.limit = limit
-        self.quotas = quotas  # per-client rate limits, with clients
-        self.user_tokens = user_tokens  # for clients bound to their users
-        self._refusals = RefusalLog()
-        self._held: dict[str, int] = {}  # refusals being held, per client
+        self.door = Door(quotas, user_tokens)
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """`handler` with the policy around it (unary-unary methods; others pass through)."""
@@ -113,8 +107,7 @@ class CallPolicy:
         )
 
     def _around(self, behavior: Behavior, method: str, parse: Callable[[bytes], Any]) -> Behavior:
-        limit, clients, access_log = self.limit, self.clients, self.access_log
-        door = self._door(method)
+        limit, clients, access_log, door = self.limit, self.clients, self.access_log, self.door
         counters: dict[Any, Callable[[], None]] = {}  # per final status, filled as statuses occur
 
         def count(code: Any) -> None:
@@ -130,13 +123,13 @@ class CallPolicy:
             caller = subject = None
             if clients is not None:
                 caller = clients().identify(metadata)
-                refusal, subject = door(caller, metadata)
+                refusal, subject = door.check(caller, metadata, method)
                 if refusal is not None:
                     # Turned away at the door, as cheaply as gRPC allows: no request id, no exception,
                     # no log line per call (a flood would spend the process on them), no slot taken.
-                    code, message, trailer = refusal
-                    if trailer and caller is not None:
-                        await self._hold(caller.name, int(trailer[0][1]) / 1000)
+                    code, message, trailer = refusal.code, refusal.message, refusal.trailer
+                    if refusal.hold_s and caller is not None:
+                        await door.hold(caller.name, refusal.hold_s)
                     count(code)
                     context.set_code(code)
                     context.set_details(message)
@@ -196,86 +189,6 @@ class CallPolicy:
                 REQUEST_ID.reset(token)
 
         return handle
-
-    async def _hold(self, client: str, wait_s: float) -> None:
-        """A client over its rate waits for its refusal until its next token is due (at most
-        MAX_HOLD_S): one that retries at once, ignoring the hint, is paced to its rate instead of
-        spinning on refusals that each cost this process a little CPU. At most MAX_HELD of a client's
-        calls wait at once; beyond them the refusal is immediate (an open-loop flood is the
-        ingress's to stop)."""
-        held = self._held.get(client, 0)
-        if held >= MAX_HELD:
-            return
-        self._held[client] = held + 1
-        try:
-            await asyncio.sleep(min(wait_s, MAX_HOLD_S))
-        finally:
-            self._held[client] -= 1
-
-    def _door(
-        self, method: str
-    ) -> Callable[[Client | None, Sequence[tuple[str, Any]] | None], tuple[Refusal | None, str | None]]:
-        """Who may come in: a known client, with the method's scope, within its rate limit; for a
-        client bound to its users, with a valid user token (whose subject is checked against the
-        request once it is parsed). (refusal, the user token's subject)."""
-        quotas, refusals, user_tokens = self.quotas, self._refusals, self.user_tokens
-
-        def check(
-            caller: Client | None, metadata: Sequence[tuple[str, Any]] | None
-        ) -> tuple[Refusal | None, str | None]:
-            if caller is None:
-                refusals.note("unauthenticated", method, "")
-                return _UNAUTHENTICATED, None
-            if not caller.may_call(method) or (caller.bind_user and method not in METHOD_USERS):
-                refusals.note("permission denied", method, caller.name)
-                scopes = ", ".join(sorted(caller.scopes))
-                return (grpc.StatusCode.PERMISSION_DENIED, f"client {caller.name} may not call {method} ({scopes})",
-                        ()), None  # fmt: skip
-            subject = None
-            if caller.bind_user:
-                subject = user_tokens.subject(metadata) if user_tokens is not None else None
-                if subject is None:
-                    refusals.note("without a valid user token", method, caller.name)
-                    return (grpc.StatusCode.UNAUTHENTICATED, f"client {caller.name} acts for its users: the call "
-                            f"needs a valid signed token in '{USER_TOKEN_KEY}'", ()), None  # fmt: skip
-            wait_s = quotas.take(caller) if quotas is not None else 0.0
-            if wait_s:
-                refusals.note("over its rate limit", method, caller.name)
-                retry_ms = max(1, round(wait_s * 1000))
-                message = f"client {caller.name} is over its rate limit; retry in {retry_ms} ms"
-                return (grpc.StatusCode.RESOURCE_EXHAUSTED, message, ((RETRY_AFTER_KEY, str(retry_ms)),)), None
-            return None, subject
-
-        return check
-
-
-Refusal = tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]
-_UNAUTHENTICATED: Refusal = (
-    grpc.StatusCode.UNAUTHENTICATED,
-    "missing or invalid bearer token in the 'authorization' metadata",
-    (),
-)
-
-
-class RefusalLog:
-    """One log line per kind of refusal, method and client every `every_s` at most, with how many
-    there were since: a flood is visible in the log without the log becoming its cost."""
-
-    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.every_s = every_s
-        self._clock = clock
-        self._since: dict[tuple[str, str, str], tuple[float, int]] = {}
-
-    def note(self, kind: str, method: str, client: str) -> None:
-        key = (kind, method, client)
-        now = self._clock()
-        logged_at, count = self._since.get(key, (float("-inf"), 0))
-        if now - logged_at < self.every_s:
-            self._since[key] = (logged_at, count + 1)
-            return
-        self._since[key] = (now, 0)
-        log.warning("calls refused at the door", extra={"refusal": kind, "method": method, "client": client,
-                                                        "refused_since_last_line": count + 1})  # fmt: skip
 
 
 class InstrumentedServer:
