@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from benchmarks.cpu import cpu_seconds
 from benchmarks.e2e_load import Scenario, Traffic, start_stack
 from benchmarks.loadgen import open_loop
 from funnel.runtime.clients import RECOMMEND, new_credential
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     traffic = Traffic(args.artifacts)
     arms: dict[str, list[dict]] = {"alone": [], "beside the flood": []}
     floods = []
+    gateway_cpu: dict[str, float] = {"alone": 0.0, "beside the flood": 0.0}
     try:
         address = stack.address("gateway")
         asyncio.run(neighbour_round(address, neighbour_token, traffic, args.rate, 3, seed=99))  # warm-up
@@ -149,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                     flooding = flood(address, flooder_token, args.seconds + 1, args.flood_concurrency, args.flood_rate)
                 if flooding:
                     time.sleep(1.0)  # the flood is at full speed when the round starts
+                gateway_pid = stack.get("gateway").pid
+                cpu_before = cpu_seconds(gateway_pid)
                 result = asyncio.run(neighbour_round(address, neighbour_token, traffic, args.rate, args.seconds, n))
+                gateway_cpu[arm] += cpu_seconds(gateway_pid) - cpu_before
                 arms[arm].append(result)
                 if flooding:
                     out, _ = flooding.communicate(timeout=60)
@@ -172,6 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         "neighbour": summary,
         "flooder_calls_per_s": floods,
         "p99_ratio": round(flooded["p99_ms"] / alone["p99_ms"], 3),
+        # The gateway's CPU the flood added, per call of the flooder's (the neighbour's calls are the
+        # same in both arms): what turning a call away costs.
+        "gateway_cpu_ms_per_flooder_call": round(
+            (gateway_cpu["beside the flood"] - gateway_cpu["alone"])
+            * 1000
+            / max(1.0, sum(sum(f.values()) for f in floods) * args.seconds),
+            3,
+        ),
         "degraded_share_difference": round(flooded["degraded_share"] - alone["degraded_share"], 4),
     }
     (args.out / "quota_flood.json").write_text(json.dumps(result, indent=2))

@@ -6,7 +6,8 @@ in the export?
 
 The demo stack, its Redis given `--maxmemory-mb` (below what the events of the run would take if
 nothing were ever trimmed or expired: the report says how far below). A writer records
-`--events-per-s` events in batches of 20 for `--users` users in turn; an exporter runs
+`--events-per-s` events in batches of 20 from `--users` users active at once, a new cohort every
+`--cohort-s` (visitors come and go); an exporter runs
 `training.export_events` every `--export-every-s` seconds; Recommend runs at `--recommend-rate`.
 The events service keeps idempotency keys `--idempotency-s` and a user's state `--user-ttl-s` (a
 client may retry within the first; the second is how long a user is remembered without an event),
@@ -39,8 +40,11 @@ from launcher.stack import REPO_ROOT
 BATCH = 20
 
 
-async def write_events(address: str, rate: float, seconds: float, users: int, acknowledged: list[str]) -> dict:
-    """Batches at a steady pace; every acknowledged event id kept for the export check."""
+async def write_events(
+    address: str, rate: float, seconds: float, users: int, cohort_s: float, acknowledged: list[str]
+) -> dict:
+    """Batches at a steady pace from `users` active users, a new cohort of them every `cohort_s` (as
+    visitors come and go: the ones gone expire); every acknowledged event id kept for the export."""
     refused: dict[str, int] = {}
     async with grpc.aio.insecure_channel(address) as channel:
         stub = events_pb2_grpc.EventsStub(channel)
@@ -50,7 +54,9 @@ async def write_events(address: str, rate: float, seconds: float, users: int, ac
             stamp.GetCurrentTime()
             ids = [f"soak-{batches}-{n}" for n in range(BATCH)]
             events = [
-                events_pb2.Event(event_id=event_id, user_id=f"soak-user-{(batches * BATCH + n) % users}",
+                events_pb2.Event(event_id=event_id,
+                                 user_id=f"soak-user-{int((time.monotonic() - started) // cohort_s)}-"
+                                         f"{(batches * BATCH + n) % users}",
                                  item_id=f"i{(batches * 7 + n) % 20000:07d}", type=events_pb2.EVENT_TYPE_VIEW,
                                  timestamp=stamp)
                 for n, event_id in enumerate(ids)
@@ -115,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--events-per-s", type=float, default=400.0)
-    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--users", type=int, default=2_000, help="users active at once")
+    parser.add_argument("--cohort-s", type=float, default=60.0, help="a new cohort of active users this often")
     parser.add_argument("--recommend-rate", type=float, default=10.0)
     parser.add_argument("--export-every-s", type=float, default=15.0)
     parser.add_argument("--idempotency-s", type=int, default=120)
@@ -137,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     traffic = Traffic(args.artifacts)
 
     async def run() -> tuple[dict, list[float]]:
-        writer = write_events(stack.address("events"), args.events_per_s, args.seconds, args.users, acknowledged)
+        writer = write_events(
+            stack.address("events"), args.events_per_s, args.seconds, args.users, args.cohort_s, acknowledged
+        )
         reader = recommend(stack.address("gateway"), traffic, args.recommend_rate, args.seconds)
         refused, latencies, *_ = await asyncio.gather(
             writer, reader, watch_memory(store, args.seconds, memory),
@@ -160,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         exported.update(row["event_id"] for row in csv.DictReader(path.open()) if row["event_type"] == "view")
     half = [used for at, used in memory if at >= args.seconds / 2]
     events = len(acknowledged)
+    users_seen = min(events, args.users * (int(args.seconds // args.cohort_s) + 1))
     result = {
         "seconds": args.seconds,
         "maxmemory_mb": args.maxmemory_mb,
@@ -177,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             (
                 baseline
                 + events * (sizes["log entry"] + sizes["idempotency key"])
-                + min(events, args.users) * sizes["user (recent set)"]
+                + users_seen * sizes["user (recent set)"]
             )
             / 2**20,
             1,

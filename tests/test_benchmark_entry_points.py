@@ -110,3 +110,13 @@ def test_quota_flood_compares_a_neighbour_alone_and_beside_a_flooding_client(art
     assert set(result["neighbour"]) == {"alone", "beside the flood"} and result["p99_ratio"] > 0
     (flooder,) = result["flooder_calls_per_s"]
     assert flooder["RESOURCE_EXHAUSTED"] > 0, "the flood was over its quota"
+
+
+def test_soak_keeps_every_acknowledged_event_and_exports_it(artifacts, tmp_path):
+    run_benchmark(
+        "soak", "--artifacts", str(artifacts), "--seconds", "8", "--events-per-s", "100", "--export-every-s", "3",
+        "--cohort-s", "4", "--recommend-rate", "5", "--out", str(tmp_path),
+    )  # fmt: skip
+    result = json.loads((tmp_path / "soak.json").read_text())
+    assert result["events_acknowledged"] > 0 and result["acknowledged_missing_from_the_export"] == 0
+    assert result["bytes"]["log entry"] > 0 and result["exports"]["failed"] == []
