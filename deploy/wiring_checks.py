@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from deploy.images import DOCKERFILES, image_basename, parse
 from deploy.imports import REPO_ROOT
@@ -120,19 +120,46 @@ def _store_problems(manifests: Manifests, container: Container, settings: Server
     ports = [p for p in service["spec"]["ports"] if p["port"] == port]
     if not ports:
         return [*problems, f"{container.name}: FUNNEL_STATE_STORE: {object_id(service)} has no port {port}"]
+    tls = parsed.scheme == "rediss"
+    if tls:
+        ca = dict(parse_qsl(parsed.query)).get("ssl_ca_certs", "")
+        found = container.mount_for(ca) if ca else None
+        if found is None or found["volume"] is None:
+            problems.append(
+                f"{container.name}: FUNNEL_STATE_STORE is rediss:// but its ssl_ca_certs is on no mounted volume"
+            )
     for workload in manifests.pods_selected_by(service["spec"]["selector"]):
         redis = Container(workload, workload["spec"]["template"]["spec"]["containers"][0])
-        if redis.port(ports[0].get("targetPort", port)) is None:
+        target = redis.port(ports[0].get("targetPort", port))
+        if target is None:
             problems.append(f"{object_id(service)}: port {port} reaches no port of {object_id(workload)}")
+        flags = _redis_flags(redis)
+        serves_tls = flags.get("--tls-port") == str(target)
+        plaintext_off = flags.get("--port") == "0"
+        if tls and not serves_tls:
+            problems.append(
+                f"{container.name}: speaks TLS (rediss://) to {object_id(workload)}, which serves none on {target}"
+            )
+        if not tls and plaintext_off:
+            problems.append(
+                f"{container.name}: speaks plaintext (redis://) to {object_id(workload)}, which serves TLS only"
+            )
         problems += [f"{object_id(workload)}: {problem}" for problem in redis_problems(redis)]
     return problems
 
 
-def redis_problems(redis: Container) -> list[str]:
+def _redis_flags(redis: Container) -> dict[str, str]:
     args = redis.spec.get("args", [])
     # Redis takes "--name value" pairs
-    flags = {name: value for name, value in zip(args, [*args[1:], ""], strict=True) if name.startswith("--")}
+    return {name: value for name, value in zip(args, [*args[1:], ""], strict=True) if name.startswith("--")}
+
+
+def redis_problems(redis: Container) -> list[str]:
+    flags = _redis_flags(redis)
     problems = []
+    for flag in ("--tls-cert-file", "--tls-key-file", "--tls-ca-cert-file"):
+        if flags.get(flag) and redis.mount_for(flags[flag]) is None:
+            problems.append(f"{flag}={flags[flag]} is on no mounted volume")
     if flags.get("--appendonly") != "yes" or flags.get("--appendfsync") != "always":
         problems.append("Redis must run --appendonly yes --appendfsync always")
     if flags.get("--maxmemory-policy") != "noeviction" or not flags.get("--maxmemory"):

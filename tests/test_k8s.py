@@ -573,3 +573,28 @@ def test_the_alert_rules_read_metrics_the_services_publish():
     assert {"FunnelStoreMemoryHigh", "FunnelStoreMemoryCritical", "FunnelEventLogFull", "FunnelStoreNotDurable"} <= {
         rule["alert"] for group in groups for rule in group["rules"]
     }
+
+
+BROKEN_IN_PROD = {
+    "a plaintext client of a store that serves TLS only": (
+        _env("gateway", "FUNNEL_STATE_STORE", "redis://gateway@redis:6379/0"),
+        "speaks plaintext (redis://) to StatefulSet/redis, which serves TLS only",
+    ),
+    "a TLS client whose CA is not mounted": (
+        _env("events", "FUNNEL_STATE_STORE", "rediss://events@redis:6379/0?ssl_ca_certs=/nowhere/ca.crt"),
+        "its ssl_ca_certs is on no mounted volume",
+    ),
+    "a TLS store whose key is not mounted": (
+        _redis_flag("--tls-key-file", "/nowhere/tls.key"),
+        "--tls-key-file=/nowhere/tls.key is on no mounted volume",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_IN_PROD))
+def test_each_store_tls_check_catches_what_it_is_for(rendered, case):
+    mutate, expected = BROKEN_IN_PROD[case]
+    objects = copy.deepcopy(rendered["prod"])
+    mutate(objects)
+    problems = problems_of(objects)
+    assert any(expected in problem for problem in problems), problems

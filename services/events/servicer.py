@@ -5,9 +5,10 @@ An events service of its own, not a method of the gateway: writes scale with the
 reads with the request rate, and a burst of events (a client flushing its queue after being
 offline) then competes with other writes for this service's CPU, never with recommendations.
 
-It watches the store all along (`--store-check-seconds`): a store that stops fsyncing every write,
-or cannot be reached, gets no acknowledgement (UNAVAILABLE) and the service turns NOT_SERVING until
-it does again; memory and the log's fill are published as metrics for the alert rules.
+It watches the store all along (`--store-check-seconds`): until the store has answered, and whenever
+it answers that it does not fsync every write, the service acknowledges nothing (UNAVAILABLE) and
+is NOT_SERVING; a check that merely times out once it was ready changes nothing (writes fail on
+their own meanwhile). Memory and the log's fill are published as metrics for the alert rules.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from services.events.settings import EventsSettings
 from services.events.validation import check_events, drop_repeats
 
 log = logging.getLogger("funnel.events")
+UNREACHABLE = "store unreachable"
 
 
 class EventsService(events_pb2_grpc.EventsServicer):
@@ -61,6 +63,11 @@ class EventsService(events_pb2_grpc.EventsServicer):
         reported = ""
         while True:
             problem = await self._store_problem()
+            if problem.startswith(UNREACHABLE) and self.store_ready:
+                # A check that timed out (a store paused, a blip) says nothing about its durability:
+                # writes meanwhile fail on their own (UNAVAILABLE); the next check decides.
+                await asyncio.sleep(self.settings.store_check_seconds)
+                continue
             if problem != reported:
                 if problem:
                     log.warning("not ready: the online store cannot acknowledge durably", extra={"store": problem})
@@ -82,7 +89,7 @@ class EventsService(events_pb2_grpc.EventsServicer):
             status = await self.store.log_status()
         except StoreError as exc:
             STORE_DURABLE.set(0)
-            return f"store unreachable: {exc}"
+            return f"{UNREACHABLE}: {exc}"
         STORE_USED_MEMORY.set(used)
         STORE_MAX_MEMORY.set(maximum)
         LOG_ENTRIES.set(status.entries)
