@@ -12,7 +12,8 @@ credentials file. `secrets` writes:
 - `funnel-store-gateway`, `funnel-store-events`, `funnel-store-export`: each role's password.
 Running it again rotates the store passwords: Redis reads its users when it starts, so restart the
 StatefulSet and the gateway and events Deployments after applying them. The TLS identities of the
-`prod` overlay (`funnel-tls-<workload>`) come from your certificate authority (k8s/README.md).
+`prod` overlay (`funnel-tls-<workload>`) and the CA the store's clients trust (`funnel-store-ca`)
+come from your certificate authority (k8s/README.md).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def _secret(name: str, namespace: str, data: dict[str, str]) -> Object:
         "type": "Opaque",
         "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
     }
+
+
+def issued_by_your_ca(secret_name: str) -> bool:
+    """Certificates and CAs: an operator's PKI issues them, never this command."""
+    return secret_name.startswith("funnel-tls-") or secret_name == "funnel-store-ca"
 
 
 def funnel_secrets(namespace: str, clients_file: Path) -> list[Object]:

@@ -6,6 +6,7 @@ import itertools
 import time
 
 import grpc
+import pytest
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -33,6 +34,21 @@ def event(
 
 def events_stub(stack: Stack) -> events_pb2_grpc.EventsStub:
     return events_pb2_grpc.EventsStub(grpc.insecure_channel(stack.address("events")))
+
+
+def record_events(address: str, events: list[events_pb2.Event], metadata=()) -> events_pb2.RecordEventsResponse:
+    """One RecordEvents call to the events service at `address`, with `metadata` (a token, say)."""
+    with grpc.insecure_channel(address) as channel:
+        return events_pb2_grpc.EventsStub(channel).RecordEvents(
+            events_pb2.RecordEventsRequest(events=events), timeout=5, metadata=metadata
+        )
+
+
+def refused(call) -> grpc.RpcError:
+    """The error `call()` raised (it must raise one)."""
+    with pytest.raises(grpc.RpcError) as error:
+        call()
+    return error.value
 
 
 def store(stack: Stack) -> redis.Redis:

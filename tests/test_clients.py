@@ -18,14 +18,15 @@ from funnel.runtime.calls import CallPolicy, InstrumentedServer
 from funnel.runtime.clients import ClientsFile, new_credential, parse_clients
 from funnel.runtime.errors import ConfigError
 from funnel.runtime.exits import CONFIG_ERROR
-from funnel.v1 import common_pb2, events_pb2, events_pb2_grpc, recommender_pb2, recommender_pb2_grpc
+from funnel.v1 import common_pb2, events_pb2, recommender_pb2, recommender_pb2_grpc
 from funnel.v2 import ranking_pb2, ranking_pb2_grpc
 from launcher.health import health_status
 from launcher.metrics import scrape, total
 from launcher.ports import bind_reserved_port
 from launcher.stack import REPO_ROOT
 from tests.fakes import Fault, faulty_reranking
-from tests.live import event, served_items, store, wait_until
+from tests.live import event, refused, served_items, store, wait_until
+from tests.live import record_events as record
 
 REQUEST = recommender_pb2.RecommendRequest(user_id="u0000001", num_results=3, context=common_pb2.Context(country="US"))
 
@@ -68,19 +69,6 @@ def guarded(stack, start_gateway, start_service, credentials):
 def recommend(address: str, metadata=(), request=REQUEST) -> recommender_pb2.RecommendResponse:
     with grpc.insecure_channel(address) as channel:
         return recommender_pb2_grpc.RecommenderStub(channel).Recommend(request, timeout=5, metadata=metadata)
-
-
-def record(address: str, events: list[events_pb2.Event], metadata=()) -> events_pb2.RecordEventsResponse:
-    with grpc.insecure_channel(address) as channel:
-        return events_pb2_grpc.EventsStub(channel).RecordEvents(
-            events_pb2.RecordEventsRequest(events=events), timeout=5, metadata=metadata
-        )
-
-
-def refused(call) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as error:
-        call()
-    return error.value
 
 
 @pytest.mark.parametrize(

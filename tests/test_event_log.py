@@ -17,13 +17,13 @@ import redis
 
 from funnel.live.schema import LOG_EXPORTED, STREAM, user_key
 from funnel.runtime.clients import new_credential
-from funnel.v1 import events_pb2, events_pb2_grpc
+from funnel.v1 import events_pb2
 from launcher.health import health_status
 from launcher.metrics import scrape, total
 from launcher.ports import reserve_port, start_server
 from launcher.redis import RedisServer
 from launcher.stack import REPO_ROOT
-from tests.live import event, wait_until
+from tests.live import event, record_events, refused, wait_until
 
 pytestmark = pytest.mark.processes  # a Redis and an events service per test
 
@@ -61,16 +61,7 @@ def events_service(own_redis, start_service, tmp_path):
 
 
 def record(service, events, metadata=()) -> events_pb2.RecordEventsResponse:
-    with grpc.insecure_channel(service.address) as channel:
-        return events_pb2_grpc.EventsStub(channel).RecordEvents(
-            events_pb2.RecordEventsRequest(events=events), timeout=5, metadata=metadata
-        )
-
-
-def refused(call) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as error:
-        call()
-    return error.value
+    return record_events(service.address, events, metadata)
 
 
 def client_of(server: RedisServer) -> redis.Redis:

@@ -284,10 +284,29 @@ BROKEN = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BROKEN))
+BROKEN_IN_PROD = {
+    "a plaintext client of a store that serves TLS only": (
+        _env("gateway", "FUNNEL_STATE_STORE", "redis://gateway@redis:6379/0"),
+        "speaks plaintext (redis://) to StatefulSet/redis, which serves TLS only",
+    ),
+    "a TLS client whose CA is not mounted": (
+        _env("events", "FUNNEL_STATE_STORE", "rediss://events@redis:6379/0?ssl_ca_certs=/nowhere/ca.crt"),
+        "its ssl_ca_certs is on no mounted volume",
+    ),
+    "a TLS store whose key is not mounted": (
+        _redis_flag("--tls-key-file", "/nowhere/tls.key"),
+        "--tls-key-file=/nowhere/tls.key is on no mounted volume",
+    ),
+}
+# Every case, with the overlay it breaks (the store's TLS is in prod only).
+CASES = {**{case: ("dev", *broken) for case, broken in BROKEN.items()},
+         **{case: ("prod", *broken) for case, broken in BROKEN_IN_PROD.items()}}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_each_check_catches_what_it_is_for(rendered, case):
-    mutate, expected = BROKEN[case]
-    objects = copy.deepcopy(rendered["dev"])
+    overlay, mutate, expected = CASES[case]
+    objects = copy.deepcopy(rendered[overlay])
     mutate(objects)
     problems = problems_of(objects)
     assert any(expected in problem for problem in problems), problems
@@ -526,7 +545,7 @@ def test_the_deploy_command_makes_every_secret_the_overlays_mount(rendered, tmp_
     import base64
     import hashlib
 
-    from deploy.secrets import funnel_secrets
+    from deploy.secrets import funnel_secrets, issued_by_your_ca
     from funnel.runtime.clients import parse_clients
 
     clients = tmp_path / "clients"
@@ -547,7 +566,7 @@ def test_the_deploy_command_makes_every_secret_the_overlays_mount(rendered, tmp_
             volume["secret"]["secretName"]
             for spec in Manifests(objects).containers()
             for volume in spec.workload["spec"]["template"]["spec"].get("volumes", [])
-            if "secret" in volume and not volume["secret"]["secretName"].startswith("funnel-tls")
+            if "secret" in volume and not issued_by_your_ca(volume["secret"]["secretName"])
         }
         assert mounted <= set(made), f"mounted but never made: {mounted - set(made)}"
     data = {name: {k: base64.b64decode(v).decode() for k, v in s["data"].items()} for name, s in made.items()}
@@ -573,28 +592,3 @@ def test_the_alert_rules_read_metrics_the_services_publish():
     assert {"FunnelStoreMemoryHigh", "FunnelStoreMemoryCritical", "FunnelEventLogFull", "FunnelStoreNotDurable"} <= {
         rule["alert"] for group in groups for rule in group["rules"]
     }
-
-
-BROKEN_IN_PROD = {
-    "a plaintext client of a store that serves TLS only": (
-        _env("gateway", "FUNNEL_STATE_STORE", "redis://gateway@redis:6379/0"),
-        "speaks plaintext (redis://) to StatefulSet/redis, which serves TLS only",
-    ),
-    "a TLS client whose CA is not mounted": (
-        _env("events", "FUNNEL_STATE_STORE", "rediss://events@redis:6379/0?ssl_ca_certs=/nowhere/ca.crt"),
-        "its ssl_ca_certs is on no mounted volume",
-    ),
-    "a TLS store whose key is not mounted": (
-        _redis_flag("--tls-key-file", "/nowhere/tls.key"),
-        "--tls-key-file=/nowhere/tls.key is on no mounted volume",
-    ),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BROKEN_IN_PROD))
-def test_each_store_tls_check_catches_what_it_is_for(rendered, case):
-    mutate, expected = BROKEN_IN_PROD[case]
-    objects = copy.deepcopy(rendered["prod"])
-    mutate(objects)
-    problems = problems_of(objects)
-    assert any(expected in problem for problem in problems), problems

@@ -22,9 +22,11 @@ trimmed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from funnel.live.kinds import DISMISSED, INTERACTION_TYPES, RECENT, SERVED, STATE_OF_TYPE
+from funnel.runtime.config import setting
 from funnel.v1 import events_pb2
 
 __all__ = ["DISMISSED", "INTERACTION_TYPES", "RECENT", "SERVED", "STATE_OF_TYPE"]
@@ -51,6 +53,13 @@ def store_url_problem(url: str) -> str | None:
     except ValueError:
         return "has a port that is not a number"
     return None
+
+
+def password_file_setting() -> Any:
+    """The setting of every process that logs into the store as its own user (funnel/live/acl.py)."""
+    return setting(
+        "", help="file holding the password of the store's user named in state_store (a mounted Secret); empty: none"
+    )
 
 
 def user_key(user_id: str, group: str) -> str:

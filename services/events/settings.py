@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from funnel.live.schema import LogBounds, Retention, store_url_problem
+from funnel.live.schema import LogBounds, Retention, password_file_setting, store_url_problem
 from funnel.runtime.config import (
     ServerSettings,
     non_empty,
@@ -31,10 +31,7 @@ class EventsSettings(ServerSettings):
     state_store: str = setting(
         help="Redis URL of the online store (redis://host:port/db)", checks=[non_empty, store_url_problem]
     )
-    state_store_password_file: str = setting(
-        "",
-        help="file holding the password of the store's user named in state_store (a mounted Secret); empty: none",
-    )
+    state_store_password_file: str = password_file_setting()
     store_timeout_ms: float = setting(
         2000.0, help="most one write may take before the call fails UNAVAILABLE", checks=[positive]
     )
