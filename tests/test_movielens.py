@@ -58,3 +58,26 @@ def test_malformed_and_missing_files_are_named(tmp_path):
     (tmp_path / "u.item").write_text("")
     with pytest.raises(MovieLensError, match=r"u.data:1: expected user, item, rating, timestamp"):
         load_movielens(tmp_path)
+
+
+def test_recbole_atomic_files_become_the_ml_1m_layout_the_loader_reads(tmp_path):
+    from evaluation.movielens_1m import FetchError, convert
+
+    items = (
+        "item_id:token\tmovie_title:token\trelease_year:float\tgenre:token\n"
+        "Toy Story (1995)\tToy Story\t1995\tAnimation Children's Comedy\n"
+        "Heat (1995)\tHeat\t1995\tAction Crime Thriller\n"
+    )
+    inter = (
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        "1m_7\tHeat (1995)\t5\t978300760\n1m_7\tToy Story (1995)\t3\t978302109\n1m_12\tHeat (1995)\t4\t978298413\n"
+    )
+    ratings, movies = convert(inter, items)
+    assert ratings == ["7::2::5::978300760", "7::1::3::978302109", "12::2::4::978298413"], "file order kept"
+    assert movies == ["1::Toy Story (1995)::Animation|Children's|Comedy", "2::Heat (1995)::Action|Crime|Thriller"]
+    (tmp_path / "ratings.dat").write_text("".join(f"{line}\n" for line in ratings), encoding="latin-1")
+    (tmp_path / "movies.dat").write_text("".join(f"{line}\n" for line in movies), encoding="latin-1")
+    data = load_movielens(tmp_path)
+    assert len(data.interactions) == 3 and data.num_users == 2 and data.num_items == 2
+    with pytest.raises(FetchError, match="Jaws"):
+        convert(inter + "1m_7\tJaws (1975)\t4\t978300761\n", items)

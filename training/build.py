@@ -32,6 +32,7 @@ from training.offline_eval import evaluate_offline
 from training.own_data import DataProblems, load_files
 from training.protocol import HOLDOUT, format_table, split
 from training.synthetic import SIZES, generate
+from training.two_tower import SEQUENCE_TOWER, USER_TOWERS
 
 # Users sampled for the held-out evaluation: at a million items a user's two held-out items are
 # rarely found at all, so it takes this many for NDCG@10 to settle (the exact full-catalog searches
@@ -147,6 +148,11 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--holdout", type=int, default=HOLDOUT, help="latest interactions held out per user")
     parser.add_argument(
+        "--user-tower", choices=USER_TOWERS, default="pooled",
+        help="pooled: attention pooling of the latest 20 items; sequence: causal self-attention over the "
+        "latest 50, trained on every position (docs/models.md)",
+    )  # fmt: skip
+    parser.add_argument(
         "--for-evaluation", action="store_true",
         help="serve the training split and keep the held-out truth (make eval, benchmarks)",
     )  # fmt: skip
@@ -160,10 +166,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--items goes with --interactions")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     files = OwnFiles(args.interactions, args.items) if args.interactions is not None else None
+    config = FitConfig(towers=SEQUENCE_TOWER) if args.user_tower == "sequence" else FitConfig()
     try:
         build(
             args.out, args.size, args.seed, args.epochs, args.movielens,
             min_rating=args.min_rating, for_evaluation=args.for_evaluation, holdout=args.holdout, files=files,
+            config=config,
         )  # fmt: skip
     except DataProblems as exc:
         # Before any training: nothing was written.

@@ -79,7 +79,10 @@ def write_bundle(
         {
             **metadata,
             "shapes": {"items": data.num_items, "users": data.num_users, "dim": int(retrieval.item_vectors.shape[1])},
-            "user_tower": {"history_length": config.towers.history_length, "dim": config.towers.dim},
+            "user_tower": {
+                "history_length": config.towers.history_length, "dim": config.towers.dim,
+                "kind": config.towers.user_tower,
+            },
             "ranker_model_version": model_version,
         },
     )

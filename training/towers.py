@@ -19,7 +19,8 @@ from funnel.features import NUM_AGE_BUCKETS, NUM_COUNTRY_SLOTS
 
 
 class ItemTower(torch.nn.Module):
-    def __init__(self, num_items: int, num_categories: int, num_providers: int, dim: int) -> None:
+    def __init__(self, num_items: int, num_categories: int, num_providers: int, dim: int,
+                 init_std: float = 0.05) -> None:  # fmt: skip
         super().__init__()
         # Sparse gradients: a step moves only the rows in its batch, not all of a million-row table.
         self.item = torch.nn.Embedding(num_items, dim, sparse=True)
@@ -30,7 +31,7 @@ class ItemTower(torch.nn.Module):
             torch.nn.Linear(4 * dim, 2 * dim), torch.nn.ReLU(), torch.nn.Linear(2 * dim, dim)
         )
         for table in (self.item, self.category, self.provider, self.age):
-            torch.nn.init.normal_(table.weight, std=0.05)
+            torch.nn.init.normal_(table.weight, std=init_std)
 
     def forward(
         self, item: torch.Tensor, category: torch.Tensor, provider: torch.Tensor, age: torch.Tensor

@@ -96,8 +96,11 @@ class UserEncoder:
     def encode_torchscript(self, recent: np.ndarray, country_slot: int) -> np.ndarray:
         """The bundle's TorchScript tower on `recent` (item rows, latest first)."""
         dim = self.item_vectors.shape[1]
-        vectors = np.zeros((1, self.history_length, dim), dtype=np.float32)
-        mask = np.zeros((1, self.history_length), dtype=np.float32)
+        # As long as the history, not the tower's longest: padding changes no output (it is masked)
+        # and the sequence tower's attention grows with the square of it.
+        width = max(1, len(recent))
+        vectors = np.zeros((1, width, dim), dtype=np.float32)
+        mask = np.zeros((1, width), dtype=np.float32)
         vectors[0, : len(recent)] = self.item_vectors[recent]
         mask[0, : len(recent)] = 1.0
         with torch.inference_mode():
