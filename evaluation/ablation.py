@@ -2,6 +2,7 @@
 
     python -m evaluation.ablation --size demo --out results/ablation-demo
     python -m evaluation.ablation --movielens ../shared/data/ml-latest-small --out results/ablation-movielens
+    python -m evaluation.ablation --movielens data/ml-1m --holdout 1 --validation --only tower --out results/towers-ml1m
 
 Each variant fits the two-tower model (and co-visitation) on the training split and retrieves for
 every held-out user as the served funnel does, scored on the held-out interactions beside the
@@ -33,7 +34,7 @@ from training.candidates import Retriever
 from training.covisitation import CoVisitationConfig, build_covisitation
 from training.fit import RetrievalModels, catalog_of
 from training.offline_eval import HeldOutUsers
-from training.protocol import accuracy, format_table, split
+from training.protocol import HOLDOUT, accuracy, format_table, split
 from training.two_tower import (
     SEQUENCE_TOWER,
     TwoTowerConfig,
@@ -62,15 +63,23 @@ VARIANTS = [
 ]
 
 
-def run(size: str, movielens: Path | None, seed: int, max_users: int, progress) -> dict:
+def run(
+    size: str, movielens: Path | None, seed: int, max_users: int, progress, holdout: int = HOLDOUT,
+    validation: bool = False, only: tuple[str, ...] = (),
+) -> dict:  # fmt: skip
+    """`validation`: score on the training split's own latest interactions (what tuning may read),
+    never on the held-out test part. `only`: the variants whose names contain one of these."""
     data = load_data(size, movielens, seed, 0.0)
-    train, test = split(data.interactions)
+    train, test = split(data.interactions, holdout)
+    if validation:
+        train, test = split(train, holdout)
     held = HeldOutUsers.sample(data, train, test, max_users, seed)
     users, relevant, histories, slots = held.users, held.relevant, held.histories, held.slots
     covisitation = build_covisitation(train, data.num_items, CoVisitationConfig())
     catalog = catalog_of(data, train)
     rows: dict[str, dict] = {}
-    for variant in VARIANTS:
+    filters: dict[str, dict] = {}
+    for variant in [v for v in VARIANTS if not only or any(part in v.name for part in only)]:
         started = time.monotonic()
         towers, _ = train_two_tower(data, train, dataclasses.replace(variant.towers, seed=seed))
         vectors = item_embeddings(towers)
@@ -94,6 +103,7 @@ def run(size: str, movielens: Path | None, seed: int, max_users: int, progress) 
     baselines = evaluate_baselines(train, relevant, data.num_items, seed)
     return {
         "data": data.source,
+        "split": f"each user's latest {holdout} held out" + (" of the training split (tuning)" if validation else ""),
         "users": len(users),
         "variants": rows,
         "baselines": baselines.metrics,
@@ -145,13 +155,21 @@ def markdown(result: dict, command: str) -> str:
         return lines
 
     baselines = {f"{name} (baseline)": m for name, m in result["baselines"].items()}
+    filter_lines = []
+    if result["filters"]:
+        filter_lines = [
+            "Hard filters (the default policy's content rules for each user's country), inside the search or after:",
+            "",
+            *table("where", result["filters"], ("removed downstream", "candidates kept")),
+            "",
+        ]
     return "\n".join(
         [
             f"# Retrieval ablation: {result['data']}",
             "",
             f"Command: `{command}`",
             "",
-            f"{result['users']:,} held-out users, each user's latest 2 interactions held out; candidates as served "
+            f"{result['users']:,} held-out users, {result['split']}; candidates as served "
             "(history excluded, in served order), scored beside the baselines on the same split and users.",
             "",
             *table("variant", result["variants"], ("recall of all candidates", "candidates")),
@@ -160,10 +178,7 @@ def markdown(result: dict, command: str) -> str:
             "",
             *[f"- {note}" for note in result.get("baseline_notes", [])],
             "",
-            "Hard filters (the default policy's content rules for each user's country), inside the search or after:",
-            "",
-            *table("where", result["filters"], ("removed downstream", "candidates kept")),
-            "",
+            *filter_lines,
         ]
     )
 
@@ -175,8 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--max-users", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=Path("results/ablation"))
+    parser.add_argument("--holdout", type=int, default=HOLDOUT, help="latest interactions held out per user")
+    parser.add_argument(
+        "--validation", action="store_true", help="score on the training split's latest interactions (for tuning)"
+    )
+    parser.add_argument("--only", nargs="+", default=(), help="run the variants whose names contain one of these")
     args = parser.parse_args(argv)
-    result = run(args.size, args.movielens, args.seed, args.max_users, lambda m: print(f"[ablation] {m}", flush=True))
+    result = run(
+        args.size, args.movielens, args.seed, args.max_users, lambda m: print(f"[ablation] {m}", flush=True),
+        args.holdout, args.validation, tuple(args.only),
+    )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ablation.json").write_text(json.dumps(result, indent=2))
     command = "python -m evaluation.ablation " + " ".join(argv if argv is not None else __import__("sys").argv[1:])

@@ -17,7 +17,9 @@ loss (`training/losses.py`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +27,9 @@ import torch.nn.functional as F
 
 from training.dataset import Interactions
 from training.impressions import Sequences
+
+if TYPE_CHECKING:  # two_tower imports this module
+    from training.two_tower import TwoTower
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,8 @@ class SoftmaxConfig:
 
 
 def next_item_loss(
-    queries: torch.Tensor, targets: torch.Tensor, item_vectors, log_q: torch.Tensor, num_items: int,
+    queries: torch.Tensor, targets: torch.Tensor, item_vectors: Callable[[torch.Tensor], torch.Tensor],
+    log_q: torch.Tensor, num_items: int,
     config: SoftmaxConfig, rng: np.random.Generator,
 ) -> torch.Tensor:  # fmt: skip
     """Cross-entropy of each query [N, dim] for its target item [N], over the catalog or over
@@ -110,10 +116,10 @@ def next_item_loss(
     return F.cross_entropy(torch.cat(parts, dim=1), label)
 
 
-def window_loss(model, windows: Windows, batch: np.ndarray, log_q: torch.Tensor, config: SoftmaxConfig,
+def window_loss(model: TwoTower, windows: Windows, batch: np.ndarray, log_q: torch.Tensor, config: SoftmaxConfig,
                 rng: np.random.Generator) -> torch.Tensor:  # fmt: skip
     """The loss of one batch of windows: every position's next item, and each first item from
-    nothing. `model` is a `training.two_tower.TwoTower` whose user tower is a `SequenceUserTower`."""
+    nothing. The model's user tower is a `SequenceUserTower`."""
     width = max(2, int(windows.lengths()[batch].max()))
     items = torch.from_numpy(windows.items[batch][:, :width])
     inputs, targets = items[:, 1:], items[:, :-1]
