@@ -65,10 +65,11 @@ VARIANTS = [
 
 def run(
     size: str, movielens: Path | None, seed: int, max_users: int, progress, holdout: int = HOLDOUT,
-    validation: bool = False, only: tuple[str, ...] = (),
+    validation: bool = False, only: tuple[str, ...] = (), tower_settings: dict | None = None,
 ) -> dict:  # fmt: skip
     """`validation`: score on the training split's own latest interactions (what tuning may read),
-    never on the held-out test part. `only`: the variants whose names contain one of these."""
+    never on the held-out test part. `only`: the variants whose names contain one of these.
+    `tower_settings`: `TwoTowerConfig` fields set in every variant run (a tuning sweep)."""
     data = load_data(size, movielens, seed, 0.0)
     train, test = split(data.interactions, holdout)
     if validation:
@@ -81,10 +82,11 @@ def run(
     filters: dict[str, dict] = {}
     for variant in [v for v in VARIANTS if not only or any(part in v.name for part in only)]:
         started = time.monotonic()
-        towers, _ = train_two_tower(data, train, dataclasses.replace(variant.towers, seed=seed))
+        config = dataclasses.replace(variant.towers, seed=seed, **(tower_settings or {}))
+        towers, _ = train_two_tower(data, train, config)
         vectors = item_embeddings(towers)
-        ids = users + 1 if variant.towers.use_user_id else np.zeros(len(users), np.int64)
-        queries = encode_histories(towers, vectors, latest_first(histories, variant.towers.history_length), slots, ids)
+        ids = users + 1 if config.use_user_id else np.zeros(len(users), np.int64)
+        queries = encode_histories(towers, vectors, latest_first(histories, config.history_length), slots, ids)
         limits = DEFAULT_LIMITS if variant.fused else {ANN: DEFAULT_LIMITS[ANN]}
         found = Retriever(catalog, vectors, covisitation, limits).retrieve(histories, queries)
         lists = {int(u): found[n].rows for n, u in enumerate(users)}
@@ -105,6 +107,7 @@ def run(
         "data": data.source,
         "split": f"each user's latest {holdout} held out" + (" of the training split (tuning)" if validation else ""),
         "users": len(users),
+        "tower_settings": tower_settings or {},
         "variants": rows,
         "baselines": baselines.metrics,
         "baseline_notes": baselines.notes,
@@ -195,10 +198,14 @@ def main(argv: list[str] | None = None) -> int:
         "--validation", action="store_true", help="score on the training split's latest interactions (for tuning)"
     )
     parser.add_argument("--only", nargs="+", default=(), help="run the variants whose names contain one of these")
+    parser.add_argument(
+        "--tower-settings", type=json.loads, default=None,
+        help='TwoTowerConfig fields for every variant run, as JSON: \'{"epochs": 20, "history_length": 200}\'',
+    )  # fmt: skip
     args = parser.parse_args(argv)
     result = run(
         args.size, args.movielens, args.seed, args.max_users, lambda m: print(f"[ablation] {m}", flush=True),
-        args.holdout, args.validation, tuple(args.only),
+        args.holdout, args.validation, tuple(args.only), args.tower_settings,
     )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ablation.json").write_text(json.dumps(result, indent=2))
