@@ -143,3 +143,20 @@ def test_batches_cover_every_window_once_and_stay_near_their_size():
     assert sorted(np.concatenate(groups).tolist()) == list(range(len(windows.user)))
     lengths = windows.lengths()
     assert all(len(g) * lengths[g].max() <= 40 or len(g) == 1 for g in groups)
+
+
+def test_sampled_softmax_finds_each_target_and_never_counts_it_as_its_own_negative():
+    from training.sequence_training import next_item_loss
+
+    rng = np.random.default_rng(5)
+    table = F.normalize(torch.randn(30, 16), dim=1)
+    targets = torch.tensor([3, 3, 7, 29])
+    queries = table[targets]  # each query points exactly at its target
+    for in_batch in (True, False):
+        # 300 uniform draws of 30 items: every target is drawn too, and must be masked there.
+        config = SoftmaxConfig(temperature=0.01, full_softmax_items=0, uniform_negatives=300,
+                               in_batch_negatives=in_batch)  # fmt: skip
+        loss = next_item_loss(queries, targets, lambda rows: table[rows], torch.zeros(30), 30, config, rng)
+        assert float(loss) < 0.05, (in_batch, float(loss))
+        wrong = next_item_loss(queries, targets.roll(1), lambda rows: table[rows], torch.zeros(30), 30, config, rng)
+        assert float(wrong) > 10.0

@@ -101,27 +101,35 @@ def next_item_loss(
         return F.cross_entropy(queries @ item_vectors(torch.arange(num_items)).T, targets)
     if not config.in_batch_negatives:
         # The positive, then the uniform samples: sampled softmax with its log(M / N) correction.
-        sampled_rows = torch.from_numpy(rng.integers(0, num_items, config.uniform_negatives))
         positive = (queries * item_vectors(targets)).sum(dim=1, keepdim=True)
-        sampled = queries @ item_vectors(sampled_rows).T - math.log(config.uniform_negatives / num_items)
-        sampled = sampled.masked_fill(targets[:, None] == sampled_rows[None, :], float("-inf"))
+        sampled = _uniform_logits(queries, targets, item_vectors, num_items, config.uniform_negatives, rng)
         return F.cross_entropy(torch.cat([positive, sampled], dim=1), torch.zeros(len(targets), dtype=torch.int64))
     distinct, label = torch.unique(targets, return_inverse=True)
     in_batch = queries @ item_vectors(distinct).T - (log_q[distinct] + math.log(len(targets)))
     parts = [in_batch]
     if config.uniform_negatives:
-        sampled_rows = torch.from_numpy(rng.integers(0, num_items, config.uniform_negatives))
-        sampled = queries @ item_vectors(sampled_rows).T - math.log(config.uniform_negatives / num_items)
-        parts.append(sampled.masked_fill(targets[:, None] == sampled_rows[None, :], float("-inf")))
+        parts.append(_uniform_logits(queries, targets, item_vectors, num_items, config.uniform_negatives, rng))
     return F.cross_entropy(torch.cat(parts, dim=1), label)
+
+
+def _uniform_logits(
+    queries: torch.Tensor, targets: torch.Tensor, item_vectors: Callable[[torch.Tensor], torch.Tensor],
+    num_items: int, count: int, rng: np.random.Generator,
+) -> torch.Tensor:  # fmt: skip
+    """Logits of `count` items drawn uniformly, corrected by log(M / N); a row's own target among
+    them is masked, so a positive is never its own negative."""
+    rows = torch.from_numpy(rng.integers(0, num_items, count))
+    logits = queries @ item_vectors(rows).T - math.log(count / num_items)
+    return logits.masked_fill(targets[:, None] == rows[None, :], float("-inf"))
 
 
 def window_loss(model: TwoTower, windows: Windows, batch: np.ndarray, log_q: torch.Tensor, config: SoftmaxConfig,
                 rng: np.random.Generator) -> torch.Tensor:  # fmt: skip
     """The loss of one batch of windows: every position's next item, and each first item from
     nothing. The model's user tower is a `SequenceUserTower`."""
-    width = max(2, int(windows.lengths()[batch].max()))
-    items = torch.from_numpy(windows.items[batch][:, :width])
+    window_items = windows.items[batch]
+    width = max(2, int((window_items >= 0).sum(axis=1).max()))
+    items = torch.from_numpy(window_items[:, :width])
     inputs, targets = items[:, 1:], items[:, :-1]
     valid = inputs >= 0
     distinct, inverse = torch.unique(inputs.clamp(min=0), return_inverse=True)
