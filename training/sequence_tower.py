@@ -53,23 +53,30 @@ class CausalBlock(torch.nn.Module):
 
 
 class SequenceUserTower(torch.nn.Module):
-    def __init__(self, dim: int, history_length: int, layers: int = 2, heads: int = 2, dropout: float = 0.2) -> None:
+    def __init__(self, dim: int, history_length: int, layers: int = 2, heads: int = 2, dropout: float = 0.2,
+                 pooling: bool = True) -> None:  # fmt: skip
         super().__init__()
         self.register_buffer("use_user_id", torch.tensor(0, dtype=torch.int64))  # read by the bundle's manifest
+        self.pooling = pooling
         self.input = torch.nn.Linear(dim, dim)
         self.blocks = torch.nn.ModuleList(CausalBlock(dim, heads, history_length, dropout) for _ in range(layers))
         self.norm = torch.nn.LayerNorm(dim)
-        self.nothing_yet = torch.nn.Parameter(torch.zeros(dim))
+        # The pooled tower's summaries, computed at every position over it and the older ones:
+        # attention pooling by a learned score and distance, the mean, the item itself.
+        self.score = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.Tanh(), torch.nn.Linear(dim, 1))
+        self.pool_distance = torch.nn.Parameter(torch.zeros(history_length))
+        width = 4 * dim if pooling else dim
+        self.nothing_yet = torch.nn.Parameter(torch.zeros(width))
         self.country = torch.nn.Embedding(NUM_COUNTRY_SLOTS, dim)
         self.head = torch.nn.Sequential(
-            torch.nn.Linear(2 * dim, 2 * dim), torch.nn.ReLU(), torch.nn.Linear(2 * dim, dim)
+            torch.nn.Linear(width + dim, 2 * dim), torch.nn.ReLU(), torch.nn.Linear(2 * dim, dim)
         )
         self.dropout = torch.nn.Dropout(dropout)
         torch.nn.init.normal_(self.country.weight, std=0.05)
 
     def states(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, L, dim] the sequence's state at every position: what position i predicts comes next
-        after its item, reading it and the older ones (history latest first, mask [B, L] float)."""
+        """[B, L, width] the sequence's state at every position: what position i predicts comes
+        next after its item, reading it and the older ones (history latest first, mask [B, L])."""
         length = history.shape[1]
         valid = mask > 0
         older_or_same = torch.ones(length, length, dtype=torch.bool, device=history.device).triu()
@@ -77,10 +84,20 @@ class SequenceUserTower(torch.nn.Module):
         x = self.dropout(self.input(history)) * mask.unsqueeze(-1)
         for block in self.blocks:
             x = block(x, allowed)
-        return self.norm(x)
+        x = self.norm(x)
+        if not self.pooling:
+            return x
+        items = history * mask.unsqueeze(-1)
+        # Sums over positions j >= i, accumulated from the oldest end.
+        mean = items.flip(1).cumsum(1).flip(1) / mask.flip(1).cumsum(1).flip(1).clamp(min=1.0).unsqueeze(-1)
+        positions = torch.arange(length, device=history.device)
+        distance = (positions[None, :] - positions[:, None]).clamp(min=0, max=self.pool_distance.shape[0] - 1)
+        logits = self.score(history).squeeze(-1).unsqueeze(1) + self.pool_distance[distance].unsqueeze(0)
+        weights = torch.softmax(logits.masked_fill(~allowed, -1e4), dim=-1)
+        return torch.cat([x, weights @ items, mean, items], dim=-1)
 
     def vectors(self, states: torch.Tensor, has_history: torch.Tensor, country: torch.Tensor) -> torch.Tensor:
-        """Unit query vectors from states [N, dim], has_history [N] bool and country slots [N]."""
+        """Unit query vectors from states [N, width], has_history [N] bool and country slots [N]."""
         state = torch.where(has_history.unsqueeze(-1), states, self.nothing_yet.expand_as(states))
         return F.normalize(self.head(torch.cat([state, self.country(country)], dim=-1)), dim=-1)
 
