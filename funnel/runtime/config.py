@@ -75,6 +75,24 @@ def port_setting(default: int, help: str = "gRPC port") -> Any:
     return setting(default, help=help, checks=[port_number])
 
 
+def client_rate_setting(default: float, calls: str = "calls") -> Any:
+    """The per-client token bucket's rate, one definition for every public process (its default may differ)."""
+    return setting(
+        default,
+        help=f"with clients_file: {calls} a second each client may make to this replica (a token bucket; a "
+        "client's own rate= in the credentials file overrides it); beyond it RESOURCE_EXHAUSTED with "
+        "retry-after-ms; 0 = none",
+        checks=[non_negative],
+    )
+
+
+def client_burst_setting(default: int) -> Any:
+    return setting(
+        default, help="calls a client may make at once before its rate applies (0 = twice the rate)",
+        checks=[non_negative],
+    )  # fmt: skip
+
+
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
@@ -185,15 +203,8 @@ class ServerSettings:
         "'authorization: Bearer <token>' of a client with the method's scope (else UNAUTHENTICATED or "
         "PERMISSION_DENIED); re-read when it changes",
     )
-    client_rate_per_s: float = setting(
-        0.0,
-        help="with clients_file: calls a second each client may make to this process (a token bucket; a "
-        "client's own rate= in the file overrides it); beyond it RESOURCE_EXHAUSTED with retry-after-ms; 0 = none",
-        checks=[non_negative],
-    )
-    client_burst: int = setting(
-        0, help="calls a client may make at once before its rate applies (0 = twice the rate)", checks=[non_negative]
-    )
+    client_rate_per_s: float = client_rate_setting(0.0)
+    client_burst: int = client_burst_setting(0)
     user_token_key_file: str = setting(
         "",
         help="key that verifies end-user tokens (JWT in 'x-user-token'): a PEM public key (RS256, ES256) or a shared "

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from funnel.live.schema import LogBounds, Retention, password_file_setting, store_url_problem
 from funnel.runtime.config import (
     ServerSettings,
+    client_burst_setting,
+    client_rate_setting,
     non_empty,
     non_negative,
     port_setting,
@@ -18,16 +20,8 @@ from funnel.runtime.config import (
 @dataclass(frozen=True, kw_only=True)
 class EventsSettings(ServerSettings):
     port: int = port_setting(50091, "gRPC port of the public Events API")
-    client_rate_per_s: float = setting(
-        100.0,
-        help="with clients_file: calls a second each client may make to this replica, each of up to max_events "
-        "events (a client's own rate= in the credentials file overrides it); beyond it RESOURCE_EXHAUSTED with "
-        "retry-after-ms; 0 = none",
-        checks=[non_negative],
-    )
-    client_burst: int = setting(
-        200, help="calls a client may make at once before its rate applies", checks=[non_negative]
-    )
+    client_rate_per_s: float = client_rate_setting(100.0, calls="calls, each of up to max_events events,")
+    client_burst: int = client_burst_setting(200)
     state_store: str = setting(
         help="Redis URL of the online store (redis://host:port/db)", checks=[non_empty, store_url_problem]
     )

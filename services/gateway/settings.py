@@ -10,6 +10,8 @@ from funnel.live.schema import ReadLimits, Retention, password_file_setting, sto
 from funnel.runtime.channels import listed_hosts
 from funnel.runtime.config import (
     ServerSettings,
+    client_burst_setting,
+    client_rate_setting,
     non_empty,
     non_negative,
     port_setting,
@@ -21,15 +23,8 @@ from funnel.runtime.config import (
 @dataclass(frozen=True, kw_only=True)
 class GatewaySettings(ServerSettings):
     port: int = port_setting(50051, "gRPC port of the public Recommender API")
-    client_rate_per_s: float = setting(
-        200.0,
-        help="with clients_file: calls a second each client may make to this replica (a client's own rate= in "
-        "the credentials file overrides it); beyond it RESOURCE_EXHAUSTED with retry-after-ms; 0 = none",
-        checks=[non_negative],
-    )
-    client_burst: int = setting(
-        400, help="calls a client may make at once before its rate applies", checks=[non_negative]
-    )
+    client_rate_per_s: float = client_rate_setting(200.0)
+    client_burst: int = client_burst_setting(400)
     retrieval_shards: str = setting(
         help="retrieval addresses: shards separated by ';', replicas of a shard by ',' "
         "(e.g. '127.0.0.1:50061,127.0.0.1:50062;127.0.0.1:50063' or 'dns:///retrieval-0:50061;dns:///retrieval-1:50061')",
