@@ -38,9 +38,18 @@ DENSE_FEATURES = (
     "user_activity",  # log history length, scaled
     "retrieval_rank",  # log position in retrieval's fused list, scaled
 )
-CATEGORICAL_FEATURES = ("item_category", "item_provider", "item_age_bucket", "country", "source")
+# Small-vocabulary columns the ranker embeds in tables of its own (`FeatureStore.cardinalities`).
+EMBEDDED_FEATURES = ("item_category", "item_provider", "item_age_bucket", "country", "source")
+# Item rows: the candidate's, then the user's latest RECENT_ID_ITEMS items, oldest first and
+# right-aligned (the last column is the latest item; -1 where the history is shorter). The ranker
+# embeds them in one item table and attends from the candidate over the recent ones.
+RECENT_ID_ITEMS = 20
+ITEM_ID_FEATURES = ("item_row", *(f"recent_item_{k}" for k in range(RECENT_ID_ITEMS, 0, -1)))
+CATEGORICAL_FEATURES = EMBEDDED_FEATURES + ITEM_ID_FEATURES
 NUM_DENSE = len(DENSE_FEATURES)
+NUM_EMBEDDED = len(EMBEDDED_FEATURES)
 NUM_CATEGORICAL = len(CATEGORICAL_FEATURES)
+NO_ITEM = -1  # a recent-item column the history is too short to fill
 AGE_EDGES_DAYS = np.array([7, 30, 90, 180, 365, 730, 1825], dtype=np.float32)
 NUM_AGE_BUCKETS = len(AGE_EDGES_DAYS) + 1
 NUM_COUNTRY_SLOTS = len(COUNTRIES) + 1  # slot 0 = unknown country
@@ -125,7 +134,7 @@ class FeatureStore:
         ).astype(np.int64)
 
     def cardinalities(self) -> list[int]:
-        """Embedding table sizes the ranker needs, in CATEGORICAL_FEATURES order."""
+        """Embedding table sizes the ranker needs, in EMBEDDED_FEATURES order."""
         return [
             len(self.catalog.category_names),
             len(self.catalog.provider_names),
@@ -180,13 +189,17 @@ class FeatureStore:
         categorical[:, :3] = self._item_categorical[item_rows]
         categorical[:, 3] = user.country
         categorical[:, 4] = 0 if sources is None else sources
+        categorical[:, NUM_EMBEDDED] = item_rows
+        recent_ids = categorical[:, NUM_EMBEDDED + 1 :]
+        recent_ids.fill(NO_ITEM)
+        if len(history):
+            latest = history[-RECENT_ID_ITEMS:]
+            recent_ids[:, RECENT_ID_ITEMS - len(latest) :] = latest
         return FeatureBatch(dense, categorical)
 
     def _category_share(self, history: np.ndarray) -> np.ndarray:
         weights = np.exp(-CATEGORY_DECAY * np.arange(len(history) - 1, -1, -1, dtype=np.float32))
-        share = np.bincount(
-            self.catalog.category[history], weights=weights, minlength=len(self.catalog.category_names)
-        )
+        share = np.bincount(self.catalog.category[history], weights=weights, minlength=len(self.catalog.category_names))
         return (share / weights.sum()).astype(np.float32)
 
 

@@ -6,7 +6,7 @@
     python -m training.build --out artifacts-mine --interactions events.csv --items items.csv
 
 Steps: generate (or load) interactions; hold out each user's latest interactions (the protocol of
-`training/protocol.py`); fit the retrieval models and the DCN-v2 ranker on the rest; evaluate
+`training/protocol.py`); fit the retrieval models and the deep ranker on the rest; evaluate
 everything offline on the held-out part beside the baselines; write `<out>/bundles/<version>/`
 and `<out>/model_repository/ranker/<n>/`.
 

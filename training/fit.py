@@ -21,7 +21,7 @@ from funnel.features import FeatureStore, country_slots
 from training.candidates import Retriever
 from training.covisitation import CoVisitationConfig, build_covisitation
 from training.dataset import Dataset, Interactions
-from training.impressions import ImpressionConfig, Sequences, choose_cuts, draw_impressions, tail_mask
+from training.impressions import ImpressionConfig, Impressions, Sequences, choose_cuts, draw_impressions, tail_mask
 from training.ranker import RankerConfig, RankerTraining, train_ranker
 from training.two_tower import (
     TwoTower,
@@ -100,8 +100,20 @@ def home_country_slots(data: Dataset) -> np.ndarray:
     return country_slots(data.user_country.astype(np.int64))
 
 
-def fit_models(data: Dataset, train: Interactions, config: FitConfig, progress) -> FittedModels:
-    seconds: dict[str, float] = {}
+@dataclass
+class RankerImpressions:
+    """The ranker's training rows, with the early retrieval models and feature store they came from."""
+
+    early: RetrievalModels
+    early_losses: list[float]
+    store: FeatureStore
+    rows: Impressions
+
+
+def ranker_impressions(
+    data: Dataset, train: Interactions, config: FitConfig, progress, seconds: dict
+) -> RankerImpressions:
+    """Early retrieval models, cuts in each user's tail and the candidates retrieval gave there."""
     started = time.monotonic()
     tail = tail_mask(train, config.impressions)
     early = train.take(~tail)
@@ -117,25 +129,32 @@ def fit_models(data: Dataset, train: Interactions, config: FitConfig, progress) 
     # Windowed popularity reads only what happened before each cut, so the whole split may serve it.
     activity = ItemActivity.from_interactions(train.item, train.timestamp, data.num_items)
     store = FeatureStore(early_models.catalog, early_models.item_vectors, early_models.covisitation, activity)
-    features, labels, groups, drawn = draw_impressions(
+    rows = draw_impressions(
         cuts, sequences, home_country_slots(data), early_models.queries, early_models.retriever(), store,
         config.impressions,
     )  # fmt: skip
     seconds["ranker impressions"] = time.monotonic() - started
     progress(
-        f"DCN-v2 ranker on {len(labels):,} impressions ({int(labels.sum()):,} positive) from the "
-        f"{len(np.unique(groups)):,} of {drawn:,} cuts (of {len(users):,} users' histories) whose candidates "
+        f"deep ranker on {len(rows.labels):,} impressions ({int(rows.labels.sum()):,} positive) from the "
+        f"{rows.positive_cuts:,} of {rows.cuts_drawn:,} cuts (of {len(users):,} users' histories) whose candidates "
         "held a next item"
     )
+    return RankerImpressions(early_models, early_losses, store, rows)
+
+
+def fit_models(data: Dataset, train: Interactions, config: FitConfig, progress) -> FittedModels:
+    seconds: dict[str, float] = {}
+    impressions = ranker_impressions(data, train, config, progress, seconds)
     started = time.monotonic()
-    ranker = train_ranker(features, labels, groups, store.cardinalities(), config.ranker)
+    store = impressions.store
+    ranker = train_ranker(impressions.rows, store.cardinalities(), store.item_vectors, config.ranker)
     seconds["ranker"] = time.monotonic() - started
 
     started = time.monotonic()
     progress(f"retrieval tables on all {len(train):,} training interactions (served)")
-    served, losses = fit_retrieval(data, train, config, start_from=early_models.towers)
+    served, losses = fit_retrieval(data, train, config, start_from=impressions.early.towers)
     seconds["retrieval models (served)"] = time.monotonic() - started
-    return FittedModels(served, ranker, early_losses + losses, seconds)
+    return FittedModels(served, ranker, impressions.early_losses + losses, seconds)
 
 
 def with_epochs(config: FitConfig, epochs: int) -> FitConfig:

@@ -89,12 +89,20 @@ def choose_cuts(sequences: Sequences, tail: Sequences, config: ImpressionConfig,
 Encode = Callable[[list[np.ndarray], np.ndarray], np.ndarray]  # (histories, country slots) -> user vectors
 
 
+@dataclass
+class Impressions:
+    features: FeatureBatch
+    labels: np.ndarray  # float32, 1 for a next item
+    users: np.ndarray  # the user each row belongs to (the ranker's validation holds users apart)
+    cuts_drawn: int
+    positive_cuts: int  # of those, the cuts with a next item among their candidates
+
+
 def draw_impressions(
     cuts: list[Cut], sequences: Sequences, country: np.ndarray, encode: Encode, retriever: Retriever,
     store: FeatureStore, config: ImpressionConfig,
-) -> tuple[FeatureBatch, np.ndarray, np.ndarray, int]:  # fmt: skip
-    """Impressions from random batches of `cuts` (see `ImpressionConfig`): features, labels, the
-    cut each row belongs to, and how many cuts were drawn."""
+) -> Impressions:  # fmt: skip
+    """Impressions from random batches of `cuts` (see `ImpressionConfig`)."""
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(cuts))
     parts: list[tuple[FeatureBatch, np.ndarray, np.ndarray]] = []
@@ -105,16 +113,17 @@ def draw_impressions(
         queries = encode(histories, country[[c.user for c in batch]])
         features, labels, groups = build_impressions(batch, histories, sequences, country, retriever, store,
                                                      queries, config, rng)  # fmt: skip
-        parts.append((features, labels, groups + drawn))
+        parts.append((features, labels, np.array([c.user for c in batch], dtype=np.int64)[groups]))
         positive_cuts += len(np.unique(groups))
         drawn += len(batch)
     if positive_cuts == 0:
         raise ValueError("no cut had a positive among its candidates: too little data to train a ranker")
-    return (
+    return Impressions(
         FeatureBatch.concat([p[0] for p in parts]),
         np.concatenate([p[1] for p in parts]),
         np.concatenate([p[2] for p in parts]),
         drawn,
+        positive_cuts,
     )
 
 

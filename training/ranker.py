@@ -1,10 +1,10 @@
-"""The ranker: a DCN-v2 network over the shared ranker features, trained on retrieval's candidates.
+"""The ranker: a deep network over the shared ranker features, trained on retrieval's candidates.
 
-Dense features and embedded categorical features form x0; explicit cross layers
-(x_{l+1} = x0 * (W x_l + b) + x_l) learn feature interactions beside a deep MLP; a linear head on
-both gives the engagement probability. Impressions come from what retrieval returns at many cuts
-of users' pasts (`training/impressions.py`), so the ranker learns to reorder retrieval's
-candidates rather than to tell good items from random ones. A share of the users is held apart
+The candidate's item embedding attends over the user's latest items (target attention); that,
+the engineered dense features and the embedded categorical ones feed a DCN-v2 (explicit cross
+layers beside a deep MLP) whose head gives the engagement probability. Impressions come from what
+retrieval returns at many cuts of users' pasts (`training/impressions.py`), so the ranker learns
+to reorder retrieval's candidates rather than to tell good items from random ones. A share of the users is held apart
 for validation; training stops when its log loss stops improving and keeps the best epoch.
 """
 
@@ -17,18 +17,69 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from funnel.features import NUM_DENSE, FeatureBatch
+from funnel.features import NUM_DENSE, NUM_EMBEDDED, RECENT_ID_ITEMS, FeatureBatch
 from training.epochs import EpochLog
+from training.impressions import Impressions
 
 
-class DCNRanker(torch.nn.Module):
-    """(dense [N, D] float32, categorical [N, C] int64) -> probability of engagement [N, 1]."""
+class TargetAttention(torch.nn.Module):
+    """Each candidate attends over the user's recent items (DIN/BST-style target attention).
 
-    def __init__(self, cardinalities: list[int], num_dense: int = NUM_DENSE, embed_dim: int = 4,
-                 cross_layers: int = 2, hidden: int = 64) -> None:  # fmt: skip
+    Scaled dot-product heads with the candidate as the query and the recent items, plus a learned
+    recency embedding, as keys; a learned empty slot is always there to attend to, so a user with
+    no history (or none related to the candidate) gets a defined, learnable summary.
+    """
+
+    def __init__(self, dim: int, heads: int, positions: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = torch.nn.Linear(dim, dim, bias=False)
+        self.key = torch.nn.Linear(dim, dim, bias=False)
+        self.value = torch.nn.Linear(dim, dim, bias=False)
+        self.recency = torch.nn.Parameter(torch.zeros(positions, dim))
+        self.empty_key = torch.nn.Parameter(torch.zeros(1, 1, dim))
+
+    def forward(self, candidate: torch.Tensor, recent: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """candidate [N, d], recent [N, R, d], present [N, R] bool -> [N, d]."""
+        n, r, d = recent.shape
+        head_dim = d // self.heads
+        keys = torch.cat([self.empty_key.expand(n, 1, d), self.key(recent + self.recency)], dim=1)
+        values = torch.cat([torch.zeros_like(recent[:, :1]), self.value(recent)], dim=1)
+        q = self.query(candidate).view(n, self.heads, 1, head_dim)
+        k = keys.view(n, r + 1, self.heads, head_dim).transpose(1, 2)
+        v = values.view(n, r + 1, self.heads, head_dim).transpose(1, 2)
+        logits = (q @ k.transpose(2, 3)).squeeze(2) / head_dim**0.5  # [N, heads, R + 1]
+        visible = torch.cat([torch.ones_like(present[:, :1]), present], dim=1).unsqueeze(1)
+        weights = torch.softmax(logits.masked_fill(~visible, -1e9), dim=-1)
+        return (weights.unsqueeze(2) @ v).reshape(n, d)
+
+
+class DeepRanker(torch.nn.Module):
+    """(dense [N, D] float32, categorical [N, C] int64) -> probability of engagement [N, 1].
+
+    x0 joins the dense features, the small embedded ones and, with `item_dim`, the candidate's item
+    embedding, its target attention over the user's latest items and their product. Explicit cross
+    layers (x_{l+1} = x0 * (W x_l + b) + x_l) learn feature interactions beside a deep MLP; a linear
+    head on both gives the probability. `item_dim` 0 is the network without item ids (the DCN-v2 over
+    engineered features alone). Item rows outside the table (items added after training) and the
+    empty recent columns share row 0, a zero vector the network reads as "unknown".
+    """
+
+    def __init__(self, cardinalities: list[int], num_items: int = 0, item_dim: int = 0, heads: int = 2,
+                 item_vectors: np.ndarray | None = None, item_dropout: float = 0.0, num_dense: int = NUM_DENSE,
+                 embed_dim: int = 4, cross_layers: int = 2, hidden: int = 64) -> None:  # fmt: skip
         super().__init__()
         self.embeddings = torch.nn.ModuleList(torch.nn.Embedding(n, embed_dim) for n in cardinalities)
-        width = num_dense + embed_dim * len(cardinalities)
+        self.num_items = num_items
+        self.item_dim = item_dim
+        self.first_id_column = NUM_EMBEDDED
+        self.item_dropout = item_dropout
+        self.items = torch.nn.Embedding(num_items + 1 if item_dim else 1, max(item_dim, 1), padding_idx=0)
+        if item_dim and item_vectors is not None:
+            with torch.no_grad():  # start from retrieval's item space, which already knows co-watching
+                self.items.weight[1:] = _projected(item_vectors, item_dim)
+        self.attention = TargetAttention(max(item_dim, heads), heads, RECENT_ID_ITEMS)
+        width = num_dense + embed_dim * len(cardinalities) + 3 * item_dim
         self.cross = torch.nn.ModuleList(torch.nn.Linear(width, width) for _ in range(cross_layers))
         self.deep = torch.nn.Sequential(
             torch.nn.Linear(width, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden // 2), torch.nn.ReLU()
@@ -39,6 +90,13 @@ class DCNRanker(torch.nn.Module):
         parts = [dense]
         for position, table in enumerate(self.embeddings):
             parts.append(table(categorical[:, position]))
+        if self.item_dim > 0:
+            ids = categorical[:, self.first_id_column :]
+            rows = torch.where((ids >= 0) & (ids < self.num_items), ids + 1, torch.zeros_like(ids))
+            embedded = torch.nn.functional.dropout(self.items(rows), self.item_dropout, self.training)
+            candidate, recent = embedded[:, 0], embedded[:, 1:]
+            attended = self.attention(candidate, recent, rows[:, 1:] > 0)
+            parts.extend([candidate, attended, candidate * attended])
         x0 = torch.cat(parts, dim=1)
         x = x0
         for layer in self.cross:
@@ -46,20 +104,37 @@ class DCNRanker(torch.nn.Module):
         return torch.sigmoid(self.head(torch.cat([x, self.deep(x0)], dim=1)))
 
 
+def _projected(item_vectors: np.ndarray, dim: int) -> torch.Tensor:
+    """Retrieval's item vectors cut or padded to `dim` columns, scaled to unit norm."""
+    vectors = torch.zeros(len(item_vectors), dim)
+    width = min(dim, item_vectors.shape[1])
+    vectors[:, :width] = torch.from_numpy(np.ascontiguousarray(item_vectors[:, :width], dtype=np.float32))
+    return vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
 @dataclass(frozen=True)
 class RankerConfig:
     max_epochs: int = 30
     patience: int = 3  # epochs without a better validation loss before stopping
-    validation_share: float = 0.1  # of the cuts (grouped by user), held apart
+    validation_share: float = 0.1  # of the users, whose cuts are held apart
     batch_size: int = 512
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     seed: int = 7
+    # The candidate's item embedding and its target attention over the user's latest items; 0
+    # leaves item ids out (the network over engineered features alone).
+    # `python -m evaluation.ranker_ablation --movielens data/ml-1m --holdout 1 --validation`: retrieval's
+    # 64-dim vectors kept frozen gave HR@10 0.3033 against 0.2975 without ids; a table trained from
+    # them 0.2978 (64 dims) and 0.2972 (32): the impressions are too few to learn 3.7k items anew.
+    item_dim: int = 64
+    attention_heads: int = 2
+    item_dropout: float = 0.0
+    train_item_table: bool = False  # False keeps retrieval's item vectors as they are
 
 
 @dataclass
 class RankerTraining:
-    model: DCNRanker
+    model: DeepRanker
     losses: list[float]
     validation_losses: list[float]
     best_epoch: int
@@ -68,18 +143,24 @@ class RankerTraining:
 
 
 def train_ranker(
-    features: FeatureBatch, labels: np.ndarray, groups: np.ndarray, cardinalities: list[int], config: RankerConfig
+    impressions: Impressions, cardinalities: list[int], item_vectors: np.ndarray, config: RankerConfig
 ) -> RankerTraining:
+    """`item_vectors`: retrieval's, one row per catalog item; the item table starts from them.
+    Validation holds a share of the users apart: cuts of one user share most of their history and
+    next items, so holding cuts apart would reward memorising each user's sequence."""
+    features, labels, users = impressions.features, impressions.labels, impressions.users
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(config.seed)
-    unique_groups = np.unique(groups)
-    held = rng.choice(unique_groups, max(1, int(len(unique_groups) * config.validation_share)), replace=False)
-    validation = np.isin(groups, held)
+    unique_users = np.unique(users)
+    held = rng.choice(unique_users, max(1, int(len(unique_users) * config.validation_share)), replace=False)
+    validation = np.isin(users, held)
     train_rows, validation_rows = np.flatnonzero(~validation), np.flatnonzero(validation)
     dense, categorical, y = (torch.from_numpy(a) for a in (features.dense, features.categorical, labels))
 
-    model = DCNRanker(cardinalities)
+    model = DeepRanker(cardinalities, len(item_vectors), config.item_dim, config.attention_heads, item_vectors,
+                       config.item_dropout)  # fmt: skip
+    model.items.weight.requires_grad_(config.train_item_table)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     progress = EpochLog("ranker", config.max_epochs)
@@ -107,7 +188,9 @@ def train_ranker(
 
 
 @torch.no_grad()
-def _loss(model: DCNRanker, dense: torch.Tensor, categorical: torch.Tensor, y: torch.Tensor, rows: np.ndarray) -> float:
+def _loss(
+    model: DeepRanker, dense: torch.Tensor, categorical: torch.Tensor, y: torch.Tensor, rows: np.ndarray
+) -> float:
     model.eval()
     index = torch.from_numpy(rows)
     predicted = model(dense[index], categorical[index]).squeeze(-1)
@@ -119,7 +202,7 @@ def score(model: torch.nn.Module, features: FeatureBatch) -> np.ndarray:
     return model(torch.from_numpy(features.dense), torch.from_numpy(features.categorical)).numpy().ravel()
 
 
-def export_torchscript(model: DCNRanker, path: str) -> None:
+def export_torchscript(model: DeepRanker, path: str) -> None:
     # TorchScript is deprecated in torch, but it is the format Triton's pytorch_libtorch backend
     # loads, so the warning is expected here.
     with warnings.catch_warnings():

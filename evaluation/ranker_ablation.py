@@ -1,0 +1,171 @@
+"""`python -m evaluation.ranker_ablation`: what each ranker change adds, on the same candidates.
+
+    python -m evaluation.ranker_ablation --size demo --out results/ranker-ablation-demo
+    python -m evaluation.ranker_ablation --movielens data/ml-1m --holdout 1 --validation --out results/ranker-ml1m
+
+The retrieval models and the ranker's impressions are fit once, as the build fits them; each
+variant then trains a ranker on those same impressions and re-orders the same served candidates
+for every held-out user. `--validation` scores on the training split's own latest interactions
+(what tuning may read), never on the test part. `--ranker-settings` sets `RankerConfig` fields in
+every variant (a tuning sweep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from funnel.artifacts.activity import ItemActivity
+from funnel.features import FeatureBatch, FeatureStore, UserContext
+from training.build import load_data
+from training.classification import auc
+from training.fit import FitConfig, fit_retrieval, ranker_impressions, with_epochs, with_seed
+from training.offline_eval import HeldOutUsers
+from training.protocol import HOLDOUT, accuracy, format_table, split
+from training.ranker import score, train_ranker
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    settings: dict  # RankerConfig fields
+
+
+VARIANTS = [
+    Variant("engineered features only (no item ids)", {"item_dim": 0}),
+    Variant("+ target attention over retrieval's item vectors, frozen", {"item_dim": 64, "train_item_table": False}),
+    Variant("+ target attention, item table trained from retrieval's", {"item_dim": 64, "train_item_table": True}),
+    Variant("+ target attention, item table trained, 32 dims", {"item_dim": 32, "train_item_table": True}),
+]
+
+
+@dataclass
+class HeldOutCandidates:
+    """Served candidates and their features for each held-out user, computed once for every variant."""
+
+    features: list[FeatureBatch]
+    rows: list[np.ndarray]
+    relevant: dict[int, set[int]]
+    users: np.ndarray
+
+
+def held_out_candidates(data, train, test, config: FitConfig, early_towers, max_users: int, seed: int):
+    served, _ = fit_retrieval(data, train, config, start_from=early_towers)
+    held = HeldOutUsers.sample(data, train, test, max_users, seed)
+    queries = served.queries(held.histories, held.slots)
+    found = served.retriever().retrieve(held.histories, queries)
+    activity = ItemActivity.from_interactions(train.item, train.timestamp, data.num_items)
+    store = FeatureStore(served.catalog, served.item_vectors, served.covisitation, activity)
+    features = []
+    for n, user in enumerate(held.users.tolist()):
+        history, times = held.sequences.of_user(user)
+        context = UserContext(history, int(times[-1]), int(held.slots[n]), queries[n])
+        features.append(store.features(context, found[n].rows, found[n].sources))
+    return HeldOutCandidates(features, [c.rows for c in found], held.relevant, held.users)
+
+
+def ranked_metrics(model, held: HeldOutCandidates) -> dict[str, float]:
+    lists, labels, scores = {}, [], []
+    for n, user in enumerate(held.users.tolist()):
+        predicted = score(model, held.features[n])
+        lists[user] = held.rows[n][np.argsort(-predicted, kind="stable")]
+        labels.append(np.isin(held.rows[n], list(held.relevant[user])).astype(np.float32))
+        scores.append(predicted)
+    return {**accuracy(lists, held.relevant), "auc": round(auc(np.concatenate(labels), np.concatenate(scores)), 4)}
+
+
+def run(
+    size: str, movielens: Path | None, seed: int, max_users: int, holdout: int = HOLDOUT, validation: bool = False,
+    only: tuple[str, ...] = (), ranker_settings: dict | None = None, epochs: int = 10, progress=print,
+) -> dict:  # fmt: skip
+    """`epochs`: the two-tower epochs, the build's default."""
+    data = load_data(size, movielens, seed, 0.0)
+    train, test = split(data.interactions, holdout)
+    if validation:
+        train, test = split(train, holdout)
+    config = with_seed(with_epochs(FitConfig(), epochs), seed)
+    seconds: dict[str, float] = {}
+    impressions = ranker_impressions(data, train, config, progress, seconds)
+    held = held_out_candidates(data, train, test, config, impressions.early.towers, max_users, seed)
+    retrieval_order = {u: held.rows[n] for n, u in enumerate(held.users.tolist())}
+    rows: dict[str, dict] = {"retrieval order": accuracy(retrieval_order, held.relevant)}
+    store = impressions.store
+    for variant in [v for v in VARIANTS if not only or any(part in v.name for part in only)]:
+        ranker_config = dataclasses.replace(config.ranker, **{**variant.settings, **(ranker_settings or {})})
+        progress(f"ranker variant: {variant.name} {dataclasses.asdict(ranker_config)}")
+        started = time.monotonic()
+        training = train_ranker(impressions.rows, store.cardinalities(), store.item_vectors, ranker_config)
+        trained = time.monotonic() - started
+        rows[variant.name] = {
+            **ranked_metrics(training.model, held),
+            "train_seconds": round(trained, 1),
+            "best_epoch": training.best_epoch,
+            "trained_parameters": sum(p.numel() for p in training.model.parameters() if p.requires_grad),
+        }
+        print(format_table(rows, ("recall@10", "ndcg@10", "recall@50", "auc")), flush=True)
+    return {
+        "data": data.source,
+        "split": "validation (the training split's own latest interactions)" if validation else "test",
+        "holdout": holdout,
+        "users": len(held.users),
+        "impressions": {"count": len(impressions.rows.labels), "positives": int(impressions.rows.labels.sum())},
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "ranker_settings": ranker_settings or {},
+        "rows": rows,
+    }
+
+
+def markdown(result: dict, command: str) -> str:
+    metrics = ("recall@10", "ndcg@10", "recall@50", "auc", "train_seconds", "best_epoch", "trained_parameters")
+    lines = [
+        f"# Ranker ablation: {result['data']}",
+        "",
+        f"`{command}`",
+        "",
+        f"Scored on the {result['split']}, {result['users']:,} users, {result['holdout']} held-out item(s) each; "
+        f"every ranker trained on the same {result['impressions']['count']:,} impressions "
+        f"({result['impressions']['positives']:,} positive) and re-ordering the same served candidates.",
+        "",
+        "| ranker | " + " | ".join(metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
+    for name, row in result["rows"].items():
+        lines.append(f"| {name} | " + " | ".join(str(row.get(m, "")) for m in metrics) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="demo")
+    parser.add_argument("--movielens", type=Path)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--max-users", type=int, default=20_000)
+    parser.add_argument("--epochs", type=int, default=10, help="two-tower training epochs, as the build's")
+    parser.add_argument("--holdout", type=int, default=HOLDOUT)
+    parser.add_argument("--validation", action="store_true", help="score on the training split's latest items")
+    parser.add_argument("--only", nargs="+", default=(), help="run the variants whose names contain one of these")
+    parser.add_argument("--ranker-settings", type=json.loads, help='RankerConfig fields as JSON, e.g. {"item_dim": 64}')
+    parser.add_argument("--out", type=Path, default=Path("results/ranker-ablation"))
+    args = parser.parse_args(argv)
+    result = run(
+        args.size, args.movielens, args.seed, args.max_users, args.holdout, args.validation, tuple(args.only),
+        args.ranker_settings, args.epochs,
+    )  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ranker_ablation.json").write_text(json.dumps(result, indent=2))
+    command = "python -m evaluation.ranker_ablation " + shlex.join(argv if argv is not None else sys.argv[1:])
+    (args.out / "report.md").write_text(markdown(result, command))
+    print(f"wrote {args.out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
