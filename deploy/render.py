@@ -13,7 +13,7 @@ import yaml
 from deploy.imports import REPO_ROOT
 
 K8S_DIR = REPO_ROOT / "k8s"
-OVERLAYS = ("dev", "prod", "dev-sidecar")
+OVERLAYS = ("dev", "prod", "dev-sidecar", "dev-distributed")
 
 Object = dict[str, Any]
 

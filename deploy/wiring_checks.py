@@ -432,7 +432,32 @@ def _job_problems(container: Container) -> list[str]:
     found = container.mount_for(str(args.out))
     if found is None or found["mount"].get("readOnly"):
         return [f"{container.name}: --out {args.out} is not on a writable volume"]
-    return []
+    return _torchrun_problems(container) if container.spec.get("command") else []
+
+
+def _torchrun_problems(container: Container) -> list[str]:
+    """A build under torchrun across the pods of an Indexed Job: as many nodes as the Job runs pods
+    at once, each pod's completion index its node rank, and the rendezvous at pod 0's stable name
+    (`<job>-0.<subdomain>`, which the pod's headless Service provides)."""
+    command = container.spec["command"]
+    if command[0] != "torchrun" or command[-2:] != ["-m", "training.build"]:
+        return [f"{container.name}: the command must be torchrun ... -m training.build, not {' '.join(command)}"]
+    flags = _flags(command)
+    job, pod = container.workload, container.pod
+    spec = job["spec"]
+    name, subdomain = job["metadata"]["name"], pod.get("subdomain")
+    problems = []
+    if spec.get("completionMode") != "Indexed":
+        problems.append(f"{container.name}: torchrun's node ranks need an Indexed Job")
+    nodes = flags.get("--nnodes")
+    if not (nodes == str(spec.get("completions")) == str(spec.get("parallelism"))):
+        problems.append(f"{container.name}: --nnodes={nodes}, completions {spec.get('completions')} and "
+                        f"parallelism {spec.get('parallelism')} must agree")  # fmt: skip
+    if flags.get("--node-rank") != "$(JOB_COMPLETION_INDEX)":
+        problems.append(f"{container.name}: --node-rank must be $(JOB_COMPLETION_INDEX)")
+    if flags.get("--master-addr") != f"{name}-0.{subdomain}":
+        problems.append(f"{container.name}: --master-addr={flags.get('--master-addr')}, pod 0 is {name}-0.{subdomain}")
+    return problems
 
 
 def _flags(args: list[str]) -> dict[str, str]:

@@ -107,3 +107,23 @@ def test_the_feature_store_right_aligns_the_latest_items_after_the_candidate():
             np.testing.assert_array_equal(row[NUM_EMBEDDED + 1 :], expected)
     empty = store.features(UserContext(np.zeros(0, np.int64), 0, 0), candidates).categorical
     assert (empty[:, NUM_EMBEDDED + 1 :] == NO_ITEM).all()
+
+
+def test_rows_grouped_by_history_score_as_the_same_rows_shuffled():
+    """Serving sends each user's rows together (one run per request, a broadcast per run); training
+    shuffles rows (a history gathered per row). Both paths give the same scores."""
+    rng = np.random.default_rng(5)
+    model = DeepRanker(CARDINALITIES, num_items=ITEMS, item_dim=16, item_vectors=partner_vectors()).eval()
+    runs = 40
+    histories = rng.integers(-1, ITEMS, (runs, RECENT_ID_ITEMS))
+    histories[0] = NO_ITEM  # a user without history
+    categorical = np.zeros((runs * 7, NUM_CATEGORICAL), np.int64)
+    categorical[:, NUM_EMBEDDED] = rng.integers(0, ITEMS + 3, runs * 7)
+    categorical[:, NUM_EMBEDDED + 1 :] = np.repeat(histories, 7, axis=0)
+    dense = rng.normal(size=(runs * 7, NUM_DENSE)).astype(np.float32)
+    order = rng.permutation(runs * 7)
+    grouped = [score(model, FeatureBatch(dense[r], categorical[r])) for r in np.split(np.arange(runs * 7), runs)]
+    few_runs = score(model, FeatureBatch(dense[:35], categorical[:35]))  # 5 runs: the serving path
+    shuffled = score(model, FeatureBatch(dense[order], categorical[order]))  # ~280 runs: the gathered path
+    np.testing.assert_allclose(few_runs, np.concatenate(grouped[:5]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(shuffled[np.argsort(order)], np.concatenate(grouped), rtol=1e-5, atol=1e-6)

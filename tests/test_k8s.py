@@ -592,3 +592,43 @@ def test_the_alert_rules_read_metrics_the_services_publish():
     assert {"FunnelStoreMemoryHigh", "FunnelStoreMemoryCritical", "FunnelEventLogFull", "FunnelStoreNotDurable"} <= {
         rule["alert"] for group in groups for rule in group["rules"]
     }
+
+
+def test_the_distributed_overlay_trains_on_an_indexed_job_meeting_at_pod_0(rendered):
+    objects = rendered["dev-distributed"]
+    assert not any(o["kind"] == "Job" and o["metadata"]["name"] == "build-artifacts" for o in objects)
+    job = find(objects, "Job", "distributed-build")
+    pod = job["spec"]["template"]["spec"]
+    command = pod["containers"][0]["command"]
+    assert job["spec"]["completionMode"] == "Indexed" and command[-2:] == ["-m", "training.build"]
+    service = find(objects, "Service", "funnel-training")
+    assert service["spec"]["clusterIP"] == "None" and pod["subdomain"] == "funnel-training"
+    assert "--master-addr=distributed-build-0.funnel-training" in command
+
+
+def _torchrun_flag(flag: str, value: str):
+    def mutate(objects: Objects) -> None:
+        command = find(objects, "Job", "distributed-build")["spec"]["template"]["spec"]["containers"][0]["command"]
+        index = next(n for n, arg in enumerate(command) if arg.startswith(flag + "="))
+        command[index] = f"{flag}={value}"
+
+    return mutate
+
+
+TORCHRUN_BROKEN = {
+    "more nodes than pods": (_torchrun_flag("--nnodes", "3"), "--nnodes=3, completions 2 and parallelism 2"),
+    "a fixed node rank": (_torchrun_flag("--node-rank", "0"), "--node-rank must be $(JOB_COMPLETION_INDEX)"),
+    "a rendezvous nowhere": (
+        _torchrun_flag("--master-addr", "trainer-0.funnel-training"),
+        "pod 0 is distributed-build-0.funnel-training",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TORCHRUN_BROKEN))
+def test_each_torchrun_check_catches_what_it_is_for(rendered, case):
+    mutate, expected = TORCHRUN_BROKEN[case]
+    objects = copy.deepcopy(rendered["dev-distributed"])
+    mutate(objects)
+    problems = problems_of(objects)
+    assert any(expected in problem for problem in problems), problems

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from training import distributed
 from training.dataset import Dataset
 from training.fit import FitConfig, fit_models, with_epochs, with_seed
 from training.movielens import load_movielens
@@ -167,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     files = OwnFiles(args.interactions, args.items) if args.interactions is not None else None
     config = FitConfig(towers=SEQUENCE_TOWER) if args.user_tower == "sequence" else FitConfig()
+    group = distributed.start()
+    if group.world > 1:
+        progress(f"process {group.rank} of {group.world}: the towers train on every process, the rest on process 0")
     try:
         build(
             args.out, args.size, args.seed, args.epochs, args.movielens,
@@ -177,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         # Before any training: nothing was written.
         print(f"the data cannot be built from:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except distributed.WorkerDone:
+        progress(f"process {group.rank}: towers trained, leaving the rest of the build to process 0")
 
 
 if __name__ == "__main__":

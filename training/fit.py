@@ -18,6 +18,7 @@ from funnel.artifacts.activity import ItemActivity
 from funnel.artifacts.catalog import Catalog
 from funnel.artifacts.covisitation import CoVisitation
 from funnel.features import FeatureStore, country_slots
+from training import distributed
 from training.candidates import Retriever
 from training.covisitation import CoVisitationConfig, build_covisitation
 from training.dataset import Dataset, Interactions
@@ -120,6 +121,7 @@ def ranker_impressions(
     progress(f"retrieval models on each user's earlier {len(early):,} interactions (for the ranker's impressions)")
     early_models, early_losses = fit_retrieval(data, early, config)
     seconds["retrieval models (early)"] = time.monotonic() - started
+    distributed.towers_trained()
 
     started = time.monotonic()
     sequences = Sequences.of(train, data.num_users)

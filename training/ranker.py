@@ -39,19 +39,38 @@ class TargetAttention(torch.nn.Module):
         self.recency = torch.nn.Parameter(torch.zeros(positions, dim))
         self.empty_key = torch.nn.Parameter(torch.zeros(1, 1, dim))
 
-    def forward(self, candidate: torch.Tensor, recent: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """candidate [N, d], recent [N, R, d], present [N, R] bool -> [N, d]."""
-        n, r, d = recent.shape
+    def forward(self, candidate: torch.Tensor, recent: torch.Tensor, present: torch.Tensor,
+                bounds: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """candidate [N, d]; recent [H, R, d] and present [H, R] bool, one per run of rows sharing a
+        history; bounds [H + 1]: where each run starts, then N -> [N, d]."""
+        n, d = candidate.shape
+        histories, r = recent.shape[0], recent.shape[1]
         head_dim = d // self.heads
-        keys = torch.cat([self.empty_key.expand(n, 1, d), self.key(recent + self.recency)], dim=1)
+        # Keys and values once per history: a request's rows all share the user's.
+        keys = torch.cat([self.empty_key.expand(histories, 1, d), self.key(recent + self.recency)], dim=1)
         values = torch.cat([torch.zeros_like(recent[:, :1]), self.value(recent)], dim=1)
+        k = keys.view(histories, r + 1, self.heads, head_dim).transpose(1, 2)
+        v = values.view(histories, r + 1, self.heads, head_dim).transpose(1, 2)
+        visible = torch.cat([torch.ones_like(present[:, :1]), present], dim=1).view(histories, 1, 1, r + 1)
         q = self.query(candidate).view(n, self.heads, 1, head_dim)
-        k = keys.view(n, r + 1, self.heads, head_dim).transpose(1, 2)
-        v = values.view(n, r + 1, self.heads, head_dim).transpose(1, 2)
-        logits = (q @ k.transpose(2, 3)).squeeze(2) / head_dim**0.5  # [N, heads, R + 1]
-        visible = torch.cat([torch.ones_like(present[:, :1]), present], dim=1).unsqueeze(1)
-        weights = torch.softmax(logits.masked_fill(~visible, -1e9), dim=-1)
-        return (weights.unsqueeze(2) @ v).reshape(n, d)
+        if histories <= 16:
+            # Serving: a few requests' runs of rows, each against its own history, heads as the
+            # batch of two matrix products (a broadcast over rows would copy the keys per row).
+            runs = []
+            for h in range(histories):
+                start, end = int(bounds[h]), int(bounds[h + 1])
+                run = q[start:end].squeeze(2).transpose(0, 1)  # [heads, rows, head_dim]
+                logits = torch.bmm(run, k[h].transpose(1, 2)) / head_dim**0.5  # [heads, rows, R + 1]
+                weights = torch.softmax(logits.masked_fill(~visible[h], -1e9), dim=-1)
+                runs.append(torch.bmm(weights, v[h]).transpose(0, 1).reshape(end - start, d))
+            return torch.cat(runs)
+        # Training: shuffled rows, nearly one history each, gathered.
+        run_of_row = torch.repeat_interleave(torch.arange(histories), bounds[1:] - bounds[:-1])
+        return self._attend(q, k[run_of_row], v[run_of_row], visible[run_of_row]).reshape(n, d)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        logits = (q @ k.transpose(2, 3)) / (q.shape[-1] ** 0.5)  # [n, heads, 1, R + 1]
+        return torch.softmax(logits.masked_fill(~visible, -1e9), dim=-1) @ v
 
 
 class DeepRanker(torch.nn.Module):
@@ -67,7 +86,8 @@ class DeepRanker(torch.nn.Module):
 
     def __init__(self, cardinalities: list[int], num_items: int = 0, item_dim: int = 0, heads: int = 2,
                  item_vectors: np.ndarray | None = None, item_dropout: float = 0.0, num_dense: int = NUM_DENSE,
-                 embed_dim: int = 4, cross_layers: int = 2, hidden: int = 64) -> None:  # fmt: skip
+                 item_summary: int = 16, embed_dim: int = 4, cross_layers: int = 2,
+                 hidden: int = 64) -> None:  # fmt: skip
         super().__init__()
         self.embeddings = torch.nn.ModuleList(torch.nn.Embedding(n, embed_dim) for n in cardinalities)
         self.num_items = num_items
@@ -79,7 +99,11 @@ class DeepRanker(torch.nn.Module):
             with torch.no_grad():  # start from retrieval's item space, which already knows co-watching
                 self.items.weight[1:] = _projected(item_vectors, item_dim)
         self.attention = TargetAttention(max(item_dim, heads), heads, RECENT_ID_ITEMS)
-        width = num_dense + embed_dim * len(cardinalities) + 3 * item_dim
+        # The candidate, what it attended to and their product, summarised in a few columns before
+        # the cross layers: at their full 3 x 64 the cross layers alone took 5 ms for 500 rows.
+        summary = item_summary if item_dim else 0
+        self.summary = torch.nn.Linear(3 * max(item_dim, 1), max(summary, 1))
+        width = num_dense + embed_dim * len(cardinalities) + summary
         self.cross = torch.nn.ModuleList(torch.nn.Linear(width, width) for _ in range(cross_layers))
         self.deep = torch.nn.Sequential(
             torch.nn.Linear(width, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden // 2), torch.nn.ReLU()
@@ -93,15 +117,30 @@ class DeepRanker(torch.nn.Module):
         if self.item_dim > 0:
             ids = categorical[:, self.first_id_column :]
             rows = torch.where((ids >= 0) & (ids < self.num_items), ids + 1, torch.zeros_like(ids))
-            embedded = torch.nn.functional.dropout(self.items(rows), self.item_dropout, self.training)
-            candidate, recent = embedded[:, 0], embedded[:, 1:]
-            attended = self.attention(candidate, recent, rows[:, 1:] > 0)
-            parts.extend([candidate, attended, candidate * attended])
+            starts, bounds = _runs(rows[:, 1:])
+            histories = rows[starts, 1:]
+            candidate = self._embedded(rows[:, 0])
+            attended = self.attention(candidate, self._embedded(histories), histories > 0, bounds)
+            parts.append(self.summary(torch.cat([candidate, attended, candidate * attended], dim=1)))
         x0 = torch.cat(parts, dim=1)
         x = x0
         for layer in self.cross:
             x = x0 * layer(x) + x
         return torch.sigmoid(self.head(torch.cat([x, self.deep(x0)], dim=1)))
+
+
+    def _embedded(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.dropout(self.items(rows), self.item_dropout, self.training)
+
+
+def _runs(histories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs of consecutive rows with the same history: (first row of each run, its bounds [H + 1])."""
+    n = histories.shape[0]
+    new_run = torch.ones(n, dtype=torch.bool)
+    if n > 1:
+        new_run[1:] = (histories[1:] != histories[:-1]).any(dim=1)
+    starts = torch.nonzero(new_run).squeeze(1)
+    return starts, torch.cat([starts, torch.full([1], n, dtype=torch.int64)])
 
 
 def _projected(item_vectors: np.ndarray, dim: int) -> torch.Tensor:

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from funnel.artifacts.catalog import Embeddings
 from funnel.features import age_bucket, country_slots
+from training import distributed
 from training.dataset import Dataset, Interactions, chronological
 from training.epochs import EpochLog
 from training.losses import sampled_softmax_loss
@@ -164,45 +166,74 @@ def train_two_tower(
     # Same seed, same model: parallel CPU kernels may otherwise sum in a different order per run.
     torch.use_deterministic_algorithms(True)
     model = start_from or TwoTower(data, config)
+    group = distributed.current()
     if config.user_tower == "sequence":
+        if group.world > 1:
+            raise ValueError("training on several processes supports the pooled user tower, not the sequence tower")
         return train_every_position(model, data, train, config)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed + group.rank)
     optimizer = model.optimizer(config.learning_rate)
     order, history = history_matrix(train, config.history_length)
+    mine = group.shard(train.user[order])  # every row with one process: the whole split
+    order, history = order[mine], history[mine]
     users = torch.from_numpy(train.user[order].astype(np.int64))
     items = torch.from_numpy(train.item[order].astype(np.int64))
     history_t = torch.from_numpy(history)
+    # The sampling correction counts the whole split, on every process alike.
     frequency = np.bincount(train.item, minlength=data.num_items).astype(np.float64) + 1.0
     log_q = torch.from_numpy(np.log(frequency / frequency.sum())).float()
+    pair = TowerPair(model)
+    forward = pair if group.world == 1 else DistributedDataParallel(pair)
+    steps = distributed.common_count(max(1, len(order) // config.batch_size))
 
     progress = EpochLog("two-tower", config.epochs)
     model.items.train()
     model.users.train()
     for _ in range(config.epochs):
-        for batch in np.array_split(rng.permutation(len(order)), max(1, len(order) // config.batch_size)):
+        for batch in np.array_split(rng.permutation(len(order)), steps):
             b = torch.from_numpy(batch)
             user_index = torch.zeros_like(users[b])
             if config.use_user_id:
                 keep_id = torch.from_numpy(rng.random(len(batch)) >= config.user_id_dropout)
                 user_index = torch.where(keep_id, users[b] + 1, user_index)
-            sampled_rows = sampled_vectors = None
-            if config.uniform_negatives:
+            sampled = config.uniform_negatives > 0
+            sampled_rows = torch.zeros(0, dtype=torch.int64)
+            if sampled:
                 sampled_rows = torch.from_numpy(rng.integers(0, data.num_items, config.uniform_negatives))
-                sampled_vectors = model.item_vectors(sampled_rows)
+            user_vectors, item_vectors = forward(users[b], history_t[b], user_index, items[b], sampled_rows)
             loss = sampled_softmax_loss(
-                model.user_vectors(users[b], history_t[b], user_index),
-                model.item_vectors(items[b]),
+                user_vectors,
+                item_vectors[: len(batch)],
                 items[b],
                 log_q,
                 config.temperature,
-                sampled_vectors,
-                sampled_rows,
+                item_vectors[len(batch) :] if sampled else None,
+                sampled_rows if sampled else None,
                 data.num_items,
             )
             progress.step(optimizer, loss)
         progress.end_epoch()
     model.eval()
     return model, progress.losses
+
+
+class TowerPair(torch.nn.Module):
+    """Both towers as one module: DistributedDataParallel wraps one module's forward, and all-reduces
+    the gradients of everything that forward used."""
+
+    def __init__(self, model: TwoTower) -> None:
+        super().__init__()
+        self.items = model.items
+        self.users = model.users
+        self.model = model
+
+    def forward(
+        self, users: torch.Tensor, history: torch.Tensor, user_index: torch.Tensor, items: torch.Tensor,
+        sampled_rows: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """(user vectors [B, d], item vectors [B + S, d]: the batch's items, then the sampled ones)."""
+        user_vectors = self.model.user_vectors(users, history, user_index)
+        return user_vectors, self.model.item_vectors(torch.cat([items, sampled_rows]))
 
 
 def train_every_position(
