@@ -4,8 +4,9 @@
 
 The same command runs on one process or N: without torchrun's environment (WORLD_SIZE unset or 1)
 nothing here does anything. With it, every process loads the same data; the two-tower training
-shards the interactions by user (`user % world == rank`), each process takes batches of the
-configured size from its own shard, and DistributedDataParallel all-reduces the gradients after
+shards the interactions by user (`user % world == rank`), each process takes 1/N of each batch
+from its own shard and scores its users against every process's items (gathered with their
+gradients, so the softmax is the one-process batch's), and DistributedDataParallel all-reduces the gradients after
 every backward pass (gloo on CPU, NCCL on a GPU), the item table's sparse ones included, so every
 process holds the same weights after every step. The rest of the build (impressions, ranker,
 evaluation, bundle) runs on rank 0 alone; the other processes leave once the towers are trained.
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional  # all_gather with gradients
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,17 @@ def common_count(local: int) -> int:
     count = torch.tensor([local], dtype=torch.int64)
     dist.all_reduce(count, op=dist.ReduceOp.MIN)
     return int(count.item())
+
+
+def gathered(vectors: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's batch of item vectors (with their gradients flowing back to each) and rows,
+    in rank order: the in-batch negatives of one large batch. Shapes must agree across processes."""
+    if current().world == 1:
+        return vectors, rows
+    all_vectors = torch.distributed.nn.functional.all_gather(vectors)
+    all_rows = [torch.empty_like(rows) for _ in all_vectors]
+    dist.all_gather(all_rows, rows)
+    return torch.cat(all_vectors), torch.cat(all_rows)
 
 
 def towers_trained() -> None:

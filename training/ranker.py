@@ -76,8 +76,9 @@ class TargetAttention(torch.nn.Module):
 class DeepRanker(torch.nn.Module):
     """(dense [N, D] float32, categorical [N, C] int64) -> probability of engagement [N, 1].
 
-    x0 joins the dense features, the small embedded ones and, with `item_dim`, the candidate's item
-    embedding, its target attention over the user's latest items and their product. Explicit cross
+    x0 joins the dense features, the small embedded ones and, with `item_dim`, a 16-column summary of
+    the candidate's item embedding, its target attention over the user's latest items and their
+    product. Explicit cross
     layers (x_{l+1} = x0 * (W x_l + b) + x_l) learn feature interactions beside a deep MLP; a linear
     head on both gives the probability. `item_dim` 0 is the network without item ids (the DCN-v2 over
     engineered features alone). Item rows outside the table (items added after training) and the

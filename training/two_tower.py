@@ -184,13 +184,19 @@ def train_two_tower(
     log_q = torch.from_numpy(np.log(frequency / frequency.sum())).float()
     pair = TowerPair(model)
     forward = pair if group.world == 1 else DistributedDataParallel(pair)
-    steps = distributed.common_count(max(1, len(order) // config.batch_size))
+    # The batch is split across the processes: each step still averages the gradient over
+    # `batch_size` examples, and each process's users see every process's items as negatives, so N
+    # processes take the one-process steps over the one-process softmax. (With full batches on each,
+    # an epoch was 1/N the steps: 3 epochs on the tiny set fell to 71% of the one-process recall@50;
+    # with each process's own negatives only, MovieLens-1M's HR@10 fell 4%.)
+    local_batch = max(1, config.batch_size // group.world)
+    steps = distributed.common_count(max(1, len(order) // local_batch))
 
     progress = EpochLog("two-tower", config.epochs)
     model.items.train()
     model.users.train()
     for _ in range(config.epochs):
-        for batch in np.array_split(rng.permutation(len(order)), steps):
+        for batch in _batches(rng.permutation(len(order)), steps, local_batch, group.world):
             b = torch.from_numpy(batch)
             user_index = torch.zeros_like(users[b])
             if config.use_user_id:
@@ -201,20 +207,30 @@ def train_two_tower(
             if sampled:
                 sampled_rows = torch.from_numpy(rng.integers(0, data.num_items, config.uniform_negatives))
             user_vectors, item_vectors = forward(users[b], history_t[b], user_index, items[b], sampled_rows)
+            batch_vectors, batch_rows = distributed.gathered(item_vectors[: len(batch)], items[b])
             loss = sampled_softmax_loss(
                 user_vectors,
-                item_vectors[: len(batch)],
-                items[b],
+                batch_vectors,
+                batch_rows,
                 log_q,
                 config.temperature,
                 item_vectors[len(batch) :] if sampled else None,
                 sampled_rows if sampled else None,
                 data.num_items,
+                first_positive=group.rank * len(batch),
             )
             progress.step(optimizer, loss)
         progress.end_epoch()
     model.eval()
     return model, progress.losses
+
+
+def _batches(order: np.ndarray, steps: int, size: int, processes: int) -> list[np.ndarray]:
+    """One process: `steps` near-equal batches of every row. Several: `steps` batches of exactly
+    `size` rows (gathering needs equal shapes), the few rows left over skipped this epoch."""
+    if processes == 1:
+        return np.array_split(order, steps)
+    return list(order[: steps * size].reshape(steps, size))
 
 
 class TowerPair(torch.nn.Module):
