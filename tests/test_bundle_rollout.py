@@ -41,6 +41,14 @@ def bundle_served(metrics_port: int) -> bool:
     return re.search(rf'funnel_artifact_info\{{kind="bundle",version="{NEW}"\}} 1\.0', text) is not None
 
 
+def foreign_user_vectors(metrics_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    match = re.search(r"^funnel_ranking_foreign_user_vectors_total (\S+)$", text, re.MULTILINE)
+    assert match is not None, "ranking exports the count of user vectors it set aside"
+    return float(match.group(1))
+
+
 def test_a_retrained_bundle_reaches_every_stage_under_load_with_no_failed_request(artifacts, tmp_path):
     root = tmp_path / "artifacts"
     shutil.copytree(artifacts, root)
@@ -59,8 +67,13 @@ def test_a_retrained_bundle_reaches_every_stage_under_load_with_no_failed_reques
             deadline = time.monotonic() + 60
             while not all(bundle_served(p.metrics_port) for p in stages) and time.monotonic() < deadline:
                 time.sleep(0.2)
+            time.sleep(0.5)  # calls that began before the last swap finish
+            foreign_before = foreign_user_vectors(stages[1].metrics_port)
             time.sleep(1.0)
         outcomes = load.snapshot()
+        # Once every stage serves one version, ranking reads every user vector the gateway hands it:
+        # the gateway names the version whose tower made it, and it is ranking's own.
+        assert foreign_user_vectors(stages[1].metrics_port) == foreign_before
         assert all(bundle_served(p.metrics_port) for p in stages), "every stage serves the new bundle"
         assert not failed(outcomes), summary(outcomes)
         assert not [o.stage_errors for o in outcomes if o.stage_errors], summary(outcomes)

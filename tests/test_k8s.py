@@ -303,15 +303,6 @@ CASES = {**{case: ("dev", *broken) for case, broken in BROKEN.items()},
          **{case: ("prod", *broken) for case, broken in BROKEN_IN_PROD.items()}}  # fmt: skip
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_each_check_catches_what_it_is_for(rendered, case):
-    overlay, mutate, expected = CASES[case]
-    objects = copy.deepcopy(rendered[overlay])
-    mutate(objects)
-    problems = problems_of(objects)
-    assert any(expected in problem for problem in problems), problems
-
-
 def test_a_budget_the_gateway_refuses_is_caught(rendered):
     objects = copy.deepcopy(rendered["dev"])
     budgets = next(
@@ -476,15 +467,6 @@ def test_prod_runs_every_hop_over_mutual_tls_with_plaintext_probe_ports(rendered
     assert "--grpc-use-ssl-mutual=true" in container(objects, "triton")["args"]
 
 
-@pytest.mark.parametrize("case", sorted(TLS_BROKEN))
-def test_each_tls_check_catches_what_it_is_for(rendered, case):
-    mutate, expected = TLS_BROKEN[case]
-    objects = copy.deepcopy(rendered["prod"])
-    mutate(objects)
-    problems = problems_of(objects)
-    assert any(expected in problem for problem in problems), problems
-
-
 def test_the_sidecar_overlay_runs_triton_in_each_ranking_pod_sharing_memory_on_loopback(rendered):
     objects = rendered["dev-sidecar"]
     pod = find(objects, "Deployment", "ranking")["spec"]["template"]["spec"]
@@ -524,15 +506,6 @@ SIDECAR_BROKEN = {
         "--grpc-port is not the port of FUNNEL_TRITON_URL",
     ),
 }
-
-
-@pytest.mark.parametrize("case", sorted(SIDECAR_BROKEN))
-def test_each_sidecar_check_catches_what_it_is_for(rendered, case):
-    mutate, expected = SIDECAR_BROKEN[case]
-    objects = copy.deepcopy(rendered["dev-sidecar"])
-    mutate(objects)
-    problems = problems_of(objects)
-    assert any(expected in problem for problem in problems), problems
 
 
 def test_shared_memory_with_a_triton_in_other_pods_is_caught(rendered):
@@ -625,10 +598,19 @@ TORCHRUN_BROKEN = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(TORCHRUN_BROKEN))
-def test_each_torchrun_check_catches_what_it_is_for(rendered, case):
-    mutate, expected = TORCHRUN_BROKEN[case]
-    objects = copy.deepcopy(rendered["dev-distributed"])
+# Every check with the overlay it breaks and what it must say.
+EVERY_CASE = {
+    **CASES,
+    **{case: ("prod", *broken) for case, broken in TLS_BROKEN.items()},
+    **{case: ("dev-sidecar", *broken) for case, broken in SIDECAR_BROKEN.items()},
+    **{case: ("dev-distributed", *broken) for case, broken in TORCHRUN_BROKEN.items()},
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVERY_CASE))
+def test_each_check_catches_what_it_is_for(rendered, case):
+    overlay, mutate, expected = EVERY_CASE[case]
+    objects = copy.deepcopy(rendered[overlay])
     mutate(objects)
     problems = problems_of(objects)
     assert any(expected in problem for problem in problems), problems

@@ -13,6 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from funnel.artifacts.catalog import Embeddings
+from funnel.artifacts.store import latest_version, read_manifest
 from funnel.runtime.errors import DeadlineExceeded
 from funnel.sources import SOURCE_CODES
 from funnel.triton.client import TritonRanker
@@ -132,6 +134,27 @@ def test_ranking_rejects_bad_input_with_invalid_argument(stack, request_, messag
         ranking_pb2_grpc.RankingStub(channel).Rank(request_, timeout=5)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in error.value.details()
+
+
+def test_a_user_vector_counts_only_against_the_bundle_version_whose_tower_made_it(stack, artifacts):
+    bundle = latest_version(artifacts / "bundles")
+    dim = Embeddings.load(bundle).items.shape[1]
+    with_vector = rank_request(300)
+    with_vector.user_vector.extend([0.5] * dim)
+    with grpc.insecure_channel(stack.address("ranking-0")) as channel:
+        stub = ranking_pb2_grpc.RankingStub(channel)
+        stored = list(stub.Rank(rank_request(300), timeout=5).scores)
+        with_vector.user_vector_version = read_manifest(bundle, verify=False)["version"]
+        own = list(stub.Rank(with_vector, timeout=5).scores)
+        with_vector.user_vector_version = "20990101T000000Z-another-version"
+        foreign = list(stub.Rank(with_vector, timeout=5).scores)
+        with_vector.user_vector_version = ""
+        with pytest.raises(grpc.RpcError) as unnamed:
+            stub.Rank(with_vector, timeout=5)
+    assert own != stored, "the same version's vector is what the features read"
+    assert foreign == stored, "another version's vector is set aside for the stored one"
+    assert unnamed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "user_vector_version must name" in unnamed.value.details()
 
 
 def test_hot_model_reload_under_concurrent_requests_fails_none(artifacts, own_triton, start_service):

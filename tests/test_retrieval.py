@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from funnel.artifacts.catalog import Embeddings
-from funnel.artifacts.store import latest_version, publish_copy, read_manifest
+from funnel.artifacts.store import MANIFEST, latest_version, publish_copy, read_manifest, write_manifest
 from funnel.candidates import Candidates
 from funnel.retrieval.faiss_index import IndexSpec, build_index, shard_of
 from funnel.sources import RETRIEVAL_CODES, SOURCE_CODES
@@ -121,6 +122,61 @@ def test_hot_swap_under_concurrent_requests_fails_none_and_serves_the_new_versio
     )
     assert set(health) == {"SERVING"}, "health stays SERVING through the swap"
     assert _loaded_indexes(metrics_port) == 1.0, "the old index is released once its calls finish"
+
+
+def retrained(source: Path, root: Path, name: str) -> None:
+    """`source` republished as `name` with every item vector moved to another item: a new item
+    space, so its user tower (which pools the history's item vectors) and its index both change."""
+    staged = publish_copy(source, root.parent / "staging", name)
+    vectors = np.load(staged / "item_embeddings.npy")
+    np.save(staged / "item_embeddings.npy", np.roll(vectors, 1, axis=0))
+    manifest = json.loads((staged / MANIFEST).read_text())
+    write_manifest(staged, name, {k: v for k, v in manifest.items() if k not in ("version", "files", "created")})
+    staged.rename(root / "bundles" / name)  # complete, manifest and all, in one step
+
+
+def test_a_swap_changes_the_user_tower_and_the_index_together(artifacts, start_service, tmp_path):
+    original = latest_version(artifacts / "bundles")
+    root = tmp_path / "root"
+    new_version(root, original, "20990101T000000Z-a")
+    service = start_service("services.retrieval", ["--artifact-dir", str(root), "--reload-poll-seconds", "0.2"])
+    users = [f"u{n:07d}" for n in range(1, 13)]
+    answers: list[tuple[str, str, tuple[str, ...]]] = []
+    stop = threading.Event()
+
+    def answer(stub, user: str) -> tuple[str, str, tuple[str, ...]]:
+        request = retrieval_pb2.RetrieveRequest(user_id=user, num_candidates=50, sources=[SOURCE_CODES["ann"]])
+        reply = stub.Retrieve(request, timeout=5)
+        return reply.index_version, user, tuple(reply.candidates.item_ids)
+
+    def hammer() -> None:
+        with grpc.insecure_channel(service.address) as channel:
+            stub = retrieval_pb2_grpc.RetrievalStub(channel)
+            while not stop.is_set():
+                answers.extend(answer(stub, user) for user in users)
+
+    with grpc.insecure_channel(service.address) as channel:
+        stub = retrieval_pb2_grpc.RetrievalStub(channel)
+        before = {user: answer(stub, user)[2] for user in users}
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        try:
+            retrained(original, root, "20990102T000000Z-b")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(a[0].endswith("-b") for a in answers[-len(users) :]):
+                time.sleep(0.1)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        after = {user: answer(stub, user)[2] for user in users}
+    expected = {"20990101T000000Z-a": before, "20990102T000000Z-b": after}
+    assert sum(before[user] != after[user] for user in users) >= len(users) - 1, "the versions answer differently"
+    assert {version for version, _, _ in answers} == set(expected), "answers from both sides of the swap"
+    mixed = [(version, user) for version, user, items in answers if items != expected[version][user]]
+    assert not mixed, f"answers matching neither version's tower and index together: {mixed[:5]}"
 
 
 def _loaded_indexes(metrics_port: int) -> float:

@@ -201,7 +201,10 @@ def train_ranker(
     model = DeepRanker(cardinalities, len(item_vectors), config.item_dim, config.attention_heads, item_vectors,
                        config.item_dropout)  # fmt: skip
     model.items.weight.requires_grad_(config.train_item_table)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    # Decoupled weight decay: with Adam's L2 term, parameters whose gradient is tiny (the attention's
+    # query and key on data without next-item order) were driven to zero and then oscillated
+    # through subnormal floats, which made later epochs 9x slower (4.7 s -> 42 s on the demo set).
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     progress = EpochLog("ranker", config.max_epochs)
     validation_losses: list[float] = []

@@ -44,6 +44,10 @@ CREDENTIAL_RELOADS = Counter(
     "funnel_credentials_reloads_total", "Credentials file reloads, by result (loaded/rejected)", ["result"]
 )
 POLICY_RELOADS = Counter("funnel_policy_reloads_total", "Policy file reloads, by result (loaded/rejected)", ["result"])
+FOREIGN_USER_VECTORS = Counter(
+    "funnel_ranking_foreign_user_vectors_total",
+    "User vectors set aside because another bundle version's user tower made them (a rollout in progress)",
+)
 ARTIFACT_INFO = Gauge("funnel_artifact_info", "Versions of the artifacts this process serves", ["kind", "version"])
 SHED = Counter(
     "funnel_rpc_shed_total",

@@ -55,6 +55,7 @@ class RequestState:
     exclude: set[str] = field(default_factory=set)  # every exclusion, for the gateway's own fallbacks
     candidates: Candidates = field(default_factory=Candidates.empty)  # best first
     user_vector: Sequence[float] = ()
+    user_vector_version: str = ""  # the bundle whose user tower made it
     final: Candidates | None = None  # the answer, in display order
     reasons: list[list[str]] = field(default_factory=list)  # per final item, with debug
 
@@ -173,6 +174,7 @@ class RetrieveCandidates(Step):
             return self.fall_back(state, Outcome(DEGRADED, causes.most_common(1)[0][0], errors))
         state.candidates = merge_candidates(shards, state.source_limits)
         state.user_vector = answered[0].user_vector
+        state.user_vector_version = answered[0].index_version
         version = ",".join(sorted({response.index_version for response in answered}))
         if failed:
             return Outcome(DEGRADED, PARTIAL, f"partial: {errors}", version, len(state.candidates))
@@ -205,6 +207,7 @@ class RankCandidates(Step):
             candidates=state.candidates.to_message(scores="none"),
             recent_item_ids=state.recent_item_ids,
             user_vector=state.user_vector,
+            user_vector_version=state.user_vector_version,
         )
 
     def accept(self, state: RequestState, calls: list[StageCall]) -> Outcome:

@@ -15,7 +15,7 @@ from funnel.artifacts.store import read_manifest, wait_for_latest
 from funnel.candidates import Candidates
 from funnel.features import BundleFeatures, UserContext, country_slot
 from funnel.runtime.errors import InvalidArgument, Unavailable
-from funnel.runtime.metrics import ARTIFACT_INFO
+from funnel.runtime.metrics import ARTIFACT_INFO, FOREIGN_USER_VECTORS
 from funnel.runtime.server import Runtime
 from funnel.triton.client import TritonRanker
 from funnel.v2 import ranking_pb2, ranking_pb2_grpc
@@ -121,6 +121,22 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
         log.info("model reloaded", extra={"model": self.settings.model_name, "ready_versions": versions})
         return ranking_pb2.ReloadModelResponse(model_name=self.settings.model_name, ready_versions=versions)
 
+    @staticmethod
+    def _user_vector(request: ranking_pb2.RankRequest, version: str) -> np.ndarray | None:
+        """The request's user vector when the served bundle's own user tower made it, else None
+        (the stored vector is read): similarities across two versions' item spaces are noise."""
+        if not len(request.user_vector):
+            return None
+        if not request.user_vector_version:
+            raise InvalidArgument("user_vector_version must name the bundle version whose user tower made user_vector")
+        user_vector = np.array(request.user_vector, dtype=np.float32)
+        if not np.isfinite(user_vector).all():
+            raise InvalidArgument("user_vector holds a non-finite value")
+        if request.user_vector_version != version:
+            FOREIGN_USER_VECTORS.inc()
+            return None
+        return user_vector
+
     async def Rank(
         self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext
     ) -> ranking_pb2.RankResponse:
@@ -139,9 +155,7 @@ class RankingService(ranking_pb2_grpc.RankingServicer):
         dim = loaded.store.item_vectors.shape[1]
         if len(request.user_vector) not in (0, dim):
             raise InvalidArgument(f"user_vector has {len(request.user_vector)} values; the bundle's vectors have {dim}")
-        user_vector = np.array(request.user_vector, dtype=np.float32) if len(request.user_vector) else None
-        if user_vector is not None and not np.isfinite(user_vector).all():
-            raise InvalidArgument("user_vector holds a non-finite value")
+        user_vector = self._user_vector(request, loaded.version)
         rows = candidates.rows_in(loaded.catalog.index, loaded.version)
         if (rows < 0).any():
             unknown = [candidates.item_ids[i] for i in np.flatnonzero(rows < 0)[:5]]
