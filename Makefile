@@ -27,7 +27,7 @@ BENCH_FULL_USERS ?= 200
 
 OVERLAY ?= dev
 
-.PHONY: help install protos artifacts artifacts-movielens up down demo test test-fast docs lint clean bench-retrieval bench-ranking bench-reranking \
+.PHONY: help install protos artifacts artifacts-movielens up down demo test test-fast docs lint clean bench-retrieval bench-ranking bench-reranking bench-scale \
 	k8s-render k8s-validate images bench bench-artifacts bench-overload bench-quota bench-soak eval eval-movielens eval-ablation \
 	eval-streaming eval-streaming-movielens bench-live
 
@@ -153,6 +153,10 @@ bench-soak: artifacts ## 10 minutes of events into a store with a small maxmemor
 
 bench-reranking: artifacts ## The policy engine in-process, 500 candidates to 20 with every rule on
 	$(PY) -m benchmarks.reranking_engine --artifacts $(ARTIFACTS)
+
+bench-scale: install ## FAISS indexes at 1M and 10M items, sharded fan-out, then the capacity plan computed from them (about 30 min, 12 GB)
+	$(PY) -m benchmarks.scale --sizes 1000000 10000000 --out results/scale
+	$(PY) -m benchmarks.capacity results/scale/scale.json --out results/scale/plan.md
 
 k8s-render: install ## Print the Kubernetes objects of an overlay (OVERLAY=dev|prod)
 	@$(PY) -m deploy render --overlay $(OVERLAY)

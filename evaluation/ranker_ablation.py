@@ -42,6 +42,8 @@ class Variant:
 VARIANTS = [
     Variant("engineered features only (no item ids)", {"item_dim": 0}),
     Variant("+ target attention over retrieval's item vectors, frozen", {"item_dim": 64, "train_item_table": False}),
+    Variant("+ target attention, frozen, Adam with L2 decay", {"item_dim": 64, "optimizer": "adam"}),
+    Variant("+ target attention, frozen, AdamW decay 1e-2", {"item_dim": 64, "weight_decay": 1e-2}),
     Variant("+ target attention, item table trained from retrieval's", {"item_dim": 64, "train_item_table": True}),
     Variant("+ target attention, item table trained, 32 dims", {"item_dim": 32, "train_item_table": True}),
 ]

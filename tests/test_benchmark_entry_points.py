@@ -38,6 +38,19 @@ def test_ann_indexes_measures_every_faiss_setting(tmp_path):
     assert all(0 <= row["recall@100"] <= 1 and row["p50_ms"] > 0 for row in rows)
 
 
+def test_scale_measures_each_index_and_sharded_fan_out_and_the_plan_is_computed_from_it(tmp_path):
+    out = tmp_path / "scale"
+    run_benchmark("scale", "--sizes", "3000", "6000", "--queries", "50", "--exact-timed", "10", "--out", str(out))
+    scale = json.loads((out / "scale.json").read_text())
+    assert {row["index"] for row in scale["rows"]} >= {"Flat", "IVF-PQ32 + SQ8 refine", "IVF-SQ8", "IVF-Flat", "HNSW32"}
+    assert all(0 <= row["recall@100"] <= 1 and row["p50_ms"] > 0 for row in scale["rows"])
+    assert [row["shards"] for row in scale["sharded"]] == [2, 4]
+    assert scale["catalog_bytes_per_item"] > 8, "at least the item id's own bytes"
+    assert not list(out.glob("vectors-*.npy")), "the vectors' files are removed"
+    plan = run_benchmark("capacity", str(out / "scale.json"), "--out", str(out / "plan.md"))
+    assert plan.count("| 1,000,000,000 |") == 3 and (out / "plan.md").read_text() == plan.rstrip("\n") + "\n"
+
+
 def test_retrieval_service_is_measured_at_a_rate_and_across_a_hot_swap(artifacts, tmp_path):
     out = tmp_path / "retrieval.json"
     run_benchmark(
@@ -53,6 +66,9 @@ def test_reranking_engine_times_every_rule(artifacts, tmp_path):
     run_benchmark("reranking_engine", "--artifacts", str(artifacts), "--repeats", "20", "--out", str(out))
     result = json.loads(out.read_text())
     assert len(result["rules"]) >= 8 and 0 < result["p50_ms"]
+    grid = {(row["candidates"], row["num_results"]) for row in result["as_work_grows"]}
+    assert grid == {(c, r) for c in (200, 500, 1000) for r in (10, 100)}
+    assert all(row["p50_ms"] > 0 and 0 < row["result_size"] <= row["num_results"] for row in result["as_work_grows"])
 
 
 def test_triton_batching_compares_batching_on_and_off(artifacts, tmp_path):

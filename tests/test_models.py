@@ -53,6 +53,10 @@ def test_model_repository_is_standard_with_dynamic_batching_and_both_configs(art
     # on which the python backend stalls (`make bench-ranking`'s open-loop tail).
     assert "kind: KIND_CPU count: 2" in local and "kind: KIND_CPU count: 1" in cluster
     assert {"model.pt", "model.py"} <= {p.name for p in (model_dir / "1").iterdir()}
+    # On a GPU the batcher may merge 8 of the ranking service's 1,024-row pieces.
+    gpu = (model_dir / "configs" / "libtorch-gpu.pbtxt").read_text()
+    assert "kind: KIND_GPU" in gpu and "max_batch_size: 8192" in gpu and "max_queue_delay_microseconds: 200" in gpu
+    assert "max_queue_delay_microseconds: 0" in cluster
 
 
 def test_ranker_beats_retrieval_order_on_held_out_interactions(artifacts):
