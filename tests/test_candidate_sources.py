@@ -112,3 +112,14 @@ def test_every_other_source_filters_the_same_way():
     assert len(hits.rows) == 50 and allowed[hits.rows].all()
     expected = np.argsort(-catalog.popularity, kind="stable")
     assert hits.rows.tolist() == expected[allowed[expected]][:50].tolist()
+
+
+def test_an_ivf_index_whose_hnsw_quantizer_cannot_reach_nprobe_lists_is_refused():
+    vectors = np.random.default_rng(2).standard_normal((4000, 16)).astype(np.float32)
+    rows = np.arange(len(vectors))
+    with pytest.raises(ValueError, match="add quantizer_efSearch=128"):
+        build_index(vectors, rows, IndexSpec("IVF64_HNSW32,Flat", "nprobe=64"))
+    index = build_index(vectors, rows, IndexSpec("IVF64_HNSW32,Flat", "nprobe=64,quantizer_efSearch=64"))
+    _, found = index.search(vectors[:1], 10)
+    exact = np.argsort(-(vectors @ vectors[0]))[:10]
+    assert set(found[0]) == set(exact), "every list probed: the exact answer"

@@ -27,6 +27,22 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec) -> faiss.
         inner.train(vectors)
     if spec.search_params:
         faiss.ParameterSpace().set_index_parameters(inner, spec.search_params)
+    _check_lists_reachable(inner)
     index = faiss.IndexIDMap2(inner)
     index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
     return index
+
+
+def _check_lists_reachable(index: faiss.Index) -> None:
+    """An IVF index whose quantizer is an HNSW graph gets no more lists from it than the graph's
+    efSearch, whatever nprobe says (`make bench-scale`: recall stuck at 0.74 where 0.99 was due), so
+    a spec that would search fewer lists than it asks for is refused."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSW) and quantizer.hnsw.efSearch < ivf.nprobe:
+        raise ValueError(
+            f"nprobe={ivf.nprobe} but the HNSW quantizer returns at most efSearch={quantizer.hnsw.efSearch} lists: "
+            f"add quantizer_efSearch={2 * ivf.nprobe} (at least {ivf.nprobe}) to the search parameters"
+        )
