@@ -26,8 +26,8 @@ import numpy as np
 from benchmarks.ann_indexes import clustered_vectors, queries_for, recall_at
 from funnel.artifacts.catalog import Catalog
 from funnel.candidates import Candidates
+from funnel.retrieval.merge import merge_candidates
 from funnel.sources import SOURCE_CODES
-from services.gateway.merge import merge_candidates
 
 K = 100
 # The IVF bases: lists by k-means, an HNSW graph over the centroids to assign each vector (a flat

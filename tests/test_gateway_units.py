@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from funnel.candidates import Candidates
+from funnel.retrieval.merge import merge_candidates
 from funnel.runtime.channels import grpc_target
 from funnel.runtime.deadline import Budget, budget_from_grpc
 from funnel.sources import SOURCE_CODES, SOURCE_NAMES
-from services.gateway.merge import merge_candidates
 
 
 def shard_response(pairs, source="ann"):

@@ -16,11 +16,11 @@ from funnel.artifacts.catalog import Embeddings
 from funnel.artifacts.store import MANIFEST, latest_version, publish_copy, read_manifest, write_manifest
 from funnel.candidates import Candidates
 from funnel.retrieval.faiss_index import IndexSpec, build_index, shard_of
+from funnel.retrieval.merge import merge_candidates
 from funnel.sources import RETRIEVAL_CODES, SOURCE_CODES
 from funnel.v1 import common_pb2
 from funnel.v2 import retrieval_pb2, retrieval_pb2_grpc
 from launcher.health import health_status
-from services.gateway.merge import merge_candidates
 
 
 def test_two_tower_training_lowers_the_loss_and_beats_popularity(artifacts):

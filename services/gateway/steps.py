@@ -17,13 +17,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from funnel.candidates import Candidates
+from funnel.retrieval.merge import merge_candidates
 from funnel.runtime.deadline import Budget
 from funnel.runtime.errors import InvalidArgument
 from funnel.sources import PINNED, SOURCE_CODES
 from funnel.v1 import common_pb2, recommender_pb2
 from funnel.v2 import ranking_pb2, reranking_pb2, retrieval_pb2
 from funnel.wire import FLOAT32, read_columns
-from services.gateway.merge import merge_candidates
 from services.gateway.safety_net import SafetyNet
 from services.gateway.stage_client import StageCall, StageClient
 
