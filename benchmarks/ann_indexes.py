@@ -46,6 +46,21 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
 
 
+def timed_search(index: faiss.Index, queries: np.ndarray, k: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per query, one at a time on one thread, after 20 to warm caches: latency ms, scores, ids."""
+    faiss.omp_set_num_threads(1)
+    for query in queries[:20]:
+        index.search(query[None, :], k)
+    latencies, scores, ids = [], [], []
+    for query in queries:
+        started = time.perf_counter()
+        s, i = index.search(query[None, :], k)
+        latencies.append((time.perf_counter() - started) * 1000)
+        scores.append(s[0])
+        ids.append(i[0])
+    return np.array(latencies), np.array(scores), np.array(ids)
+
+
 def measure(items: np.ndarray, queries: np.ndarray, truth: np.ndarray, factory: str, params: list[str]) -> list[dict]:
     faiss.omp_set_num_threads(2)  # building may use both cores; queries are timed on one
     started = time.perf_counter()
@@ -64,14 +79,7 @@ def measure(items: np.ndarray, queries: np.ndarray, truth: np.ndarray, factory: 
     for setting in params:
         if setting:
             space.set_index_parameters(index, setting)
-        for query in queries[:20]:  # warm caches
-            index.search(query[None, :], 100)
-        latencies, found = [], []
-        for query in queries:
-            t = time.perf_counter()
-            _, ids = index.search(query[None, :], 100)
-            latencies.append((time.perf_counter() - t) * 1000)
-            found.append(ids[0])
+        latencies, _, found = timed_search(index, queries)
         rows.append(
             {
                 "index": factory,
@@ -81,7 +89,7 @@ def measure(items: np.ndarray, queries: np.ndarray, truth: np.ndarray, factory: 
                 "memory_mb": round(memory_mb, 1),
                 "p50_ms": round(float(np.percentile(latencies, 50)), 3),
                 "p99_ms": round(float(np.percentile(latencies, 99)), 3),
-                "recall@100": round(recall_at(np.array(found), truth), 4),
+                "recall@100": round(recall_at(found, truth), 4),
             }
         )
         print(_row(rows[-1]), flush=True)

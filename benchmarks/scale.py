@@ -23,7 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from benchmarks.ann_indexes import clustered_vectors, queries_for, recall_at
+from benchmarks.ann_indexes import clustered_vectors, queries_for, recall_at, timed_search
 from funnel.artifacts.catalog import Catalog
 from funnel.candidates import Candidates
 from funnel.retrieval.merge import merge_candidates
@@ -103,21 +103,6 @@ def variant(base: bytes, refine: str, items: np.ndarray) -> faiss.Index:
     return index
 
 
-def timed_search(index: faiss.Index, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per query (one at a time, one thread): latency ms, scores, ids."""
-    faiss.omp_set_num_threads(1)
-    for query in queries[:20]:
-        index.search(query[None, :], K)
-    latencies, scores, ids = [], [], []
-    for query in queries:
-        started = time.perf_counter()
-        s, i = index.search(query[None, :], K)
-        latencies.append((time.perf_counter() - started) * 1000)
-        scores.append(s[0])
-        ids.append(i[0])
-    return np.array(latencies), np.array(scores), np.array(ids)
-
-
 def _build_and_measure(name: str, refine: str, base: bytes, train_s: float, settings: list[str],
                        items_path: str, queries: np.ndarray, truth: np.ndarray, sink) -> None:  # fmt: skip
     """In a child process of its own (spawned: OpenMP does not survive a fork), so its peak memory
@@ -149,18 +134,22 @@ def _build_and_measure(name: str, refine: str, base: bytes, train_s: float, sett
     sink.send(rows)
 
 
+def in_child(target, *args):
+    """`target(*args, sink)` run in a spawned process (OpenMP does not survive a fork), its one
+    `sink.send(value)` returned: each measurement's peak memory is its own."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=target, args=(*args, child))
+    process.start()
+    value = parent.recv()
+    process.join()
+    return value
+
+
 def measure_index(name: str, refine: str, base: bytes, train_s: float, settings: list[str], items_path: Path,
                   queries: np.ndarray, truth: np.ndarray) -> list[dict]:  # fmt: skip
     """The variant `name` (the trained `base` with `refine`, or the graph), built and measured in a child."""
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(
-        target=_build_and_measure,
-        args=(name, refine, base, train_s, settings, str(items_path), queries, truth, child),
-    )
-    process.start()
-    rows = parent.recv()
-    process.join()
+    rows = in_child(_build_and_measure, name, refine, base, train_s, settings, str(items_path), queries, truth)
     for row in rows:
         print(_line(row), flush=True)
     return rows
@@ -248,13 +237,7 @@ def _catalog_state(count: int, sink) -> None:
 
 
 def catalog_bytes_per_item(count: int) -> float:
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_catalog_state, args=(count, child))
-    process.start()
-    value = parent.recv()
-    process.join()
-    return round(value, 1)
+    return round(in_child(_catalog_state, count), 1)
 
 
 def tail(latencies: np.ndarray) -> dict[str, float]:

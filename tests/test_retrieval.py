@@ -6,6 +6,7 @@ import json
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -68,6 +69,25 @@ def new_version(root: Path, source: Path, name: str, corrupt: bool = False) -> P
     return target
 
 
+def through_a_swap(workers: list[threading.Thread], stop: threading.Event, publish: Callable[[], object],
+                   swapped: Callable[[], bool], settle_s: float = 0.0) -> None:  # fmt: skip
+    """Start `workers`; after `settle_s`, publish a new version; wait (30 s at most) until `swapped()`,
+    then half a second more for calls in flight; then stop the workers and join them."""
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(settle_s)
+        publish()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not swapped():
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+
+
 def test_hot_swap_under_concurrent_requests_fails_none_and_serves_the_new_version(artifacts, start_service, tmp_path):
     original = latest_version(artifacts / "bundles")
     root = tmp_path / "root"
@@ -99,19 +119,10 @@ def test_hot_swap_under_concurrent_requests_fails_none_and_serves_the_new_versio
                     failures.append(f"{exc.code()}: {exc.details()}")
 
     threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)] + [threading.Thread(target=watch_health)]
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(0.5)
-        new_version(root, original, "20990102T000000Z-b")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (not seen or seen[-1] != "20990102T000000Z-b"):
-            time.sleep(0.1)
-        time.sleep(0.5)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
+    through_a_swap(
+        threads, stop, lambda: new_version(root, original, "20990102T000000Z-b"),
+        swapped=lambda: bool(seen) and seen[-1] == "20990102T000000Z-b", settle_s=0.5,
+    )  # fmt: skip
 
     assert not failures
     assert seen[0] == "20990101T000000Z-a" and seen[-1] == "20990102T000000Z-b"
@@ -158,19 +169,11 @@ def test_a_swap_changes_the_user_tower_and_the_index_together(artifacts, start_s
     with grpc.insecure_channel(service.address) as channel:
         stub = retrieval_pb2_grpc.RetrievalStub(channel)
         before = {user: answer(stub, user)[2] for user in users}
-        threads = [threading.Thread(target=hammer) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        try:
-            retrained(original, root, "20990102T000000Z-b")
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not any(a[0].endswith("-b") for a in answers[-len(users) :]):
-                time.sleep(0.1)
-            time.sleep(0.5)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join()
+        through_a_swap(
+            [threading.Thread(target=hammer) for _ in range(3)], stop,
+            lambda: retrained(original, root, "20990102T000000Z-b"),
+            swapped=lambda: any(a[0].endswith("-b") for a in answers[-len(users) :]),
+        )  # fmt: skip
         after = {user: answer(stub, user)[2] for user in users}
     expected = {"20990101T000000Z-a": before, "20990102T000000Z-b": after}
     assert sum(before[user] != after[user] for user in users) >= len(users) - 1, "the versions answer differently"
