@@ -25,9 +25,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from training import device as training_device
 from training import distributed
 from training.dataset import Dataset
-from training.fit import FitConfig, fit_models, with_epochs, with_seed
+from training.fit import FitConfig, fit_models, with_device, with_epochs, with_seed
 from training.movielens import load_movielens
 from training.offline_eval import evaluate_offline
 from training.own_data import DataProblems, load_files
@@ -109,6 +110,7 @@ def build(
             "ranker_best_epoch": models.ranker.best_epoch,
             "ranker_impressions": {"count": models.ranker.examples, "positives": models.ranker.positives},
             "seconds": {k: round(v, 1) for k, v in models.seconds.items()},
+            "device": config.towers.device,
         },
         "offline_evaluation": evaluation,
     }  # fmt: skip
@@ -154,6 +156,11 @@ def argument_parser() -> argparse.ArgumentParser:
         "latest 50, trained on every position (docs/models.md)",
     )  # fmt: skip
     parser.add_argument(
+        "--device", choices=training_device.DEVICES, default="cpu",
+        help="where the towers and the ranker train: cuda falls back to the CPU with a message when torch sees "
+        "no GPU; auto takes a GPU when present (training/device.py)",
+    )  # fmt: skip
+    parser.add_argument(
         "--for-evaluation", action="store_true",
         help="serve the training split and keep the held-out truth (make eval, benchmarks)",
     )  # fmt: skip
@@ -167,10 +174,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--items goes with --interactions")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     files = OwnFiles(args.interactions, args.items) if args.interactions is not None else None
-    config = FitConfig(towers=SEQUENCE_TOWER) if args.user_tower == "sequence" else FitConfig()
-    group = distributed.start()
+    device = training_device.resolve(args.device)
+    config = with_device(FitConfig(towers=SEQUENCE_TOWER) if args.user_tower == "sequence" else FitConfig(), device)
+    group = distributed.start(device)
     if group.world > 1:
         progress(f"process {group.rank} of {group.world}: the towers train on every process, the rest on process 0")
+    if device != "cpu":
+        progress(f"training on {device}")
     try:
         build(
             args.out, args.size, args.seed, args.epochs, args.movielens,

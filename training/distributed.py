@@ -44,6 +44,8 @@ class WorkerDone(Exception):
 def start(device: str = "cpu") -> Group:
     """Join torchrun's process group, if started by torchrun with more than one process."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(device))  # NCCL's collectives run on the current device
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return current()
 
@@ -59,7 +61,9 @@ def common_count(local: int) -> int:
     all-reduces once per step and a process with one more step would wait for the others forever."""
     if current().world == 1:
         return local
-    count = torch.tensor([local], dtype=torch.int64)
+    # NCCL reduces only tensors on the GPU; gloo, CPU ones.
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    count = torch.tensor([local], dtype=torch.int64, device=on)
     dist.all_reduce(count, op=dist.ReduceOp.MIN)
     return int(count.item())
 

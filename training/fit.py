@@ -171,3 +171,12 @@ def with_seed(config: FitConfig, seed: int) -> FitConfig:
         impressions=dataclasses.replace(config.impressions, seed=seed),
         ranker=dataclasses.replace(config.ranker, seed=seed),
     )
+
+
+def with_device(config: FitConfig, device: str) -> FitConfig:
+    """Both trained models on `device` (a resolved one: training/device.py)."""
+    return dataclasses.replace(
+        config,
+        towers=dataclasses.replace(config.towers, device=device),
+        ranker=dataclasses.replace(config.ranker, device=device),
+    )

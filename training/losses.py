@@ -32,11 +32,11 @@ def sampled_softmax_loss(
     show it the tail; their correction is log(M / N) for M samples of N items. A negative that is
     the row's own positive (an accidental hit) is masked, so a true positive is never a negative.
     """
-    positives = torch.arange(len(user_vectors)) + first_positive
+    positives = torch.arange(len(user_vectors), device=user_vectors.device) + first_positive
     own = item_rows[positives]
     logits = user_vectors @ item_vectors.T / temperature - (log_q[item_rows] + math.log(len(item_rows)))[None, :]
     accidental_hit = own[:, None] == item_rows[None, :]
-    accidental_hit[torch.arange(len(positives)), positives] = False
+    accidental_hit[torch.arange(len(positives), device=positives.device), positives] = False
     logits = logits.masked_fill(accidental_hit, float("-inf"))
     if sampled_vectors is not None and sampled_rows is not None:
         sampled = user_vectors @ sampled_vectors.T / temperature - math.log(len(sampled_rows) / num_items)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from funnel.features import NUM_DENSE, NUM_EMBEDDED, RECENT_ID_ITEMS, FeatureBatch
+from training import device as training_device
 from training.epochs import EpochLog
 from training.impressions import Impressions
 
@@ -65,7 +66,7 @@ class TargetAttention(torch.nn.Module):
                 runs.append(torch.bmm(weights, v[h]).transpose(0, 1).reshape(end - start, d))
             return torch.cat(runs)
         # Training: shuffled rows, nearly one history each, gathered.
-        run_of_row = torch.repeat_interleave(torch.arange(histories), bounds[1:] - bounds[:-1])
+        run_of_row = torch.repeat_interleave(torch.arange(histories, device=bounds.device), bounds[1:] - bounds[:-1])
         return self._attend(q, k[run_of_row], v[run_of_row], visible[run_of_row]).reshape(n, d)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
@@ -136,11 +137,11 @@ class DeepRanker(torch.nn.Module):
 def _runs(histories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs of consecutive rows with the same history: (first row of each run, its bounds [H + 1])."""
     n = histories.shape[0]
-    new_run = torch.ones(n, dtype=torch.bool)
+    new_run = torch.ones(n, dtype=torch.bool, device=histories.device)
     if n > 1:
         new_run[1:] = (histories[1:] != histories[:-1]).any(dim=1)
     starts = torch.nonzero(new_run).squeeze(1)
-    return starts, torch.cat([starts, torch.full([1], n, dtype=torch.int64)])
+    return starts, torch.cat([starts, torch.full([1], n, dtype=torch.int64, device=histories.device)])
 
 
 def _projected(item_vectors: np.ndarray, dim: int) -> torch.Tensor:
@@ -173,6 +174,7 @@ class RankerConfig:
     attention_heads: int = 2
     item_dropout: float = 0.0
     train_item_table: bool = False  # False keeps retrieval's item vectors as they are
+    device: str = "cpu"  # where training runs (training/device.py); the model comes back on the CPU
 
 
 @dataclass
@@ -193,16 +195,17 @@ def train_ranker(
     next items, so holding cuts apart would reward memorising each user's sequence."""
     features, labels, users = impressions.features, impressions.labels, impressions.users
     torch.manual_seed(config.seed)
-    torch.use_deterministic_algorithms(True)
+    training_device.deterministic(config.device)
     rng = np.random.default_rng(config.seed)
     unique_users = np.unique(users)
     held = rng.choice(unique_users, max(1, int(len(unique_users) * config.validation_share)), replace=False)
     validation = np.isin(users, held)
     train_rows, validation_rows = np.flatnonzero(~validation), np.flatnonzero(validation)
-    dense, categorical, y = (torch.from_numpy(a) for a in (features.dense, features.categorical, labels))
+    on = config.device
+    dense, categorical, y = (torch.from_numpy(a).to(on) for a in (features.dense, features.categorical, labels))
 
     model = DeepRanker(cardinalities, len(item_vectors), config.item_dim, config.attention_heads, item_vectors,
-                       config.item_dropout)  # fmt: skip
+                       config.item_dropout).to(on)  # fmt: skip
     model.items.weight.requires_grad_(config.train_item_table)
     # Decoupled weight decay: with Adam's L2 term, parameters whose gradient is tiny (the attention's
     # query and key on data without next-item order) were driven to zero and then oscillated
@@ -216,7 +219,7 @@ def train_ranker(
     best = (float("inf"), 0, copy.deepcopy(model.state_dict()))
     for epoch in range(config.max_epochs):
         model.train()
-        order = torch.from_numpy(train_rows)[torch.randperm(len(train_rows), generator=generator)]
+        order = torch.from_numpy(train_rows)[torch.randperm(len(train_rows), generator=generator)].to(on)
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
             loss = torch.nn.functional.binary_cross_entropy(
@@ -231,7 +234,7 @@ def train_ranker(
         elif epoch - best[1] >= config.patience:
             break
     model.load_state_dict(best[2])
-    model.eval()
+    model.to("cpu").eval()
     return RankerTraining(model, progress.losses, validation_losses, best[1] + 1, len(labels), int(labels.sum()))
 
 
@@ -240,7 +243,7 @@ def _loss(
     model: DeepRanker, dense: torch.Tensor, categorical: torch.Tensor, y: torch.Tensor, rows: np.ndarray
 ) -> float:
     model.eval()
-    index = torch.from_numpy(rows)
+    index = torch.from_numpy(rows).to(dense.device)
     predicted = model(dense[index], categorical[index]).squeeze(-1)
     return float(torch.nn.functional.binary_cross_entropy(predicted, y[index]))
 

@@ -98,12 +98,13 @@ def next_item_loss(
     # The temperature divides the queries, not the logits: one pass over [N, dim], not [N, items].
     queries = queries / config.temperature
     if num_items <= config.full_softmax_items:
-        return F.cross_entropy(queries @ item_vectors(torch.arange(num_items)).T, targets)
+        return F.cross_entropy(queries @ item_vectors(torch.arange(num_items, device=queries.device)).T, targets)
     if not config.in_batch_negatives:
         # The positive, then the uniform samples: sampled softmax with its log(M / N) correction.
         positive = (queries * item_vectors(targets)).sum(dim=1, keepdim=True)
         sampled = _uniform_logits(queries, targets, item_vectors, num_items, config.uniform_negatives, rng)
-        return F.cross_entropy(torch.cat([positive, sampled], dim=1), torch.zeros(len(targets), dtype=torch.int64))
+        labels = torch.zeros(len(targets), dtype=torch.int64, device=queries.device)
+        return F.cross_entropy(torch.cat([positive, sampled], dim=1), labels)
     distinct, label = torch.unique(targets, return_inverse=True)
     in_batch = queries @ item_vectors(distinct).T - (log_q[distinct] + math.log(len(targets)))
     parts = [in_batch]
@@ -118,7 +119,7 @@ def _uniform_logits(
 ) -> torch.Tensor:  # fmt: skip
     """Logits of `count` items drawn uniformly, corrected by log(M / N); a row's own target among
     them is masked, so a positive is never its own negative."""
-    rows = torch.from_numpy(rng.integers(0, num_items, count))
+    rows = torch.from_numpy(rng.integers(0, num_items, count)).to(queries.device)
     logits = queries @ item_vectors(rows).T - math.log(count / num_items)
     return logits.masked_fill(targets[:, None] == rows[None, :], float("-inf"))
 
@@ -129,20 +130,23 @@ def window_loss(model: TwoTower, windows: Windows, batch: np.ndarray, log_q: tor
     nothing. The model's user tower is a `SequenceUserTower`."""
     window_items = windows.items[batch]
     width = max(2, int((window_items >= 0).sum(axis=1).max()))
-    items = torch.from_numpy(window_items[:, :width])
+    on = model.country.device
+    items = torch.from_numpy(window_items[:, :width]).to(on)
     inputs, targets = items[:, 1:], items[:, :-1]
     valid = inputs >= 0
     distinct, inverse = torch.unique(inputs.clamp(min=0), return_inverse=True)
     vectors = model.item_vectors(distinct)[inverse] * valid.unsqueeze(-1)
     tower = model.users
     states = tower.states(vectors, valid.float())
-    country = model.country[torch.from_numpy(windows.user[batch])]
+    country = model.country[torch.from_numpy(windows.user[batch]).to(on)]
     predicts = valid & (targets >= 0)
     rows, columns = predicts.nonzero(as_tuple=True)
-    starts = torch.from_numpy(np.flatnonzero(windows.starts[batch]))
+    starts = torch.from_numpy(np.flatnonzero(windows.starts[batch])).to(on)
     first = items[starts, (items[starts] >= 0).sum(dim=1) - 1]
-    query_states = torch.cat([states[rows, columns], torch.zeros(len(starts), states.shape[-1])])
-    has_history = torch.cat([torch.ones(len(rows), dtype=torch.bool), torch.zeros(len(starts), dtype=torch.bool)])
+    query_states = torch.cat([states[rows, columns], torch.zeros(len(starts), states.shape[-1], device=on)])
+    has_history = torch.cat(
+        [torch.ones(len(rows), dtype=torch.bool, device=on), torch.zeros(len(starts), dtype=torch.bool, device=on)]
+    )
     queries = tower.vectors(query_states, has_history, torch.cat([country[rows], country[starts]]))
     all_targets = torch.cat([targets[rows, columns], first])
     return next_item_loss(queries, all_targets, model.item_vectors, log_q, model.num_items, config, rng)

@@ -20,10 +20,10 @@ from funnel.features import NUM_AGE_BUCKETS, NUM_COUNTRY_SLOTS
 
 class ItemTower(torch.nn.Module):
     def __init__(self, num_items: int, num_categories: int, num_providers: int, dim: int,
-                 init_std: float = 0.05) -> None:  # fmt: skip
+                 init_std: float = 0.05, sparse: bool = True) -> None:  # fmt: skip
         super().__init__()
         # Sparse gradients: a step moves only the rows in its batch, not all of a million-row table.
-        self.item = torch.nn.Embedding(num_items, dim, sparse=True)
+        self.item = torch.nn.Embedding(num_items, dim, sparse=sparse)
         self.category = torch.nn.Embedding(num_categories, dim)
         self.provider = torch.nn.Embedding(num_providers, dim)
         self.age = torch.nn.Embedding(NUM_AGE_BUCKETS, dim)
@@ -42,10 +42,10 @@ class ItemTower(torch.nn.Module):
 
 class UserTower(torch.nn.Module):
     def __init__(self, num_users: int, dim: int, history_length: int, use_user_id: bool = False,
-                 sequence_aware: bool = True) -> None:  # fmt: skip
+                 sequence_aware: bool = True, sparse: bool = True) -> None:  # fmt: skip
         super().__init__()
         # Without ids every user shares row 0, so the tower has one code path either way.
-        self.user = torch.nn.Embedding(num_users + 1 if use_user_id else 1, dim, sparse=True)
+        self.user = torch.nn.Embedding(num_users + 1 if use_user_id else 1, dim, sparse=sparse)
         self.register_buffer("use_user_id", torch.tensor(1 if use_user_id else 0, dtype=torch.int64))
         self.register_buffer("sequence_aware", torch.tensor(1.0 if sequence_aware else 0.0))
         self.country = torch.nn.Embedding(NUM_COUNTRY_SLOTS, dim)

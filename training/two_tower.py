@@ -11,6 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from funnel.artifacts.catalog import Embeddings
 from funnel.features import age_bucket, country_slots
+from training import device as training_device
 from training import distributed
 from training.dataset import Dataset, Interactions, chronological
 from training.epochs import EpochLog
@@ -52,6 +53,7 @@ class TwoTowerConfig:
     use_user_id: bool = False
     user_id_dropout: float = 0.2  # with ids: how often training hides them, so cold users are learned too
     seed: int = 7
+    device: str = "cpu"  # where training runs (training/device.py); the model comes back on the CPU
 
     def __post_init__(self) -> None:
         if self.user_tower not in USER_TOWERS:
@@ -98,8 +100,12 @@ class TwoTower:
         torch.manual_seed(config.seed)
         self.config = config
         self.num_items = data.num_items
+        # Sparse id-table gradients save the CPU a pass over every row per step; on a GPU that pass is
+        # cheap, and NCCL cannot all-reduce sparse gradients.
+        self.sparse = config.device == "cpu"
         self.items = ItemTower(
-            data.num_items, len(data.category_names), len(data.provider_names), config.dim, config.item_init_std
+            data.num_items, len(data.category_names), len(data.provider_names), config.dim, config.item_init_std,
+            self.sparse,
         )
         if config.user_tower == "sequence":
             self.users: UserTower | SequenceUserTower = SequenceUserTower(
@@ -107,12 +113,22 @@ class TwoTower:
             )
         else:
             self.users = UserTower(
-                data.num_users, config.dim, config.history_length, config.use_user_id, config.sequence_aware
+                data.num_users, config.dim, config.history_length, config.use_user_id, config.sequence_aware,
+                self.sparse,
             )
         self.category = torch.from_numpy(data.category.astype(np.int64))
         self.provider = torch.from_numpy(data.provider.astype(np.int64))
         self.age = torch.from_numpy(age_bucket(data.age_days))
         self.country = torch.from_numpy(country_slots(data.user_country.astype(np.int64)))
+
+    def to(self, device: str | torch.device) -> TwoTower:
+        """Both towers and the feature tables on `device` (in place)."""
+        self.items.to(device)
+        self.users.to(device)
+        self.category, self.provider, self.age, self.country = (
+            t.to(device) for t in (self.category, self.provider, self.age, self.country)
+        )
+        return self
 
     def item_vectors(self, rows: torch.Tensor) -> torch.Tensor:
         return self.items(rows, self.category[rows], self.provider[rows], self.age[rows])
@@ -128,11 +144,12 @@ class TwoTower:
         return [*self.items.parameters(), *self.users.parameters()]
 
     def optimizer(self, learning_rate: float) -> SplitAdam:
-        sparse = [self.items.item.weight]
-        if isinstance(self.users, UserTower):
+        sparse = [self.items.item.weight] if self.sparse else []
+        if self.sparse and isinstance(self.users, UserTower):
             sparse.append(self.users.user.weight)
         dense = [p for p in self.parameters() if all(p is not s for s in sparse)]
-        return SplitAdam(torch.optim.SparseAdam(sparse, lr=learning_rate), torch.optim.Adam(dense, lr=learning_rate))
+        parts = [torch.optim.SparseAdam(sparse, lr=learning_rate)] if sparse else []
+        return SplitAdam(*parts, torch.optim.Adam(dense, lr=learning_rate))
 
     def eval(self) -> None:
         self.items.eval()
@@ -146,8 +163,8 @@ class SplitAdam:
     of the training time, for rows the batch never touched.
     """
 
-    def __init__(self, sparse: torch.optim.SparseAdam, dense: torch.optim.Adam) -> None:
-        self.parts = (sparse, dense)
+    def __init__(self, *parts: torch.optim.Optimizer) -> None:
+        self.parts = parts
 
     def zero_grad(self) -> None:
         for part in self.parts:
@@ -163,25 +180,26 @@ def train_two_tower(
 ) -> tuple[TwoTower, list[float]]:
     """Every interaction is a next-item example: the user's previous items predict it. With
     `start_from`, training continues from that model's weights (which it changes)."""
-    # Same seed, same model: parallel CPU kernels may otherwise sum in a different order per run.
-    torch.use_deterministic_algorithms(True)
-    model = start_from or TwoTower(data, config)
+    training_device.deterministic(config.device)
+    model = (start_from or TwoTower(data, config)).to(config.device)
     group = distributed.current()
     if config.user_tower == "sequence":
         if group.world > 1:
             raise ValueError("training on several processes supports the pooled user tower, not the sequence tower")
-        return train_every_position(model, data, train, config)
+        model, losses = train_every_position(model, data, train, config)
+        return model.to("cpu"), losses
     rng = np.random.default_rng(config.seed + group.rank)
     optimizer = model.optimizer(config.learning_rate)
     order, history = history_matrix(train, config.history_length)
     mine = group.shard(train.user[order])  # every row with one process: the whole split
     order, history = order[mine], history[mine]
-    users = torch.from_numpy(train.user[order].astype(np.int64))
-    items = torch.from_numpy(train.item[order].astype(np.int64))
-    history_t = torch.from_numpy(history)
+    on = config.device
+    users = torch.from_numpy(train.user[order].astype(np.int64)).to(on)
+    items = torch.from_numpy(train.item[order].astype(np.int64)).to(on)
+    history_t = torch.from_numpy(history).to(on)
     # The sampling correction counts the whole split, on every process alike.
     frequency = np.bincount(train.item, minlength=data.num_items).astype(np.float64) + 1.0
-    log_q = torch.from_numpy(np.log(frequency / frequency.sum())).float()
+    log_q = torch.from_numpy(np.log(frequency / frequency.sum())).float().to(on)
     pair = TowerPair(model)
     forward = pair if group.world == 1 else DistributedDataParallel(pair)
     # The batch is split across the processes: each step still averages the gradient over
@@ -197,15 +215,15 @@ def train_two_tower(
     model.users.train()
     for _ in range(config.epochs):
         for batch in _batches(rng.permutation(len(order)), steps, local_batch, group.world):
-            b = torch.from_numpy(batch)
+            b = torch.from_numpy(batch).to(on)
             user_index = torch.zeros_like(users[b])
             if config.use_user_id:
-                keep_id = torch.from_numpy(rng.random(len(batch)) >= config.user_id_dropout)
+                keep_id = torch.from_numpy(rng.random(len(batch)) >= config.user_id_dropout).to(on)
                 user_index = torch.where(keep_id, users[b] + 1, user_index)
             sampled = config.uniform_negatives > 0
-            sampled_rows = torch.zeros(0, dtype=torch.int64)
+            sampled_rows = torch.zeros(0, dtype=torch.int64, device=on)
             if sampled:
-                sampled_rows = torch.from_numpy(rng.integers(0, data.num_items, config.uniform_negatives))
+                sampled_rows = torch.from_numpy(rng.integers(0, data.num_items, config.uniform_negatives)).to(on)
             user_vectors, item_vectors = forward(users[b], history_t[b], user_index, items[b], sampled_rows)
             batch_vectors, batch_rows = distributed.gathered(item_vectors[: len(batch)], items[b])
             loss = sampled_softmax_loss(
@@ -221,7 +239,7 @@ def train_two_tower(
             )
             progress.step(optimizer, loss)
         progress.end_epoch()
-    model.eval()
+    model.to("cpu").eval()
     return model, progress.losses
 
 
@@ -260,7 +278,7 @@ def train_every_position(
     optimizer = model.optimizer(config.learning_rate)
     windows = windows_of(train, data.num_users, config.history_length)
     frequency = np.bincount(train.item, minlength=data.num_items).astype(np.float64) + 1.0
-    log_q = torch.from_numpy(np.log(frequency / frequency.sum())).float()
+    log_q = torch.from_numpy(np.log(frequency / frequency.sum())).float().to(config.device)
     softmax = SoftmaxConfig(
         config.temperature, config.full_softmax_items, config.uniform_negatives, config.in_batch_negatives
     )
