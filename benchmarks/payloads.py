@@ -21,7 +21,7 @@ from tritonclient.grpc.service_pb2 import ModelInferRequest
 from benchmarks.grpc_floor import Payloads
 from funnel.features import NUM_CATEGORICAL, NUM_DENSE
 from funnel.live.schema import DISMISSED, RECENT, SERVED, ReadLimits, Retention, user_key
-from funnel.live.store import READ_SCRIPT
+from funnel.live.scripts import READ_SCRIPT
 from funnel.triton.client import plain_request, request_template, shared_request
 from funnel.triton.shared_memory import InputRegion
 from funnel.v1 import recommender_pb2, recommender_pb2_grpc

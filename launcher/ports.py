@@ -35,6 +35,7 @@ __all__ = [
     "PortTaken",
     "bind_reserved_port",
     "reserve_port",
+    "reserve_port_pair",
     "retry_on_port_taken",
     "says_port_taken",
     "start_server",
@@ -80,10 +81,7 @@ class _Reservations:
 
     def reserve(self) -> int:
         with self._mutex:
-            if self._fd is None:
-                self._fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-                self._ports = usable_ports(ephemeral_range())
-                self._next = os.getpid() % len(self._ports)  # runs at once start apart; the locks decide
+            self._open()
             for _ in range(len(self._ports)):
                 port = self._ports[self._next]
                 self._next = (self._next + 1) % len(self._ports)
@@ -93,6 +91,38 @@ class _Reservations:
                 if bindable(port):
                     return port
             raise RuntimeError(f"no free port left in {self._ports[0]}-{self._ports[-1]}")
+
+    def reserve_pair(self, offset: int) -> int:
+        """A port p with p + offset reserved too (Redis Cluster's bus listens on its port + 10000)."""
+        with self._mutex:
+            self._open()
+            ephemeral = ephemeral_range()
+            for _ in range(len(self._ports)):
+                port = self._ports[self._next]
+                self._next = (self._next + 1) % len(self._ports)
+                other = port + offset
+                if other >= 65536 or other in ephemeral or {port, other} & self.held:
+                    continue
+                if not self._lock(port):
+                    continue
+                if not self._lock(other):
+                    self._unlock(port)
+                    continue
+                if bindable(port) and bindable(other):
+                    self.held.update((port, other))
+                    return port
+                self.held.update((port, other))  # someone else uses one: never hand either out
+            raise RuntimeError(f"no free pair of ports {offset} apart left in {self._ports[0]}-{self._ports[-1]}")
+
+    def _open(self) -> None:
+        if self._fd is None:
+            self._fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+            self._ports = usable_ports(ephemeral_range())
+            self._next = os.getpid() % len(self._ports)  # runs at once start apart; the locks decide
+
+    def _unlock(self, port: int) -> None:
+        assert self._fd is not None
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, port)
 
     def _lock(self, port: int) -> bool:
         assert self._fd is not None
@@ -121,6 +151,11 @@ _RESERVATIONS = _Reservations()
 def reserve_port() -> int:
     """A port no one else on this machine is using or will be handed, for this process's lifetime."""
     return _RESERVATIONS.reserve()
+
+
+def reserve_port_pair(offset: int) -> int:
+    """A reserved port whose `port + offset` is reserved too, for this process's lifetime."""
+    return _RESERVATIONS.reserve_pair(offset)
 
 
 def bind_reserved_port(server: grpc.Server | grpc.aio.Server, host: str = "127.0.0.1") -> int:

@@ -41,6 +41,8 @@ class RedisServer:
     log_path: Path
     host: str = "127.0.0.1"
     acl_file: Path | None = None  # users and their commands (funnel/live/acl.py); None: the default user only
+    extra_args: tuple[str, ...] = ()  # a cluster node's settings, say
+    config_file: Path | None = None  # read first: settings that must not show in the process list
     process: subprocess.Popen | None = None
     _log_start: int = 0  # where this start's lines begin in the appended log
 
@@ -51,6 +53,7 @@ class RedisServer:
     def command(self) -> list[str]:
         return [
             str(server_binary()),
+            *([str(self.config_file.resolve())] if self.config_file else []),
             "--bind", self.host,
             "--port", str(self.port),
             "--dir", str(self.data_dir.resolve()),
@@ -61,6 +64,7 @@ class RedisServer:
             "--daemonize", "no",
             "--protected-mode", "yes",
             *(["--aclfile", str(self.acl_file.resolve())] if self.acl_file else []),
+            *self.extra_args,
         ]  # fmt: skip
 
     def start(self) -> subprocess.Popen:

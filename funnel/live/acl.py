@@ -14,17 +14,23 @@ from collections.abc import Mapping
 
 # What each script of funnel/live/store.py runs, beside the call that runs it.
 _SCRIPTS = ("evalsha", "eval", "script|load", "ping")
+# What a cluster client sends beside: the slots map, the command table (to find a command's keys)
+# and ASKING while a slot migrates. None of them reads or writes data.
+_CLUSTER = ("cluster|slots", "command", "asking")
 _READ_STATE = ("zrange", "zrevrange", "zrevrangebyscore")
 _WRITE_STATE = ("zadd", "zremrangebyscore", "zremrangebyrank", "pexpire")
 _LOG = ("xadd", "xtrim", "xlen", "incr", "hget")
 ROLES: dict[str, tuple[str, ...]] = {
     # Reads a user's live state; records what it served (the served set and the log).
-    "gateway": (*_SCRIPTS, *_READ_STATE, *_WRITE_STATE, *_LOG),
+    "gateway": (*_SCRIPTS, *_CLUSTER, *_READ_STATE, *_WRITE_STATE, *_LOG),
     # Records events (idempotency keys, quotas, state, the log), publishes the log's bounds, and
     # checks durability, memory and the log's fill.
-    "events": (*_SCRIPTS, *_WRITE_STATE, *_LOG, "get", "set", "incrby", "hset", "config|get", "info"),
+    # WAIT: replicas confirm a batch before it is acknowledged (--replica-acks).
+    "events": (
+        *_SCRIPTS, *_CLUSTER, *_WRITE_STATE, *_LOG, "get", "set", "incrby", "hset", "config|get", "info", "wait"
+    ),
     # Reads the log from its checkpoint and moves the checkpoint (training.export_events).
-    "export": (*_SCRIPTS, "xrange", "hgetall", "hget", "hset"),
+    "export": (*_SCRIPTS, *_CLUSTER, "xrange", "hgetall", "hget", "hset"),
 }
 
 

@@ -17,10 +17,18 @@ sequence number), `funnel:log:seq` (the last sequence number given), `funnel:log
 the export got: stream id and sequence number) and `funnel:log:config` (its bound and retention,
 written by the events service, read by every writer: set in one place). Nothing unexported is ever
 trimmed.
+
+On a Redis Cluster (`Layout.cluster()`) the log is partitioned as a Kafka topic is: 64 partitions,
+a user's events always in the same one (CRC-32 of the user id), each partition its own stream,
+sequence, checkpoint and bounds. Every key of a partition, its users' keys included, carries the
+partition's hash tag (`funnel:{p7}:events`, `funnel:{p7}:u:<user>:recent`), so a script that
+records a user's events and appends them to the log touches one slot, as Redis Cluster requires
+of a script. Hash-tagging by user alone would not do: the log is shared by all users.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,6 +70,15 @@ def password_file_setting() -> Any:
     )
 
 
+def cluster_setting() -> Any:
+    """The setting of every process that reads or writes the store: one Redis, or a Redis Cluster."""
+    return setting(
+        False,
+        help="state_store is any node of a Redis Cluster: the client finds the others, and the event log is "
+        "partitioned across them (64 partitions by user); every reader and writer of one store must agree",
+    )
+
+
 def user_key(user_id: str, group: str) -> str:
     return f"funnel:u:{{{user_id}}}:{group}"
 
@@ -73,6 +90,50 @@ LOG_CONFIG = "funnel:log:config"
 
 def event_key(user_id: str, client: str, event_id: str) -> str:
     return f"funnel:u:{{{user_id}}}:event:{client}:{event_id}"
+
+
+# Enough to spread over 64 masters; each export reads every partition once.
+CLUSTER_PARTITIONS = 64
+
+
+@dataclass(frozen=True)
+class LogKeys:
+    """One partition of the log: its stream, sequence, export checkpoint and bounds."""
+
+    stream: str
+    seq: str
+    exported: str
+    config: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which key holds what: one Redis (`partitions` 1, the names above) or a cluster's partitions."""
+
+    partitions: int = 1
+
+    @classmethod
+    def cluster(cls) -> Layout:
+        return cls(CLUSTER_PARTITIONS)
+
+    def partition(self, user_id: str) -> int:
+        return zlib.crc32(user_id.encode()) % self.partitions if self.partitions > 1 else 0
+
+    def log(self, partition: int) -> LogKeys:
+        if self.partitions == 1:
+            return LogKeys(STREAM, LOG_SEQ, LOG_EXPORTED, LOG_CONFIG)
+        tag = f"funnel:{{p{partition}}}"
+        return LogKeys(f"{tag}:events", f"{tag}:log:seq", f"{tag}:log:exported", f"{tag}:log:config")
+
+    def user_key(self, user_id: str, group: str) -> str:
+        if self.partitions == 1:
+            return user_key(user_id, group)
+        return f"funnel:{{p{self.partition(user_id)}}}:u:{user_id}:{group}"
+
+    def event_key(self, user_id: str, client: str, event_id: str) -> str:
+        if self.partitions == 1:
+            return event_key(user_id, client, event_id)
+        return f"funnel:{{p{self.partition(user_id)}}}:u:{user_id}:event:{client}:{event_id}"
 
 
 @dataclass(frozen=True)

@@ -10,166 +10,22 @@ has it (`funnel/live/schema.py`), and a full log refuses the write instead.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import MovedError, RedisError, ResponseError
 from redis.retry import Retry
 
-from funnel.live.schema import (
-    DISMISSED,
-    LOG_CONFIG,
-    LOG_EXPORTED,
-    LOG_SEQ,
-    RECENT,
-    SERVED,
-    STREAM,
-    LiveState,
-    LogBounds,
-    Retention,
-    event_key,
-    user_key,
-)
-
-# Room in the log for `wanted` more entries. Exported entries older than the retention go first;
-# when that is not room enough, every exported entry; an entry the export has not read, never.
-_ROOM = """
-local function room(stream, exported_key, wanted, now, retention, max_events)
-  local exported = redis.call('HGET', exported_key, 'id')
-  if exported then
-    local ms, sq = string.match(exported, '^(%d+)-(%d+)$')
-    local after = ms .. '-' .. string.format('%.0f', tonumber(sq) + 1)
-    local cutoff = now - retention
-    if cutoff < tonumber(ms) then
-      redis.call('XTRIM', stream, 'MINID', string.format('%.0f', cutoff) .. '-0')
-    else
-      redis.call('XTRIM', stream, 'MINID', after)
-    end
-    if redis.call('XLEN', stream) + wanted > max_events then
-      redis.call('XTRIM', stream, 'MINID', after)
-    end
-  end
-  return redis.call('XLEN', stream) + wanted <= max_events
-end
-"""
-
-# KEYS: the stream, the sequence, the export checkpoint, then per event its idempotency key, the
-# user's state key and the user's quota counter for this window. ARGV: 12 settings, then 8 fields per
-# event. Returns {recorded, duplicates}; or, with nothing written, {-1, i} when event i reuses an id
-# with another payload, {-2, entries} when the log is full, {-3, i} when event i's user is over quota.
-_RECORD = (
-    _ROOM
-    + """
-local idem_ttl, recent_cap, dismissed_cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local served_ttl, served_cap, user_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local now, client, max_events, retention = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
-local user_cap, window = tonumber(ARGV[11]), tonumber(ARGV[12])
-local n = (#KEYS - 3) / 3
-local fresh, wanted, per_user, first_of = {}, 0, {}, {}
-for i = 0, n - 1 do
-  local seen = redis.call('GET', KEYS[4 + 3 * i])
-  if seen then
-    if seen ~= ARGV[12 + i * 8 + 8] then return {-1, i} end
-  else
-    fresh[i] = true
-    wanted = wanted + 1
-    local quota = KEYS[6 + 3 * i]
-    per_user[quota] = (per_user[quota] or 0) + 1
-    if first_of[quota] == nil then first_of[quota] = i end
-  end
-end
-if user_cap > 0 then
-  for quota, count in pairs(per_user) do
-    if tonumber(redis.call('GET', quota) or '0') + count > user_cap then return {-3, first_of[quota]} end
-  end
-end
-if wanted > 0 and not room(KEYS[1], KEYS[3], wanted, now, retention, max_events) then
-  return {-2, redis.call('XLEN', KEYS[1])}
-end
-for quota, count in pairs(per_user) do
-  redis.call('INCRBY', quota, count)
-  redis.call('PEXPIRE', quota, window)
-end
-for i = 0, n - 1 do
-  if fresh[i] then
-    local a = 12 + i * 8
-    local id, user, item, kind = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-    local ts, value, group = tonumber(ARGV[a + 5]), ARGV[a + 6], ARGV[a + 7]
-    redis.call('SET', KEYS[4 + 3 * i], ARGV[a + 8], 'EX', idem_ttl)
-    redis.call('XADD', KEYS[1], '*', 'seq', redis.call('INCR', KEYS[2]), 'client', client,
-      'event_id', id, 'user_id', user, 'item_id', item, 'type', kind, 'ts', ARGV[a + 5], 'value', value)
-    local key = KEYS[5 + 3 * i]
-    -- GT: an event replayed late never moves an item back in time.
-    if group == 'recent' then
-      redis.call('ZADD', key, 'GT', ts, item)
-      redis.call('ZREMRANGEBYRANK', key, 0, -recent_cap - 1)
-      redis.call('PEXPIRE', key, user_ttl)
-    elseif group == 'dismissed' then
-      redis.call('ZADD', key, 'GT', ts, item)
-      redis.call('ZREMRANGEBYRANK', key, 0, -dismissed_cap - 1)
-      redis.call('PEXPIRE', key, user_ttl)
-    elseif ts > now - served_ttl then
-      redis.call('ZADD', key, 'GT', ts, item)
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', now - served_ttl)
-      redis.call('ZREMRANGEBYRANK', key, 0, -served_cap - 1)
-      redis.call('PEXPIRE', key, served_ttl)
-    end
-  end
-end
-return {wanted, n - wanted}
-"""
-)
-
-# What the gateway served. KEYS: the stream, the sequence, the export checkpoint, the log's bounds,
-# then each answer's served key. ARGV: now, served TTL and cap, then per answer: client, user, the
-# items joined by newlines, the request id. The served sets are always updated; the answers go to
-# the log while it has room under the bounds the events service set. Returns {logged, not logged}.
-_SERVED = (
-    _ROOM
-    + """
-local now, served_ttl, served_cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local max_events = tonumber(redis.call('HGET', KEYS[4], 'max_events') or '0')
-local retention = tonumber(redis.call('HGET', KEYS[4], 'retention_ms') or '0')
-local n = #KEYS - 4
-local logging = max_events > 0 and room(KEYS[1], KEYS[3], n, now, retention, max_events)
-for i = 1, n do
-  local a = 3 + (i - 1) * 4
-  local key, items = KEYS[4 + i], {}
-  for item in string.gmatch(ARGV[a + 3], '[^\\n]+') do
-    items[#items + 1] = now
-    items[#items + 1] = item
-  end
-  redis.call('ZADD', key, 'GT', unpack(items))
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - served_ttl)
-  redis.call('ZREMRANGEBYRANK', key, 0, -served_cap - 1)
-  redis.call('PEXPIRE', key, served_ttl)
-  if logging then
-    redis.call('XADD', KEYS[1], '*', 'seq', redis.call('INCR', KEYS[2]), 'client', ARGV[a + 1],
-      'event_id', ARGV[a + 4], 'user_id', ARGV[a + 2], 'item_id', ARGV[a + 3], 'type', 'impression',
-      'ts', ARGV[1], 'value', '0')
-  end
-end
-if logging then return {n, 0} end
-return {0, n}
-"""
-)
-
-# One script, so a read is one command: cheaper for the client than a pipeline of three.
-# KEYS: recent, dismissed, served; ARGV: how many of each, the oldest served time still in.
-READ_SCRIPT = """
-local recent = redis.call('ZRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
-local dismissed = redis.call('ZREVRANGE', KEYS[2], 0, tonumber(ARGV[2]) - 1)
-local served = {}
-if tonumber(ARGV[3]) > 0 then
-  served = redis.call('ZREVRANGEBYSCORE', KEYS[3], '+inf', ARGV[4], 'LIMIT', 0, tonumber(ARGV[3]))
-end
-return {recent, dismissed, served}
-"""
+from funnel.live.connection import on_one_connection
+from funnel.live.schema import DISMISSED, RECENT, SERVED, Layout, LiveState, LogBounds, Retention
+from funnel.live.scripts import READ_SCRIPT, RECORD_SCRIPT, SERVED_SCRIPT
 
 
 @dataclass(frozen=True)
@@ -222,19 +78,32 @@ class LogFull(StoreError):
         self.entries = entries
 
 
-def connect(url: str, timeout_s: float, password_file: str = "") -> aioredis.Redis:
+class ReplicasBehind(StoreError):
+    """The master wrote the batch, but fewer replicas than required confirmed it in time."""
+
+
+Client = aioredis.Redis | RedisCluster
+
+
+def connect(url: str, timeout_s: float, password_file: str = "", cluster: bool = False) -> Client:
     """A client that never retries on its own (`LiveStore` does, once, for a stale connection):
     callers own their budgets and their retries. The password comes from a file (a mounted Secret),
-    never from the URL or a flag, so it shows in no process listing, pod spec or log line."""
-    return aioredis.Redis.from_url(
-        url,
-        password=read_password(password_file) if password_file else None,
-        decode_responses=True,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
+    never from the URL or a flag, so it shows in no process listing, pod spec or log line.
+
+    `cluster`: a Redis Cluster client, given any node's address. It follows MOVED and ASK itself;
+    after a lost connection (a master down) it learns the slots anew on its next command, so the
+    one retry reaches the replica promoted meanwhile."""
+    options: dict[str, Any] = {
+        "password": read_password(password_file) if password_file else None,
+        "decode_responses": True,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if cluster:
+        # Partial coverage: a client starting while one master is down still serves the other slots.
+        return RedisCluster.from_url(url, require_full_coverage=False, **options)
+    return aioredis.Redis.from_url(url, health_check_interval=0, **options)
 
 
 def read_password(path: str) -> str:
@@ -245,49 +114,106 @@ def read_password(path: str) -> str:
 
 
 class LiveStore:
-    def __init__(self, client: aioredis.Redis, retention: Retention, bounds: LogBounds | None = None) -> None:
+    """One Redis or a Redis Cluster: the layout (funnel/live/schema.py) follows the client.
+
+    `replica_acks` > 0: an event batch is acknowledged only once that many replicas of its master
+    confirmed it (WAIT, within `replica_timeout_ms`), so a master that dies right after answering
+    cannot take acknowledged events with it when its replica is promoted."""
+
+    def __init__(
+        self, client: Client, retention: Retention, bounds: LogBounds | None = None, replica_acks: int = 0,
+        replica_timeout_ms: int = 1000,
+    ) -> None:  # fmt: skip
         self.client = client
+        self.cluster = isinstance(client, RedisCluster)
+        self.layout = Layout.cluster() if self.cluster else Layout()
         self.retention = retention
         self.bounds = bounds or LogBounds()  # the events service's; the gateway reads them from the store
-        self._record = client.register_script(_RECORD)
-        self._served = client.register_script(_SERVED)
+        self.replica_acks = replica_acks
+        self.replica_timeout_ms = replica_timeout_ms
+        self._record = client.register_script(RECORD_SCRIPT)
+        self._served = client.register_script(SERVED_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
 
     async def record(self, events: Sequence[EventRecord], now_ms: int, client: str) -> tuple[int, int]:
-        """Write a batch for `client`; (recorded, duplicates). The script runs as one unit and checks
-        everything before it writes: PayloadConflict, UserOverQuota or LogFull mean nothing was written. Any other
-        StoreError means nothing is acknowledged; an error inside the script (the store out of
-        memory) can leave its first events written, which a retry with the same ids completes."""
-        r, b = self.retention, self.bounds
-        keys = [STREAM, LOG_SEQ, LOG_EXPORTED]
+        """Write a batch for `client`; (recorded, duplicates). PayloadConflict, UserOverQuota or
+        LogFull mean nothing was written. Any other StoreError means nothing is acknowledged; an
+        error inside the script (the store out of memory) can leave its first events written,
+        which a retry with the same ids completes.
+
+        The events of one log partition are checked and written by one script, as one unit. A
+        batch across partitions (a cluster, several users) is checked in every partition first, so
+        those three refusals still leave all of it unwritten; the writes then run per partition,
+        and one that fails (a master down) may leave the others' written: the batch is not
+        acknowledged, and its retry records the rest and counts the written ones as duplicates."""
+        parts = self._partitions([event.user_id for event in events])
+        await self._connected()
+        if len(parts) == 1:
+            return await self._record_part(events, *parts[0], now_ms, client, check_only=False)
+        await asyncio.gather(*(self._record_part(events, *part, now_ms, client, check_only=True) for part in parts))
+        done = await asyncio.gather(*(self._record_part(events, *part, now_ms, client, check_only=False)
+                                      for part in parts))  # fmt: skip
+        return sum(recorded for recorded, _ in done), sum(duplicates for _, duplicates in done)
+
+    async def _record_part(
+        self, events: Sequence[EventRecord], partition: int, rows: list[int], now_ms: int, client: str,
+        check_only: bool,
+    ) -> tuple[int, int]:  # fmt: skip
+        r, b, layout = self.retention, self.bounds, self.layout
+        log = layout.log(partition)
+        keys = [log.stream, log.seq, log.exported]
         window_ms = r.user_window_s * 1000
         args: list[str | int | float] = [
             r.idempotency_ttl_s, r.recent_cap, r.dismissed_cap, r.served_ttl_ms, r.served_cap, r.user_ttl_s * 1000,
-            now_ms, client, b.max_events, b.retention_ms, r.user_events_per_window, window_ms,
+            now_ms, client, b.max_events, b.retention_ms, r.user_events_per_window, window_ms, int(check_only),
         ]  # fmt: skip
-        for event in events:
+        for row in rows:
+            event = events[row]
             keys += [
-                event_key(event.user_id, client, event.event_id),
-                user_key(event.user_id, event.group),
-                user_key(event.user_id, f"quota:{now_ms // window_ms}"),
+                layout.event_key(event.user_id, client, event.event_id),
+                layout.user_key(event.user_id, event.group),
+                layout.user_key(event.user_id, f"quota:{now_ms // window_ms}"),
             ]
             args += [
                 event.event_id, event.user_id, event.item_id, event.kind, event.timestamp_ms,
                 repr(event.value), event.group, event.digest,
             ]  # fmt: skip
-        first, second = await _once_more_if_stale(lambda: self._record(keys=keys, args=args))
+        if check_only or not self.replica_acks:
+            first, second = await _once_more_if_stale(lambda: self._record(keys=keys, args=args))
+        else:
+            first, second = await _once_more_if_stale(lambda: self._acknowledged_by_replicas(keys, args))
         if int(first) == -1:
-            raise PayloadConflict(int(second))
+            raise PayloadConflict(rows[int(second)])
         if int(first) == -2:
             raise LogFull(int(second))
         if int(first) == -3:
-            raise UserOverQuota(int(second))
+            raise UserOverQuota(rows[int(second)])
         return int(first), int(second)
+
+    async def _acknowledged_by_replicas(self, keys: list[Any], args: list[Any]) -> Any:
+        """The record script, then WAIT on the same connection: WAIT counts the replicas that have
+        this connection's writes, so it must follow them on it."""
+        commands: list[tuple[Any, ...]] = [
+            ("EVAL", RECORD_SCRIPT, len(keys), *keys, *args),
+            ("WAIT", self.replica_acks, self.replica_timeout_ms),
+        ]
+        try:
+            result, acked = await on_one_connection(self.client, keys[0], commands)
+        except (RedisConnectionError, MovedError):
+            if self.cluster:
+                await self.client.aclose()  # the next command learns the slots anew
+            raise RedisConnectionError("the master of the batch's slot moved or went away") from None
+        if int(result[0]) >= 0 and int(acked) < self.replica_acks:
+            raise ReplicasBehind(
+                f"written on the master, but {acked} of the {self.replica_acks} replicas required confirmed it "
+                f"within {self.replica_timeout_ms} ms"
+            )
+        return result
 
     async def read(self, user_id: str, now_ms: int, recent: int, dismissed: int, served: int) -> LiveState:
         """A user's live state in one round trip: the newest `recent` interactions (oldest first),
         `dismissed` dismissals and `served` items served within the TTL (newest first); 0 = none."""
-        keys = [user_key(user_id, group) for group in (RECENT, DISMISSED, SERVED)]
+        keys = [self.layout.user_key(user_id, group) for group in (RECENT, DISMISSED, SERVED)]
         args = [recent, dismissed, served, now_ms - self.retention.served_ttl_ms]
         recent_items, dismissed_items, served_items = await _once_more_if_stale(
             lambda: self._read(keys=keys, args=args)
@@ -296,55 +222,99 @@ class LiveStore:
         return LiveState(recent_items if recent else [], dismissed_items if dismissed else [], served_items)
 
     async def record_served(self, served: Sequence[Served], now_ms: int) -> tuple[int, int]:
-        """What the gateway served, in one round trip: each user's served set is updated (capped and
-        expiring), and each answer is one log entry (its items joined by newlines, which no item id
-        may contain) while the log has room. (answers logged, answers left out of the log)."""
-        r = self.retention
-        keys = [STREAM, LOG_SEQ, LOG_EXPORTED, LOG_CONFIG, *(user_key(s.user_id, SERVED) for s in served)]
+        """What the gateway served, one round trip per log partition: each user's served set is
+        updated (capped and expiring), and each answer is one log entry (its items joined by
+        newlines, which no item id may contain) while the log has room. (answers logged, answers
+        left out of the log)."""
+        parts = self._partitions([s.user_id for s in served])
+        await self._connected()
+        done = await asyncio.gather(*(self._served_part([served[row] for row in rows], partition, now_ms)
+                                      for partition, rows in parts))  # fmt: skip
+        return sum(logged for logged, _ in done), sum(left_out for _, left_out in done)
+
+    async def _served_part(self, served: Sequence[Served], partition: int, now_ms: int) -> tuple[int, int]:
+        r, log = self.retention, self.layout.log(partition)
+        keys = [log.stream, log.seq, log.exported, log.config]
+        keys += [self.layout.user_key(s.user_id, SERVED) for s in served]
         args: list[str | int] = [now_ms, r.served_ttl_ms, r.served_cap]
         for s in served:
             args += [s.client, s.user_id, "\n".join(s.items), s.request_id]
         logged, left_out = await _once_more_if_stale(lambda: self._served(keys=keys, args=args))
         return int(logged), int(left_out)
 
+    async def _connected(self) -> None:
+        """A cluster client learns the slots before commands run side by side: several first
+        commands at once on an unready client broke each other's connections (redis-py 8.1)."""
+        if self.cluster:
+            await _once_more_if_stale(self.client.initialize)
+
+    def _partitions(self, users: Sequence[str]) -> list[tuple[int, list[int]]]:
+        """(partition, the rows of `users` in it), in the order partitions first appear."""
+        rows: dict[int, list[int]] = {}
+        for row, user in enumerate(users):
+            rows.setdefault(self.layout.partition(user), []).append(row)
+        return list(rows.items())
+
     async def publish_bounds(self) -> None:
         """Write this writer's log bounds where every writer reads them (the events service does)."""
         b = self.bounds
-        await _once_more_if_stale(
-            lambda: self.client.hset(LOG_CONFIG, mapping={"max_events": b.max_events, "retention_ms": b.retention_ms})
-        )
+        mapping = {"max_events": b.max_events, "retention_ms": b.retention_ms}
+
+        async def publish() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for partition in range(self.layout.partitions):
+                pipe.hset(self.layout.log(partition).config, mapping=mapping)
+            await pipe.execute()
+
+        await _once_more_if_stale(publish)
 
     async def log_status(self) -> LogStatus:
+        """The whole log's, every partition summed."""
+
         async def read() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
-            pipe.xlen(STREAM)
-            pipe.get(LOG_SEQ)
-            pipe.hget(LOG_EXPORTED, "seq")
+            for partition in range(self.layout.partitions):
+                log = self.layout.log(partition)
+                pipe.xlen(log.stream)
+                pipe.get(log.seq)
+                pipe.hget(log.exported, "seq")
             return await pipe.execute()
 
-        entries, last, exported = await _once_more_if_stale(read)
-        last_seq, exported_seq = int(last or 0), int(exported or 0)
-        return LogStatus(int(entries), last_seq - exported_seq, last_seq, exported_seq)
+        answers = await _once_more_if_stale(read)
+        entries = sum(int(n) for n in answers[0::3])
+        last_seq, exported_seq = (sum(int(n or 0) for n in answers[k::3]) for k in (1, 2))
+        return LogStatus(entries, last_seq - exported_seq, last_seq, exported_seq)
 
     async def memory(self) -> tuple[int, int]:
-        """(used_memory, maxmemory) in bytes; maxmemory 0 = no limit set."""
-        info = await _once_more_if_stale(lambda: self.client.info("memory"))
-        return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+        """(used_memory, maxmemory) in bytes; maxmemory 0 = no limit set. On a cluster, the master
+        nearest its limit's: the first whose writes would fail."""
+        if not self.cluster:
+            info = await _once_more_if_stale(lambda: self.client.info("memory"))
+            return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+        per_node = await _once_more_if_stale(lambda: self.client.info("memory", target_nodes=RedisCluster.PRIMARIES))
+        pairs = [(int(i.get("used_memory", 0)), int(i.get("maxmemory", 0))) for i in per_node.values()]
+        return max(pairs, key=lambda pair: pair[0] / pair[1] if pair[1] else pair[0] / 2**62)
 
     async def ping(self) -> None:
         await _once_more_if_stale(self.client.ping)
 
     async def durability(self) -> str | None:
-        """None when every acknowledged write is fsynced (appendonly yes, appendfsync always), else
-        what the server is configured to do instead; 'unknown' where CONFIG is not allowed."""
+        """None when every acknowledged write is fsynced (appendonly yes, appendfsync always) on
+        every node (a replica becomes the master one day), else what is configured instead;
+        'unknown' where CONFIG is not allowed."""
         try:
-            config = await self.client.config_get("append*")
+            if self.cluster:
+                nodes = await self.client.config_get("append*", target_nodes=RedisCluster.ALL_NODES)
+            else:
+                nodes = {"": await self.client.config_get("append*")}
         except ResponseError:
             return "unknown (CONFIG GET is not allowed on this server)"
         except RedisError as exc:
             raise StoreError(_describe(exc)) from exc
-        if config.get("appendonly") != "yes" or config.get("appendfsync") != "always":
-            return f"appendonly={config.get('appendonly')}, appendfsync={config.get('appendfsync')}"
+        for node, config in sorted(nodes.items()):
+            if config.get("appendonly") != "yes" or config.get("appendfsync") != "always":
+                where = f"{node}: " if node else ""
+                return f"{where}appendonly={config.get('appendonly')}, appendfsync={config.get('appendfsync')}"
         return None
 
     async def close(self) -> None:

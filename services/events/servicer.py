@@ -47,8 +47,10 @@ class EventsService(events_pb2_grpc.EventsServicer):
     def __init__(self, runtime: Runtime, settings: EventsSettings) -> None:
         self.runtime = runtime
         self.settings = settings
-        client = connect(settings.state_store, settings.store_timeout_ms / 1000, settings.state_store_password_file)
-        self.store = LiveStore(client, settings.retention(), settings.log_bounds())
+        client = connect(settings.state_store, settings.store_timeout_ms / 1000, settings.state_store_password_file,
+                         settings.state_store_cluster)  # fmt: skip
+        self.store = LiveStore(client, settings.retention(), settings.log_bounds(), settings.replica_acks,
+                               settings.replica_timeout_ms)  # fmt: skip
         self._watching: asyncio.Task[None] | None = None
         self.store_ready = False  # its own flag: readiness also turns off while draining, writes must not
         LOG_MAX_EVENTS.set(settings.log_max_events)

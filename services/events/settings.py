@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from funnel.live.schema import LogBounds, Retention, password_file_setting, store_url_problem
+from funnel.live.schema import LogBounds, Retention, cluster_setting, password_file_setting, store_url_problem
 from funnel.runtime.config import (
     ServerSettings,
     client_burst_setting,
@@ -26,6 +26,17 @@ class EventsSettings(ServerSettings):
         help="Redis URL of the online store (redis://host:port/db)", checks=[non_empty, store_url_problem]
     )
     state_store_password_file: str = password_file_setting()
+    state_store_cluster: bool = cluster_setting()
+    replica_acks: int = setting(
+        0,
+        help="replicas of the store's master that must confirm an event batch before it is acknowledged (WAIT): "
+        "with 1, a master killed right after answering loses nothing its promoted replica lacks; a batch "
+        "not confirmed in replica_timeout_ms is UNAVAILABLE (written on the master: its retry counts duplicates)",
+        checks=[non_negative],
+    )
+    replica_timeout_ms: int = setting(
+        1000, help="most the replicas may take to confirm a batch (with replica_acks)", checks=[positive]
+    )
     store_timeout_ms: float = setting(
         2000.0, help="most one write may take before the call fails UNAVAILABLE", checks=[positive]
     )

@@ -175,7 +175,9 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
     async def _live_state(self) -> HydrateLiveState:
         s = self.settings
         # The read's socket timeout is a backstop; each read is cut off at the step's budget.
-        self.store = LiveStore(connect(s.state_store, 1.0, s.state_store_password_file), s.retention())
+        self.store = LiveStore(
+            connect(s.state_store, 1.0, s.state_store_password_file, s.state_store_cluster), s.retention()
+        )
         # A warm connection keeps its set-up off the first request's budget; a store that is down
         # does not stop the gateway (answers degrade until it returns).
         with contextlib.suppress(StoreError):

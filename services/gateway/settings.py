@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from funnel import sources
 from funnel.fusion import DEFAULT_LIMITS
-from funnel.live.schema import ReadLimits, Retention, password_file_setting, store_url_problem
+from funnel.live.schema import ReadLimits, Retention, cluster_setting, password_file_setting, store_url_problem
 from funnel.runtime.channels import listed_hosts
 from funnel.runtime.config import (
     ServerSettings,
@@ -130,6 +130,7 @@ class GatewaySettings(ServerSettings):
         checks=[store_url_problem],
     )
     state_store_password_file: str = password_file_setting()
+    state_store_cluster: bool = cluster_setting()
     # The read itself takes under a millisecond; its wall time is mostly the gateway's own event loop
     # when busy. 100-result requests from 8 clients at once on 2 cores took it to p99 13.7 ms (6% of
     # answers degraded at a 10 ms budget); 25 ms keeps it whole there, and a hung store costs an
