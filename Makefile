@@ -27,7 +27,7 @@ BENCH_FULL_USERS ?= 200
 
 OVERLAY ?= dev
 
-.PHONY: help install protos artifacts artifacts-movielens up down demo test test-fast docs lint clean bench-retrieval bench-ranking bench-reranking bench-scale \
+.PHONY: help install protos artifacts artifacts-movielens up down demo test test-fast docs lint clean bench-retrieval bench-ranking bench-reranking bench-scale bench-cluster \
 	k8s-render k8s-validate images bench bench-artifacts bench-overload bench-quota bench-soak eval eval-movielens eval-ablation \
 	eval-streaming eval-streaming-movielens bench-live
 
@@ -136,6 +136,7 @@ bench-overload: artifacts ## The demo stack at 1x and 3x its sustainable rate, w
 bench: bench-artifacts ## Load sweep per scenario, funnel vs full ranking at 100k/1M, report with plots in results/bench
 	$(PY) -m benchmarks.e2e_load --artifacts $(ARTIFACTS) --artifacts-1m artifacts-1m --seconds $(BENCH_SECONDS) --out $(BENCH_OUT)
 	$(PY) -m benchmarks.full_ranking --artifacts artifacts-100k artifacts-1m --users $(BENCH_USERS) --full-users $(BENCH_FULL_USERS) --out $(BENCH_OUT)
+	$(PY) -m benchmarks.cost_curves --artifacts $(ARTIFACTS) --seconds $(BENCH_SECONDS) --out $(BENCH_OUT)
 	$(PY) -m benchmarks.report $(BENCH_OUT)
 
 bench-retrieval: artifacts ## FAISS settings at 100k/1M items, then the retrieval service at a fixed rate and across a hot swap
@@ -154,9 +155,14 @@ bench-soak: artifacts ## 10 minutes of events into a store with a small maxmemor
 bench-reranking: artifacts ## The policy engine in-process, 500 candidates to 20 with every rule on
 	$(PY) -m benchmarks.reranking_engine --artifacts $(ARTIFACTS)
 
-bench-scale: install ## FAISS indexes at 1M and 10M items, sharded fan-out, then the capacity plan computed from them (about 30 min, 12 GB)
+bench-cluster: install ## The online store on a 3-master Redis Cluster, a master SIGKILLed under load: loss, failover, replica acks' cost
+	$(PY) -m benchmarks.store_cluster --seconds 6 --kills 3 --out results/bench-cluster
+
+bench-scale: install ## FAISS indexes at 1M and 10M items, sharded fan-out, the capacity plan computed from them, then 10M items through retrieval shard processes (about 45 min, 12 GB)
 	$(PY) -m benchmarks.scale --sizes 1000000 10000000 --out results/scale
 	$(PY) -m benchmarks.capacity results/scale/scale.json --out results/scale/plan.md
+	$(MAKE) --no-print-directory artifacts
+	$(PY) -m benchmarks.large_catalog --artifacts $(ARTIFACTS) --items 10000000 --shards 1 2 --out results/scale
 
 k8s-render: install ## Print the Kubernetes objects of an overlay (OVERLAY=dev|prod)
 	@$(PY) -m deploy render --overlay $(OVERLAY)

@@ -140,6 +140,15 @@ class StoreCluster:
         node.server.process.wait(timeout=5)
         node.server.process = None
 
+    def pause(self, node: ClusterNode) -> None:
+        """SIGSTOP: to the others, a node cut off by the network; its clients' commands wait in its sockets."""
+        assert node.server.process is not None
+        os.kill(node.server.process.pid, signal.SIGSTOP)
+
+    def resume(self, node: ClusterNode) -> None:
+        assert node.server.process is not None
+        os.kill(node.server.process.pid, signal.SIGCONT)
+
     def restart(self, node: ClusterNode, timeout_s: float = 30.0) -> None:
         node.server.start()
         node.server.wait_ready(timeout_s)

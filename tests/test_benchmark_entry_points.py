@@ -51,6 +51,38 @@ def test_scale_measures_each_index_and_sharded_fan_out_and_the_plan_is_computed_
     assert plan.count("| 1,000,000,000 |") == 3 and (out / "plan.md").read_text() == plan.rstrip("\n") + "\n"
 
 
+def test_cost_curves_measure_results_history_and_candidates(artifacts, tmp_path):
+    run_benchmark("cost_curves", "--artifacts", str(artifacts), "--rate", "5", "--seconds", "1", "--repeats", "1",
+                  "--candidates", "500", "--out", str(tmp_path))  # fmt: skip
+    curves = json.loads((tmp_path / "cost_curves.json").read_text())
+    assert [row["point"] for row in curves["rows"]] == [
+        "500 candidates, 10 results", "500 candidates, 100 results", "history of 10, 10 results",
+        "history of 200, 10 results", "history of 2,000, 10 results",
+    ]  # fmt: skip
+    assert all(row["answered"] > 0 and row["total_ms"] > 0 for row in curves["rows"])
+    assert set(curves["ratios"]) == {"100 results / 10 results (target <= 1.5)", "history 2,000 / 10 (target <= 1.3)"}
+
+
+def test_large_catalog_grows_the_bundle_and_serves_it_from_one_and_two_shard_processes(artifacts, tmp_path):
+    run_benchmark("large_catalog", "--artifacts", str(artifacts), "--items", "30000", "--shards", "1", "2",
+                  "--rate", "5", "--seconds", "1", "--index-factory", "Flat", "--search-params", "",
+                  "--out", str(tmp_path))  # fmt: skip
+    result = json.loads((tmp_path / "large_catalog.json").read_text())
+    assert [row["shards"] for row in result["rows"]] == [1, 2]
+    assert all(row["errors"] == 0 and row["fan-out and merge"]["p50_ms"] > 0 for row in result["rows"])
+    assert not (tmp_path / "artifacts").exists(), "the grown bundle is removed"
+
+
+def test_store_cluster_kills_a_master_under_load_and_counts_what_was_lost(tmp_path):
+    run_benchmark("store_cluster", "--seconds", "1", "--kills", "1", "--writers", "4", "--acks", "1",
+                  "--out", str(tmp_path))  # fmt: skip
+    rows = json.loads((tmp_path / "store_cluster.json").read_text())
+    assert [(row["fault"], row["replica_acks"]) for row in rows] == [("kill", 1), ("pause", 1)]
+    for row in rows:
+        assert row["acknowledged"][0] > 0 and row["lost"] == [0] and row["recorded_twice"] == [0]
+        assert 0 < row["failover_s"][0] < 60 and row["record_p50_ms"] > 0
+
+
 def test_retrieval_service_is_measured_at_a_rate_and_across_a_hot_swap(artifacts, tmp_path):
     out = tmp_path / "retrieval.json"
     run_benchmark(

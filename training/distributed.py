@@ -86,6 +86,11 @@ def towers_trained() -> None:
     finish()
     if not group.is_main:
         raise WorkerDone
+    if group.world > 1:
+        # torchrun gives each process one thread (OMP_NUM_THREADS=1) so that N of them share the
+        # cores; the rest of the build runs on this process alone, so it takes the cores back (left
+        # at one thread, the impressions, the ranker and the evaluation would use one core).
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
 
 
 def finish() -> None:

@@ -340,8 +340,23 @@ async def _once_more_if_stale(command: Callable[[], Awaitable[Any]]) -> Any:
             return await command()
         except RedisConnectionError:
             return await command()
+        except AttributeError as exc:
+            if not _closed_under_us(exc):
+                raise
+            return await command()
     except RedisError as exc:
         raise StoreError(_describe(exc)) from exc
+    except AttributeError as exc:
+        if not _closed_under_us(exc):
+            raise
+        raise StoreError("the connection was closed while the command used it") from exc
+
+
+def _closed_under_us(exc: AttributeError) -> bool:
+    """redis-py 8.1's cluster client closes a node's idle connections after a failover while another
+    command may have just taken one of them: that command then writes to a stream already set to
+    None. Nothing was sent on it, so it is a lost connection like any other."""
+    return exc.obj is None and exc.name in {"writelines", "drain", "write", "read", "readline", "readexactly"}
 
 
 def _describe(exc: Exception) -> str:

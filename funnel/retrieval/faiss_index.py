@@ -24,13 +24,26 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec) -> faiss.
     """An inner-product index over `vectors` that answers with `ids`."""
     inner = faiss.index_factory(vectors.shape[1], spec.factory, faiss.METRIC_INNER_PRODUCT)
     if not inner.is_trained:
-        inner.train(vectors)
+        inner.train(training_sample(vectors))
     if spec.search_params:
         faiss.ParameterSpace().set_index_parameters(inner, spec.search_params)
     _check_lists_reachable(inner)
     index = faiss.IndexIDMap2(inner)
     index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
     return index
+
+
+# Rows an index is trained on at most: 64 per list of the largest IVF served (4,096 lists), and far
+# more than PQ's codebooks need. k-means over every row of 10M items would take most of a shard's start.
+TRAINING_ROWS = 262_144
+
+
+def training_sample(vectors: np.ndarray) -> np.ndarray:
+    """Every row up to TRAINING_ROWS, else that many drawn without replacement (the same every start)."""
+    if len(vectors) <= TRAINING_ROWS:
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    rows = np.sort(np.random.default_rng(0).choice(len(vectors), TRAINING_ROWS, replace=False))
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
 
 
 def _check_lists_reachable(index: faiss.Index) -> None:
