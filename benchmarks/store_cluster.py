@@ -98,8 +98,7 @@ async def run_trial(cluster: StoreCluster, fault: str, acks: int, seconds: float
         await asyncio.to_thread(cluster.restart, victim)
     else:
         cluster.pause(victim)
-        others = [node for node in cluster.nodes if node is not victim]
-        await asyncio.to_thread(wait_for_a_new_master, cluster, others, victim, 60)
+        await asyncio.to_thread(cluster.wait_promoted, victim, 60)
         trial.failover_s = time.monotonic() - faulted
         await asyncio.sleep(max(0.0, PAUSE_S - trial.failover_s))
         cluster.resume(victim)  # it wakes a master with its clients' commands waiting, then learns it is not
@@ -109,22 +108,6 @@ async def run_trial(cluster: StoreCluster, fault: str, acks: int, seconds: float
     await asyncio.gather(*tasks)
     await store.close()
     return trial
-
-
-def wait_for_a_new_master(cluster: StoreCluster, others: list, victim, timeout_s: float) -> None:
-    """Until the victim's replica is a master (the paused victim itself cannot answer)."""
-    deadline = time.monotonic() + timeout_s
-    replica_of_victim = None
-    while time.monotonic() < deadline:
-        for node in others:
-            with cluster.admin_client(node) as client:
-                info = client.info("replication")
-                if info.get("role") == "slave" and int(info.get("master_port", 0)) == victim.server.port:
-                    replica_of_victim = node
-                if node is replica_of_victim and info.get("role") == "master":
-                    return
-        time.sleep(0.05)
-    raise TimeoutError("no replica of the paused master was promoted")
 
 
 def exported_ids(cluster: StoreCluster, out: Path) -> list[str]:

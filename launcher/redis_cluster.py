@@ -28,7 +28,8 @@ BUS_OFFSET = 10_000  # Redis 6.2 listens for its cluster bus on the client port 
 class ClusterNode:
     server: RedisServer
     node_id: str = ""
-    role: str = ""  # "master" or "slave", as CLUSTER NODES says
+    role: str = ""  # "master" or "slave", as the node said when roles were last refreshed
+    master_port: int = 0  # a replica's master's port, then
 
 
 @dataclass
@@ -95,10 +96,12 @@ class StoreCluster:
                 continue
             with self.admin_client(node) as client:
                 node.node_id = str(client.execute_command("CLUSTER", "MYID"))
-                node.role = client.info("replication")["role"]
+                replication = client.info("replication")
+                node.role = replication["role"]
+                node.master_port = int(replication.get("master_port", 0))
 
     def wait_healthy(self, timeout_s: float = 60.0) -> None:
-        """Until every live node says the cluster is ok, knows every node, and every replica follows."""
+        """Until every live node says the cluster is ok and every live replica follows its master."""
         deadline = time.monotonic() + timeout_s
         problem = ""
         while time.monotonic() < deadline:
@@ -124,6 +127,19 @@ class StoreCluster:
             except redis.RedisError as exc:
                 return f"{node.server.port}: {exc}"
         return ""
+
+    def wait_promoted(self, victim: ClusterNode, timeout_s: float = 60.0) -> None:
+        """Until a node that followed `victim` (when roles were last refreshed) says it is a master:
+        asked of the followers, since the victim itself may be paused."""
+        followers = [n for n in self.nodes if n is not victim and n.master_port == victim.server.port]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for node in followers:
+                with self.admin_client(node) as client:
+                    if client.info("replication")["role"] == "master":
+                        return
+            time.sleep(0.05)
+        raise TimeoutError(f"no replica of {victim.server.port} was promoted within {timeout_s:.0f} s")
 
     def masters_now(self) -> list[ClusterNode]:
         self.refresh_roles()

@@ -90,15 +90,6 @@ def users_on_every_master(cluster: StoreCluster, count: int) -> list[str]:
     return users
 
 
-def promoted(cluster: StoreCluster, others: list, victim) -> bool:
-    """Whether a node that followed `victim` is a master now (asked of the others: the victim is paused)."""
-    for node in others:
-        with cluster.admin_client(node) as client:
-            if client.info("replication")["role"] == "master" and node.role == "slave":
-                return True
-    return False
-
-
 def test_the_live_loop_runs_on_a_three_master_cluster_each_role_on_its_own_user(
     cluster, stack, start_service, start_gateway, tmp_path
 ):
@@ -183,7 +174,6 @@ def test_a_master_lost_under_load_loses_no_acknowledged_event(fault, cluster, st
     try:
         assert wait_until(lambda: len(acknowledged) > 300, 30)
         victim = cluster.masters_now()[0]
-        others = [node for node in cluster.nodes if node is not victim]
         # Until its replica is promoted, batches touching the victim's slots are refused; after it,
         # until a replica follows the new master again, they are written but not confirmed, so not
         # acknowledged either. The killed node restarts, as Kubernetes restarts a pod, and follows.
@@ -193,7 +183,7 @@ def test_a_master_lost_under_load_loses_no_acknowledged_event(fault, cluster, st
             cluster.restart(victim)
         else:
             cluster.pause(victim)
-            assert wait_until(lambda: promoted(cluster, others, victim), 30), "the victim's replica took over"
+            cluster.wait_promoted(victim, 30)  # raises when the victim's replica did not take over
             cluster.resume(victim)
         before = len(acknowledged)
         cluster.wait_healthy(30)
