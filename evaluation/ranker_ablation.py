@@ -27,7 +27,7 @@ from funnel.artifacts.activity import ItemActivity
 from funnel.features import FeatureBatch, FeatureStore, UserContext
 from training.build import load_data
 from training.classification import auc
-from training.fit import FitConfig, fit_retrieval, ranker_impressions, with_epochs, with_seed
+from training.fit import FitConfig, fit_retrieval, ranker_impressions, with_epochs, with_seed, with_settings
 from training.offline_eval import HeldOutUsers
 from training.protocol import HOLDOUT, accuracy, format_table, split
 from training.ranker import score, train_ranker
@@ -44,6 +44,9 @@ VARIANTS = [
     Variant("+ target attention over retrieval's item vectors, frozen", {"item_dim": 64, "train_item_table": False}),
     Variant("+ target attention, frozen, Adam with L2 decay", {"item_dim": 64, "optimizer": "adam"}),
     Variant("+ target attention, frozen, AdamW decay 1e-2", {"item_dim": 64, "weight_decay": 1e-2}),
+    Variant("+ target attention, frozen, batches of whole cuts", {"item_dim": 64, "cut_batches": True}),
+    Variant("+ target attention, frozen, listwise loss", {"item_dim": 64, "loss": "listwise"}),
+    Variant("+ target attention, frozen, log loss and listwise", {"item_dim": 64, "loss": "both"}),
     Variant("+ target attention, item table trained from retrieval's", {"item_dim": 64, "train_item_table": True}),
     Variant("+ target attention, item table trained, 32 dims", {"item_dim": 32, "train_item_table": True}),
 ]
@@ -55,6 +58,7 @@ class HeldOutCandidates:
 
     features: list[FeatureBatch]
     rows: list[np.ndarray]
+    tower_scores: list[np.ndarray]  # the user vector's dot product with each candidate's item vector
     relevant: dict[int, set[int]]
     users: np.ndarray
 
@@ -66,12 +70,13 @@ def held_out_candidates(data, train, test, config: FitConfig, early_towers, max_
     found = served.retriever().retrieve(held.histories, queries)
     activity = ItemActivity.from_interactions(train.item, train.timestamp, data.num_items)
     store = FeatureStore(served.catalog, served.item_vectors, served.covisitation, activity)
-    features = []
+    features, tower_scores = [], []
     for n, user in enumerate(held.users.tolist()):
         history, times = held.sequences.of_user(user)
         context = UserContext(history, int(times[-1]), int(held.slots[n]), queries[n])
         features.append(store.features(context, found[n].rows, found[n].sources))
-    return HeldOutCandidates(features, [c.rows for c in found], held.relevant, held.users)
+        tower_scores.append(served.item_vectors[found[n].rows] @ queries[n])
+    return HeldOutCandidates(features, [c.rows for c in found], tower_scores, held.relevant, held.users)
 
 
 def ranked_metrics(model, held: HeldOutCandidates) -> dict[str, float]:
@@ -87,18 +92,28 @@ def ranked_metrics(model, held: HeldOutCandidates) -> dict[str, float]:
 def run(
     size: str, movielens: Path | None, seed: int, max_users: int, holdout: int = HOLDOUT, validation: bool = False,
     only: tuple[str, ...] = (), ranker_settings: dict | None = None, epochs: int = 10, progress=print,
+    fit_settings: dict | None = None,
 ) -> dict:  # fmt: skip
     """`epochs`: the two-tower epochs, the build's default."""
     data = load_data(size, movielens, seed, 0.0)
     train, test = split(data.interactions, holdout)
     if validation:
         train, test = split(train, holdout)
-    config = with_seed(with_epochs(FitConfig(), epochs), seed)
+    config = with_settings(with_seed(with_epochs(FitConfig(), epochs), seed), fit_settings or {})
     seconds: dict[str, float] = {}
     impressions = ranker_impressions(data, train, config, progress, seconds)
+    started = time.monotonic()
     held = held_out_candidates(data, train, test, config, impressions.early.towers, max_users, seed)
-    retrieval_order = {u: held.rows[n] for n, u in enumerate(held.users.tolist())}
-    rows: dict[str, dict] = {"retrieval order": accuracy(retrieval_order, held.relevant)}
+    seconds["served retrieval models and held-out candidates"] = time.monotonic() - started
+    users = held.users.tolist()
+    retrieval_order = {u: held.rows[n] for n, u in enumerate(users)}
+    # The candidates in the served user tower's order: its own top items (the ANN source alone's
+    # top 10, which the fused candidates always hold).
+    tower_order = {u: held.rows[n][np.argsort(-held.tower_scores[n], kind="stable")] for n, u in enumerate(users)}
+    rows: dict[str, dict] = {
+        "retrieval order": accuracy(retrieval_order, held.relevant),
+        "user tower's order": accuracy(tower_order, held.relevant),
+    }
     store = impressions.store
     for variant in [v for v in VARIANTS if not only or any(part in v.name for part in only)]:
         ranker_config = dataclasses.replace(config.ranker, **{**variant.settings, **(ranker_settings or {})})
@@ -121,6 +136,7 @@ def run(
         "impressions": {"count": len(impressions.rows.labels), "positives": int(impressions.rows.labels.sum())},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "ranker_settings": ranker_settings or {},
+        "fit_settings": fit_settings or {},
         "rows": rows,
     }
 
@@ -155,11 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation", action="store_true", help="score on the training split's latest items")
     parser.add_argument("--only", nargs="+", default=(), help="run the variants whose names contain one of these")
     parser.add_argument("--ranker-settings", type=json.loads, help='RankerConfig fields as JSON, e.g. {"item_dim": 64}')
+    parser.add_argument(
+        "--fit-settings", type=json.loads,
+        help='FitConfig fields as JSON, nested as objects: {"refit_epochs": 2, "impressions": {"max_cuts": 5000}}',
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("results/ranker-ablation"))
     args = parser.parse_args(argv)
     result = run(
         args.size, args.movielens, args.seed, args.max_users, args.holdout, args.validation, tuple(args.only),
-        args.ranker_settings, args.epochs,
+        args.ranker_settings, args.epochs, fit_settings=args.fit_settings,
     )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ranker_ablation.json").write_text(json.dumps(result, indent=2))

@@ -64,7 +64,7 @@ def partner_vectors() -> np.ndarray:
 
 def train_planted(config: RankerConfig, contexts: int = 6000) -> DeepRanker:
     features, labels, users = planted_rows(contexts, np.random.default_rng(1))
-    impressions = Impressions(features, labels, users, cuts_drawn=contexts, positive_cuts=contexts)
+    impressions = Impressions(features, labels, users, users, cuts_drawn=contexts, positive_cuts=contexts)
     return train_ranker(impressions, CARDINALITIES, partner_vectors(), config).model
 
 

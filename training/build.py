@@ -19,6 +19,8 @@ held-out truth in the bundle, for `make eval` and the benchmarks. The manifest s
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
 import time
@@ -28,7 +30,7 @@ from pathlib import Path
 from training import device as training_device
 from training import distributed
 from training.dataset import Dataset
-from training.fit import FitConfig, fit_models, with_device, with_epochs, with_seed
+from training.fit import FitConfig, fit_models, with_device, with_epochs, with_seed, with_settings
 from training.movielens import load_movielens
 from training.offline_eval import evaluate_offline
 from training.own_data import DataProblems, load_files
@@ -111,6 +113,7 @@ def build(
             "ranker_impressions": {"count": models.ranker.examples, "positives": models.ranker.positives},
             "seconds": {k: round(v, 1) for k, v in models.seconds.items()},
             "device": config.towers.device,
+            "settings": dataclasses.asdict(config),  # every setting the models were fit with
         },
         "offline_evaluation": evaluation,
     }  # fmt: skip
@@ -161,6 +164,11 @@ def argument_parser() -> argparse.ArgumentParser:
         "no GPU; auto takes a GPU when present (training/device.py)",
     )  # fmt: skip
     parser.add_argument(
+        "--fit-settings", type=json.loads, default={},
+        help='settings of the fitted models as JSON (training/fit.py FitConfig, nested ones as objects), e.g. '
+        '\'{"impressions": {"min_positive_cuts": 45000}, "ranker": {"loss": "both"}}\'',
+    )  # fmt: skip
+    parser.add_argument(
         "--for-evaluation", action="store_true",
         help="serve the training split and keep the held-out truth (make eval, benchmarks)",
     )  # fmt: skip
@@ -176,6 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     files = OwnFiles(args.interactions, args.items) if args.interactions is not None else None
     device = training_device.resolve(args.device)
     config = with_device(FitConfig(towers=SEQUENCE_TOWER) if args.user_tower == "sequence" else FitConfig(), device)
+    try:
+        config = with_settings(config, args.fit_settings)
+    except (TypeError, ValueError) as exc:
+        parser.error(f"--fit-settings: {exc}")
     group = distributed.start(device)
     if group.world > 1:
         progress(f"process {group.rank} of {group.world}: the towers train on every process, the rest on process 0")

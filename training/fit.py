@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -171,6 +172,20 @@ def with_seed(config: FitConfig, seed: int) -> FitConfig:
         impressions=dataclasses.replace(config.impressions, seed=seed),
         ranker=dataclasses.replace(config.ranker, seed=seed),
     )
+
+
+def with_settings(config: Any, settings: dict) -> Any:
+    """`config` (a dataclass) with `settings` replaced; a dict given for a dataclass field replaces
+    that field's own fields, e.g. {"refit_epochs": 2, "impressions": {"tail_fraction": 0.2}}."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    changes = {}
+    for name, value in settings.items():
+        if name not in fields:
+            raise ValueError(f"{type(config).__name__} has no setting {name!r}; it has {', '.join(sorted(fields))}")
+        current = getattr(config, name)
+        nested = dataclasses.is_dataclass(current) and isinstance(value, dict)
+        changes[name] = with_settings(current, value) if nested else value
+    return dataclasses.replace(config, **changes)
 
 
 def with_device(config: FitConfig, device: str) -> FitConfig:

@@ -34,6 +34,11 @@ class ImpressionConfig:
     max_cuts: int = 75_000
     horizon: int = 3  # the next interactions after a cut that count as positives
     negatives_per_cut: int = 24
+    # Of those negatives, how many come from the first `hard_negative_depth` candidates in retrieval's
+    # fused order (the rest uniformly from all of them): the top of the list is where the ranker's
+    # order is read, and candidates drawn uniformly from hundreds are mostly easy to tell apart.
+    hard_negatives_per_cut: int = 0
+    hard_negative_depth: int = 50
     seed: int = 7
 
 
@@ -94,6 +99,7 @@ class Impressions:
     features: FeatureBatch
     labels: np.ndarray  # float32, 1 for a next item
     users: np.ndarray  # the user each row belongs to (the ranker's validation holds users apart)
+    cuts: np.ndarray  # the cut each row belongs to (a listwise loss compares a cut's rows); rows of a cut are adjacent
     cuts_drawn: int
     positive_cuts: int  # of those, the cuts with a next item among their candidates
 
@@ -105,7 +111,7 @@ def draw_impressions(
     """Impressions from random batches of `cuts` (see `ImpressionConfig`)."""
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(cuts))
-    parts: list[tuple[FeatureBatch, np.ndarray, np.ndarray]] = []
+    parts: list[tuple[FeatureBatch, np.ndarray, np.ndarray, np.ndarray]] = []
     drawn = positive_cuts = 0
     while drawn < min(len(cuts), config.max_cuts) and (not parts or positive_cuts < config.min_positive_cuts):
         batch = [cuts[n] for n in np.sort(order[drawn : drawn + config.cut_batch])]
@@ -113,7 +119,8 @@ def draw_impressions(
         queries = encode(histories, country[[c.user for c in batch]])
         features, labels, groups = build_impressions(batch, histories, sequences, country, retriever, store,
                                                      queries, config, rng)  # fmt: skip
-        parts.append((features, labels, np.array([c.user for c in batch], dtype=np.int64)[groups]))
+        users = np.array([c.user for c in batch], dtype=np.int64)
+        parts.append((features, labels, users[groups], drawn + groups))
         positive_cuts += len(np.unique(groups))
         drawn += len(batch)
     if positive_cuts == 0:
@@ -122,9 +129,22 @@ def draw_impressions(
         FeatureBatch.concat([p[0] for p in parts]),
         np.concatenate([p[1] for p in parts]),
         np.concatenate([p[2] for p in parts]),
+        np.concatenate([p[3] for p in parts]),
         drawn,
         positive_cuts,
     )
+
+
+def draw_negatives(others: np.ndarray, config: ImpressionConfig, rng: np.random.Generator) -> np.ndarray:
+    """Positions of a cut's negatives among `others` (its unclicked candidates' positions, ascending):
+    `hard_negatives_per_cut` from those in the first `hard_negative_depth`, the rest from all others."""
+    total = min(len(others), config.negatives_per_cut)
+    if config.hard_negatives_per_cut == 0:
+        return rng.choice(others, total, replace=False)
+    top = others[others < config.hard_negative_depth]
+    hard = rng.choice(top, min(len(top), config.hard_negatives_per_cut, total), replace=False)
+    rest = np.setdiff1d(others, hard, assume_unique=True)
+    return np.concatenate([hard, rng.choice(rest, total - len(hard), replace=False)])
 
 
 def build_impressions(
@@ -141,8 +161,7 @@ def build_impressions(
         clicked = np.isin(candidates.rows, positives)
         if not clicked.any():
             continue
-        others = np.flatnonzero(~clicked)
-        negatives = rng.choice(others, min(len(others), config.negatives_per_cut), replace=False)
+        negatives = draw_negatives(np.flatnonzero(~clicked), config, rng)
         keep = np.sort(np.concatenate([np.flatnonzero(clicked), negatives]))
         user = UserContext(histories[n], int(times[cut.position - 1]), int(country[cut.user]), queries[n])
         # Rows keep their position in the fused list: the rank feature is read from it.

@@ -21,6 +21,7 @@ from funnel.features import NUM_DENSE, NUM_EMBEDDED, RECENT_ID_ITEMS, FeatureBat
 from training import device as training_device
 from training.epochs import EpochLog
 from training.impressions import Impressions
+from training.listwise import RANKER_LOSSES, cut_batches, ranker_loss
 
 
 class TargetAttention(torch.nn.Module):
@@ -112,6 +113,10 @@ class DeepRanker(torch.nn.Module):
         self.head = torch.nn.Linear(width + hidden // 2, 1)
 
     def forward(self, dense: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(dense, categorical))
+
+    def logits(self, dense: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        """[N, 1] the scores before the sigmoid (what a listwise loss compares within a cut)."""
         parts = [dense]
         for position, table in enumerate(self.embeddings):
             parts.append(table(categorical[:, position]))
@@ -127,8 +132,7 @@ class DeepRanker(torch.nn.Module):
         x = x0
         for layer in self.cross:
             x = x0 * layer(x) + x
-        return torch.sigmoid(self.head(torch.cat([x, self.deep(x0)], dim=1)))
-
+        return self.head(torch.cat([x, self.deep(x0)], dim=1))
 
     def _embedded(self, rows: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.dropout(self.items(rows), self.item_dropout, self.training)
@@ -174,7 +178,15 @@ class RankerConfig:
     attention_heads: int = 2
     item_dropout: float = 0.0
     train_item_table: bool = False  # False keeps retrieval's item vectors as they are
+    loss: str = "pointwise"  # or "listwise", or "both" (training/listwise.py)
+    # Batches of whole cuts even for the pointwise loss: a cut's rows share a history, so the target
+    # attention computes its keys once per cut instead of once per row.
+    cut_batches: bool = False
     device: str = "cpu"  # where training runs (training/device.py); the model comes back on the CPU
+
+    def __post_init__(self) -> None:
+        if self.loss not in RANKER_LOSSES:
+            raise ValueError(f"ranker loss {self.loss!r}: expected one of {', '.join(RANKER_LOSSES)}")
 
 
 @dataclass
@@ -215,20 +227,18 @@ def train_ranker(
                                              weight_decay=config.weight_decay)  # fmt: skip
     generator = torch.Generator().manual_seed(config.seed)
     progress = EpochLog("ranker", config.max_epochs)
+    cuts = torch.from_numpy(impressions.cuts).to(on)
     validation_losses: list[float] = []
     best = (float("inf"), 0, copy.deepcopy(model.state_dict()))
     for epoch in range(config.max_epochs):
         model.train()
-        order = torch.from_numpy(train_rows)[torch.randperm(len(train_rows), generator=generator)].to(on)
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            loss = torch.nn.functional.binary_cross_entropy(
-                model(dense[batch], categorical[batch]).squeeze(-1), y[batch]
-            )
-            progress.step(optimizer, loss)
+        for rows in _batches(train_rows, impressions.cuts, config, generator):
+            batch = torch.from_numpy(rows).to(on)
+            logits = model.logits(dense[batch], categorical[batch]).squeeze(-1)
+            progress.step(optimizer, ranker_loss(config.loss, logits, y[batch], cuts[batch]))
         progress.end_epoch()
-        validation_losses.append(_loss(model, dense, categorical, y, validation_rows))
-        print(f"    validation log loss {validation_losses[-1]:.4f}", flush=True)
+        validation_losses.append(_loss(model, dense, categorical, y, cuts, validation_rows, config.loss))
+        print(f"    validation {config.loss} loss {validation_losses[-1]:.4f}", flush=True)
         if validation_losses[-1] < best[0]:
             best = (validation_losses[-1], epoch, copy.deepcopy(model.state_dict()))
         elif epoch - best[1] >= config.patience:
@@ -238,14 +248,20 @@ def train_ranker(
     return RankerTraining(model, progress.losses, validation_losses, best[1] + 1, len(labels), int(labels.sum()))
 
 
+def _batches(rows: np.ndarray, cuts: np.ndarray, config: RankerConfig, generator: torch.Generator):
+    """Rows in random order for the pointwise loss; whole cuts, in random order, for the others."""
+    if config.loss == "pointwise" and not config.cut_batches:
+        order = rows[torch.randperm(len(rows), generator=generator).numpy()]
+        return (order[start : start + config.batch_size] for start in range(0, len(order), config.batch_size))
+    return cut_batches(rows, cuts, config.batch_size, generator)
+
+
 @torch.no_grad()
-def _loss(
-    model: DeepRanker, dense: torch.Tensor, categorical: torch.Tensor, y: torch.Tensor, rows: np.ndarray
-) -> float:
+def _loss(model: DeepRanker, dense: torch.Tensor, categorical: torch.Tensor, y: torch.Tensor, cuts: torch.Tensor,
+          rows: np.ndarray, kind: str) -> float:  # fmt: skip
     model.eval()
     index = torch.from_numpy(rows).to(dense.device)
-    predicted = model(dense[index], categorical[index]).squeeze(-1)
-    return float(torch.nn.functional.binary_cross_entropy(predicted, y[index]))
+    return float(ranker_loss(kind, model.logits(dense[index], categorical[index]).squeeze(-1), y[index], cuts[index]))
 
 
 @torch.no_grad()
