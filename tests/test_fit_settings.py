@@ -28,6 +28,8 @@ def test_nested_settings_replace_only_what_they_name():
         ({"rankr": {}}, "FitConfig has no setting 'rankr'"),
         ({"ranker": {"los": "both"}}, "RankerConfig has no setting 'los'"),
         ({"ranker": {"loss": "pairwise"}}, "ranker loss 'pairwise'"),
+        ({"ranker": "both"}, "RankerConfig settings are an object"),
+        ([1], "FitConfig settings are an object"),
     ],
 )
 def test_unknown_settings_and_values_are_refused_by_name(settings, message):

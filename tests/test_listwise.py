@@ -8,8 +8,8 @@ import torch
 
 from tests.test_deep_ranker import positive_wins, train_planted
 from training.impressions import ImpressionConfig, draw_negatives
-from training.listwise import cut_batches, listwise_loss, ranker_loss
 from training.ranker import RankerConfig
+from training.ranker_losses import cut_batches, listwise_loss, ranker_loss
 
 
 def test_listwise_loss_is_each_cuts_softmax_cross_entropy_averaged_over_cuts():

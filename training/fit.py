@@ -177,14 +177,17 @@ def with_seed(config: FitConfig, seed: int) -> FitConfig:
 def with_settings(config: Any, settings: dict) -> Any:
     """`config` (a dataclass) with `settings` replaced; a dict given for a dataclass field replaces
     that field's own fields, e.g. {"refit_epochs": 2, "impressions": {"tail_fraction": 0.2}}."""
+    kind = type(config).__name__
+    if not isinstance(settings, dict):
+        raise ValueError(f"{kind} settings are an object of field names, not {settings!r}")
     fields = {f.name for f in dataclasses.fields(config)}
     changes = {}
     for name, value in settings.items():
         if name not in fields:
-            raise ValueError(f"{type(config).__name__} has no setting {name!r}; it has {', '.join(sorted(fields))}")
+            raise ValueError(f"{kind} has no setting {name!r}; it has {', '.join(sorted(fields))}")
         current = getattr(config, name)
-        nested = dataclasses.is_dataclass(current) and isinstance(value, dict)
-        changes[name] = with_settings(current, value) if nested else value
+        # A nested configuration is set field by field; a value in its place would replace it whole.
+        changes[name] = with_settings(current, value) if dataclasses.is_dataclass(current) else value
     return dataclasses.replace(config, **changes)
 
 

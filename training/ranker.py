@@ -21,7 +21,7 @@ from funnel.features import NUM_DENSE, NUM_EMBEDDED, RECENT_ID_ITEMS, FeatureBat
 from training import device as training_device
 from training.epochs import EpochLog
 from training.impressions import Impressions
-from training.listwise import RANKER_LOSSES, cut_batches, ranker_loss
+from training.ranker_losses import RANKER_LOSSES, cut_batches, ranker_loss
 
 
 class TargetAttention(torch.nn.Module):
@@ -178,7 +178,7 @@ class RankerConfig:
     attention_heads: int = 2
     item_dropout: float = 0.0
     train_item_table: bool = False  # False keeps retrieval's item vectors as they are
-    loss: str = "pointwise"  # or "listwise", or "both" (training/listwise.py)
+    loss: str = "pointwise"  # or "listwise", or "both" (training/ranker_losses.py)
     # Batches of whole cuts even for the pointwise loss: a cut's rows share a history, so the target
     # attention computes its keys once per cut instead of once per row.
     cut_batches: bool = False
