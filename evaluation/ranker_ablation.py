@@ -7,7 +7,7 @@ The retrieval models and the ranker's impressions are fit once, as the build fit
 variant then trains a ranker on those same impressions and re-orders the same served candidates
 for every held-out user. `--validation` scores on the training split's own latest interactions
 (what tuning may read), never on the test part. `--ranker-settings` sets `RankerConfig` fields in
-every variant (a tuning sweep).
+every variant (a tuning sweep), and a list of them runs each variant once per element.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def ranked_metrics(model, held: HeldOutCandidates) -> dict[str, float]:
 
 def run(
     size: str, movielens: Path | None, seed: int, max_users: int, holdout: int = HOLDOUT, validation: bool = False,
-    only: tuple[str, ...] = (), ranker_settings: dict | None = None, epochs: int = 10, progress=print,
+    only: tuple[str, ...] = (), ranker_settings: dict | list[dict] | None = None, epochs: int = 10, progress=print,
     fit_settings: dict | None = None,
 ) -> dict:  # fmt: skip
     """`epochs`: the two-tower epochs, the build's default."""
@@ -115,13 +115,17 @@ def run(
         "user tower's order": accuracy(tower_order, held.relevant),
     }
     store = impressions.store
-    for variant in [v for v in VARIANTS if not only or any(part in v.name for part in only)]:
-        ranker_config = dataclasses.replace(config.ranker, **{**variant.settings, **(ranker_settings or {})})
-        progress(f"ranker variant: {variant.name} {dataclasses.asdict(ranker_config)}")
+    # A list of settings is a sweep: each variant once per element, named with it.
+    sweep = ranker_settings if isinstance(ranker_settings, list) else [ranker_settings or {}]
+    chosen = [v for v in VARIANTS if not only or any(part in v.name for part in only)]
+    for variant, settings in ((v, s) for v in chosen for s in sweep):
+        ranker_config = dataclasses.replace(config.ranker, **{**variant.settings, **settings})
+        name = variant.name + (f" {json.dumps(settings)}" if len(sweep) > 1 else "")
+        progress(f"ranker variant: {name} {dataclasses.asdict(ranker_config)}")
         started = time.monotonic()
         training = train_ranker(impressions.rows, store.cardinalities(), store.item_vectors, ranker_config)
         trained = time.monotonic() - started
-        rows[variant.name] = {
+        rows[name] = {
             **ranked_metrics(training.model, held),
             "train_seconds": round(trained, 1),
             "best_epoch": training.best_epoch,
@@ -170,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--holdout", type=int, default=HOLDOUT)
     parser.add_argument("--validation", action="store_true", help="score on the training split's latest items")
     parser.add_argument("--only", nargs="+", default=(), help="run the variants whose names contain one of these")
-    parser.add_argument("--ranker-settings", type=json.loads, help='RankerConfig fields as JSON, e.g. {"item_dim": 64}')
+    parser.add_argument(
+        "--ranker-settings", type=json.loads,
+        help='RankerConfig fields as JSON, e.g. {"item_dim": 64}; a list of objects runs each variant once per object',
+    )  # fmt: skip
     parser.add_argument(
         "--fit-settings", type=json.loads,
         help='FitConfig fields as JSON, nested as objects: {"refit_epochs": 2, "impressions": {"max_cuts": 5000}}',

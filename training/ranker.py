@@ -182,6 +182,8 @@ class RankerConfig:
     # Batches of whole cuts even for the pointwise loss: a cut's rows share a history, so the target
     # attention computes its keys once per cut instead of once per row.
     cut_batches: bool = False
+    hidden: int = 64  # the deep MLP's first layer (its second is half)
+    item_summary: int = 16  # columns summarising the candidate and what it attended to
     device: str = "cpu"  # where training runs (training/device.py); the model comes back on the CPU
 
     def __post_init__(self) -> None:
@@ -217,7 +219,7 @@ def train_ranker(
     dense, categorical, y = (torch.from_numpy(a).to(on) for a in (features.dense, features.categorical, labels))
 
     model = DeepRanker(cardinalities, len(item_vectors), config.item_dim, config.attention_heads, item_vectors,
-                       config.item_dropout).to(on)  # fmt: skip
+                       config.item_dropout, item_summary=config.item_summary, hidden=config.hidden).to(on)  # fmt: skip
     model.items.weight.requires_grad_(config.train_item_table)
     # Decoupled weight decay: with Adam's L2 term, parameters whose gradient is tiny (the attention's
     # query and key on data without next-item order) were driven to zero and then oscillated
