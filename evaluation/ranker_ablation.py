@@ -30,7 +30,7 @@ from training.classification import auc
 from training.fit import FitConfig, fit_retrieval, ranker_impressions, with_epochs, with_seed, with_settings
 from training.offline_eval import HeldOutUsers
 from training.protocol import HOLDOUT, accuracy, format_table, split
-from training.ranker import score, train_ranker
+from training.ranker import RankerConfig, score, train_ranker
 
 
 @dataclass(frozen=True)
@@ -89,17 +89,35 @@ def ranked_metrics(model, held: HeldOutCandidates) -> dict[str, float]:
     return {**accuracy(lists, held.relevant), "auc": round(auc(np.concatenate(labels), np.concatenate(scores)), 4)}
 
 
+def ranker_variants(
+    config: FitConfig, only: tuple[str, ...], ranker_settings: dict | list[dict] | None
+) -> list[tuple[str, RankerConfig]]:
+    """(name, ranker configuration) of each variant to train. A list of settings is a sweep: each
+    chosen variant once per element, named with it."""
+    sweep = ranker_settings if isinstance(ranker_settings, list) else [ranker_settings or {}]
+    if not all(isinstance(settings, dict) for settings in sweep):
+        raise ValueError("ranker settings are an object of RankerConfig fields, or a list of such objects")
+    chosen = [v for v in VARIANTS if not only or any(part in v.name for part in only)]
+    return [
+        (v.name + (f" {json.dumps(s)}" if len(sweep) > 1 else ""),
+         with_settings(config, {"ranker": {**v.settings, **s}}).ranker)
+        for v in chosen for s in sweep
+    ]  # fmt: skip
+
+
 def run(
     size: str, movielens: Path | None, seed: int, max_users: int, holdout: int = HOLDOUT, validation: bool = False,
     only: tuple[str, ...] = (), ranker_settings: dict | list[dict] | None = None, epochs: int = 10, progress=print,
     fit_settings: dict | None = None,
 ) -> dict:  # fmt: skip
     """`epochs`: the two-tower epochs, the build's default."""
+    config = with_settings(with_seed(with_epochs(FitConfig(), epochs), seed), fit_settings or {})
+    # Every variant's configuration before any training: a misspelt setting is refused by name at once.
+    variants = ranker_variants(config, only, ranker_settings)
     data = load_data(size, movielens, seed, 0.0)
     train, test = split(data.interactions, holdout)
     if validation:
         train, test = split(train, holdout)
-    config = with_settings(with_seed(with_epochs(FitConfig(), epochs), seed), fit_settings or {})
     seconds: dict[str, float] = {}
     impressions = ranker_impressions(data, train, config, progress, seconds)
     started = time.monotonic()
@@ -115,12 +133,7 @@ def run(
         "user tower's order": accuracy(tower_order, held.relevant),
     }
     store = impressions.store
-    # A list of settings is a sweep: each variant once per element, named with it.
-    sweep = ranker_settings if isinstance(ranker_settings, list) else [ranker_settings or {}]
-    chosen = [v for v in VARIANTS if not only or any(part in v.name for part in only)]
-    for variant, settings in ((v, s) for v in chosen for s in sweep):
-        ranker_config = dataclasses.replace(config.ranker, **{**variant.settings, **settings})
-        name = variant.name + (f" {json.dumps(settings)}" if len(sweep) > 1 else "")
+    for name, ranker_config in variants:
         progress(f"ranker variant: {name} {dataclasses.asdict(ranker_config)}")
         started = time.monotonic()
         training = train_ranker(impressions.rows, store.cardinalities(), store.item_vectors, ranker_config)
@@ -184,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("results/ranker-ablation"))
     args = parser.parse_args(argv)
+    try:
+        ranker_variants(with_settings(FitConfig(), args.fit_settings or {}), tuple(args.only), args.ranker_settings)
+    except ValueError as error:
+        parser.error(str(error))
     result = run(
         args.size, args.movielens, args.seed, args.max_users, args.holdout, args.validation, tuple(args.only),
         args.ranker_settings, args.epochs, fit_settings=args.fit_settings,

@@ -127,3 +127,8 @@ def test_rows_grouped_by_history_score_as_the_same_rows_shuffled():
     shuffled = score(model, FeatureBatch(dense[order], categorical[order]))  # ~280 runs: the gathered path
     np.testing.assert_allclose(few_runs, np.concatenate(grouped[:5]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(shuffled[np.argsort(order)], np.concatenate(grouped), rtol=1e-5, atol=1e-6)
+
+
+def test_the_configured_widths_are_the_trained_model_s():
+    model = train_planted(RankerConfig(max_epochs=1, hidden=32, item_summary=8), contexts=600)
+    assert (model.deep[0].out_features, model.deep[2].out_features, model.summary.out_features) == (32, 16, 8)
