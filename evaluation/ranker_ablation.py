@@ -105,15 +105,21 @@ def ranker_variants(
     ]  # fmt: skip
 
 
+def configured(
+    seed: int, epochs: int, fit_settings: dict | None, only: tuple[str, ...], ranker_settings: dict | list[dict] | None
+) -> tuple[FitConfig, list[tuple[str, RankerConfig]]]:
+    """The fit's configuration (`epochs`: the two-tower epochs) and every variant's, built before any
+    training, so a misspelt setting is refused by name at once."""
+    config = with_settings(with_seed(with_epochs(FitConfig(), epochs), seed), fit_settings or {})
+    return config, ranker_variants(config, only, ranker_settings)
+
+
 def run(
     size: str, movielens: Path | None, seed: int, max_users: int, holdout: int = HOLDOUT, validation: bool = False,
     only: tuple[str, ...] = (), ranker_settings: dict | list[dict] | None = None, epochs: int = 10, progress=print,
     fit_settings: dict | None = None,
 ) -> dict:  # fmt: skip
-    """`epochs`: the two-tower epochs, the build's default."""
-    config = with_settings(with_seed(with_epochs(FitConfig(), epochs), seed), fit_settings or {})
-    # Every variant's configuration before any training: a misspelt setting is refused by name at once.
-    variants = ranker_variants(config, only, ranker_settings)
+    config, variants = configured(seed, epochs, fit_settings, only, ranker_settings)
     data = load_data(size, movielens, seed, 0.0)
     train, test = split(data.interactions, holdout)
     if validation:
@@ -197,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("results/ranker-ablation"))
     args = parser.parse_args(argv)
-    try:
-        ranker_variants(with_settings(FitConfig(), args.fit_settings or {}), tuple(args.only), args.ranker_settings)
+    try:  # the same configuration `run` builds first: bad settings as a usage error, before any work
+        configured(args.seed, args.epochs, args.fit_settings, tuple(args.only), args.ranker_settings)
     except ValueError as error:
         parser.error(str(error))
     result = run(

@@ -27,6 +27,8 @@ def test_the_schedule_is_a_build_setting_and_an_unknown_one_is_refused():
     assert with_settings(FitConfig(), {"towers": {"lr_schedule": "cosine"}}).towers.lr_schedule == "cosine"
     with pytest.raises(ValueError, match="lr_schedule 'linear'"):
         TwoTowerConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="is for the pooled user tower"):
+        TwoTowerConfig(user_tower="sequence", lr_schedule="cosine")
 
 
 def test_training_steps_at_the_scheduled_rates(monkeypatch: pytest.MonkeyPatch):

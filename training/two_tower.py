@@ -63,6 +63,9 @@ class TwoTowerConfig:
             raise ValueError(f"user_tower {self.user_tower!r}: expected one of {', '.join(USER_TOWERS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule {self.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
+        if self.lr_schedule != "constant" and self.user_tower != "pooled":
+            # The sequence tower's batches vary in number, so its training keeps a constant rate.
+            raise ValueError(f"lr_schedule {self.lr_schedule!r} is for the pooled user tower")
 
 
 # The sequence tower's settings: SASRec's recipe where it applies (two blocks, dropout 0.2, learning
