@@ -134,8 +134,15 @@ def window_loss(model: TwoTower, windows: Windows, batch: np.ndarray, log_q: tor
     items = torch.from_numpy(window_items[:, :width]).to(on)
     inputs, targets = items[:, 1:], items[:, :-1]
     valid = inputs >= 0
-    distinct, inverse = torch.unique(inputs.clamp(min=0), return_inverse=True)
-    vectors = model.item_vectors(distinct)[inverse] * valid.unsqueeze(-1)
+    item_vectors: Callable[[torch.Tensor], torch.Tensor] = model.item_vectors
+    if model.num_items <= config.full_softmax_items:
+        # The softmax needs every item's vector anyway: one pass of the item tower serves both.
+        catalog = model.item_vectors(torch.arange(model.num_items, device=on))
+        item_vectors = catalog.__getitem__
+        vectors = catalog[inputs.clamp(min=0)] * valid.unsqueeze(-1)
+    else:
+        distinct, inverse = torch.unique(inputs.clamp(min=0), return_inverse=True)
+        vectors = model.item_vectors(distinct)[inverse] * valid.unsqueeze(-1)
     tower = model.users
     states = tower.states(vectors, valid.float())
     country = model.country[torch.from_numpy(windows.user[batch]).to(on)]
@@ -149,4 +156,4 @@ def window_loss(model: TwoTower, windows: Windows, batch: np.ndarray, log_q: tor
     )
     queries = tower.vectors(query_states, has_history, torch.cat([country[rows], country[starts]]))
     all_targets = torch.cat([targets[rows, columns], first])
-    return next_item_loss(queries, all_targets, model.item_vectors, log_q, model.num_items, config, rng)
+    return next_item_loss(queries, all_targets, item_vectors, log_q, model.num_items, config, rng)

@@ -45,7 +45,10 @@ class TwoTowerConfig:
     layers: int = 2
     heads: int = 2
     dropout: float = 0.2
-    batch_positions: int = 8192  # the sequence tower's batch: about this many predicted items
+    # The sequence tower's batch: about this many predicted items. Steps, not examples, were what it
+    # lacked: on MovieLens-1M's validation split 8 epochs reached HR@10 0.2318 at 8,192, 0.2750 at
+    # 2,048 and 0.2869 at 1,024 (an epoch 38, 48 and 60 s).
+    batch_positions: int = 1024
     causal_pooling: bool = True  # the sequence tower also reads the pooled tower's summaries at each position
     full_softmax_items: int = 20_000  # the sequence tower's softmax runs over the whole catalog up to this
     in_batch_negatives: bool = True  # the sequence tower's sampled softmax: False = uniform samples only
