@@ -10,7 +10,7 @@ import pytest
 from funnel.artifacts.catalog import COUNTRIES, Catalog
 from funnel.policy.document import ContentRules
 from funnel.retrieval.allowed import AllowedItems
-from funnel.retrieval.faiss_index import IndexSpec, build_index
+from funnel.retrieval.faiss_index import IndexSpec, build_index, skip_unused_polysemous_training
 from funnel.retrieval.filtered_search import filtered_search
 from funnel.retrieval.sources import CoVisitationSource, PopularSource, Query
 from funnel.v1 import common_pb2
@@ -123,3 +123,27 @@ def test_an_ivf_index_whose_hnsw_quantizer_cannot_reach_nprobe_lists_is_refused(
     _, found = index.search(vectors[:1], 10)
     exact = np.argsort(-(vectors @ vectors[0]))[:10]
     assert set(found[0]) == set(exact), "every list probed: the exact answer"
+
+
+def _quantizing_index(index: faiss.Index) -> faiss.Index:
+    ivf = faiss.try_extract_index_ivf(index)
+    return faiss.downcast_index(ivf if ivf is not None else index)
+
+
+@pytest.mark.parametrize("factory", ["PQ8", "IVF8,PQ8", "IVF8,PQ8,RFlat"])
+def test_product_quantizers_skip_the_polysemous_training_only_polysemous_search_uses(factory):
+    skipped = faiss.index_factory(16, factory, faiss.METRIC_INNER_PRODUCT)
+    assert _quantizing_index(skipped).do_polysemous_training, "the factory asks for it"
+    skip_unused_polysemous_training(skipped, "nprobe=8" if "IVF" in factory else "")
+    assert not _quantizing_index(skipped).do_polysemous_training
+    kept = faiss.index_factory(16, factory, faiss.METRIC_INNER_PRODUCT)
+    skip_unused_polysemous_training(kept, "nprobe=8,ht=40")
+    assert _quantizing_index(kept).do_polysemous_training, "a polysemous search needs its codes ordered"
+
+
+def test_a_polysemous_search_is_still_served():
+    vectors = np.random.default_rng(3).standard_normal((2000, 16)).astype(np.float32)
+    rows = np.arange(len(vectors))
+    index = build_index(vectors, rows, IndexSpec("IVF8,PQ8", "nprobe=8,ht=64"))
+    _, found = index.search(vectors[:1], 10)
+    assert found[0][0] == 0, "the query's own vector is its nearest"
