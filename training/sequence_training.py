@@ -61,7 +61,7 @@ def windows_of(train: Interactions, num_users: int, length: int) -> Windows:
 
 def batches(windows: Windows, positions: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Windows grouped by length, so a batch pads little, about `positions` items each, in random
-    order."""
+    order. Only the order is random: the grouping, so the number of batches, follows the lengths."""
     lengths = windows.lengths()
     order = np.lexsort((rng.random(len(lengths)), lengths))
     groups: list[np.ndarray] = []
