@@ -9,7 +9,7 @@ import pytest
 
 from funnel.artifacts.catalog import COUNTRIES, Catalog
 from funnel.policy.document import ContentRules
-from funnel.retrieval.allowed import AllowedItems
+from funnel.retrieval.allowed import Allowed, AllowedItems, packed
 from funnel.retrieval.faiss_index import IndexSpec, build_index, skip_unused_polysemous_training
 from funnel.retrieval.filtered_search import filtered_search
 from funnel.retrieval.sources import CoVisitationSource, PopularSource, Query
@@ -38,13 +38,13 @@ def test_co_visitation_finds_the_planted_next_item_first():
     neighbours, weights = covisitation.row(7)
     assert neighbours[0] == 42 and weights[0] > 2 * weights[1], "42 follows 7 for half of the users"
     source = CoVisitationSource(covisitation, np.ones(ITEMS, dtype=bool))
-    allowed = np.ones(ITEMS, dtype=bool)
+    everything = np.ones(ITEMS, dtype=bool)
     for history in ([7], [150, 260, 7], [7, 150, 260]):
-        hits = source.fetch(Query(np.array(history), allowed), 5)
+        hits = source.fetch(Query(np.array(history), Allowed(everything, np.zeros(0, np.int64))), 5)
         assert hits.rows[0] == 42, f"after {history}"
         assert np.all(np.diff(hits.scores) <= 0)
-    allowed[42] = False
-    assert 42 not in source.fetch(Query(np.array([7]), allowed), 50).rows, "a filtered item is never a candidate"
+    without_42 = Allowed(everything, np.array([42]))
+    assert 42 not in source.fetch(Query(np.array([7]), without_42), 50).rows, "a filtered item is never a candidate"
 
 
 def planted_catalog(rng: np.random.Generator) -> Catalog:
@@ -100,7 +100,8 @@ def test_filtered_search_never_returns_a_blocked_out_of_region_or_excluded_item(
             assert set(hits.rows) == set(exact)
     few = np.zeros(ITEMS, dtype=bool)
     few[rows[:3]] = True
-    assert sorted(filtered_search(index, vectors[:1], 10, few).rows) == sorted(rows[:3]), "only 3 allowed: 3 back"
+    found = filtered_search(index, vectors[:1], 10, Allowed(few, np.zeros(0, np.int64))).rows
+    assert sorted(found) == sorted(rows[:3]), "only 3 allowed: 3 back"
 
 
 def test_every_other_source_filters_the_same_way():
@@ -147,3 +148,19 @@ def test_a_polysemous_search_is_still_served():
     index = build_index(vectors, rows, IndexSpec("IVF8,PQ8", "nprobe=8,ht=64"))
     _, found = index.search(vectors[:1], 10)
     assert found[0][0] == 0, "the query's own vector is its nearest"
+
+
+def test_a_requests_allowed_rows_are_the_shared_mask_less_its_exclusions_and_leave_the_mask_alone():
+    rng = np.random.default_rng(4)
+    content = rng.random(1_003) < 0.8  # not a multiple of 8: the last byte is partial
+    content.setflags(write=False)
+    excluded = np.concatenate([rng.integers(0, len(content), 40), [0, 7, 8, 1_002, 7]])  # repeats too
+    allowed = Allowed(content, excluded, packed(content))
+    expected = content.copy()
+    expected[excluded] = False
+    rows = np.concatenate([rng.permutation(len(content)), [7, 7]])
+    assert (allowed[rows] == expected[rows]).all()
+    assert (allowed.bitmap() == packed(expected)).all()
+    assert (Allowed(content, excluded).bitmap() == packed(expected)).all(), "packed on demand alike"
+    assert (allowed.bitmap() == packed(expected)).all(), "a second request's bitmap is the same: nothing shared written"
+    assert len(allowed) == len(content) and allowed[np.zeros(0, np.int64)].shape == (0,)

@@ -15,6 +15,7 @@ import numpy as np
 from funnel.artifacts.catalog import Catalog
 from funnel.artifacts.covisitation import CoVisitation
 from funnel.fusion import DEFAULT_LIMITS, fuse
+from funnel.retrieval.allowed import Allowed
 from funnel.retrieval.faiss_index import IndexSpec, build_index
 from funnel.retrieval.sources import Query, build_sources
 from funnel.sources import ANN, source_code
@@ -47,8 +48,7 @@ class Retriever:
         out = []
         everything = np.ones(len(self.catalog), dtype=bool)
         for n, history in enumerate(histories):
-            allowed = everything.copy() if content is None else content[n].copy()
-            allowed[history] = False
+            allowed = Allowed(everything if content is None else content[n], history)
             query = Query(history=history, allowed=allowed, vector=queries[n : n + 1])
             ranked = {}
             for name, limit in self.limits.items():
@@ -66,8 +66,7 @@ class Retriever:
 
     def source_hits(self, name: str, history: np.ndarray, k: int) -> np.ndarray:
         """One source's best `k` items for one history (the history itself excluded)."""
-        allowed = np.ones(len(self.catalog), dtype=bool)
-        allowed[history] = False
+        allowed = Allowed(np.ones(len(self.catalog), dtype=bool), history)
         return self.sources[name].fetch(Query(history=history, allowed=allowed), k).rows
 
     def ann(self, histories: list[np.ndarray], queries: np.ndarray) -> list[np.ndarray]:

@@ -1,8 +1,12 @@
 """Which items one request may be shown, as a mask every candidate source filters by.
 
 Content policy depends on the request only through its maturity ceiling and country, so its mask
-is computed once per such pair and kept; a request copies it and clears its own exclusions (what it
-excludes, and the user's history unless consumed items may be served again).
+(and the same mask packed into bits for FAISS) is computed once per such pair and kept. A request
+adds only its exclusions (what it excludes, and the user's history unless consumed items may be
+served again): nothing per request is the catalog's size but FAISS's bitmap, an eighth of it.
+Copying the bool mask and packing it again for every request took 0.89 ms at 10M items on every
+shard, whatever its share of the catalog; the packed copy with 300 exclusions cleared takes 0.06 ms
+(these cores, 2026-12-06; 0.09 against 0.03 ms at 1M).
 """
 
 from __future__ import annotations
@@ -15,23 +19,60 @@ from funnel.policy.document import ContentRules
 from funnel.v1 import common_pb2
 
 
+def packed(mask: np.ndarray) -> np.ndarray:
+    """Bit r of byte r // 8, lowest bit first: the layout of FAISS's IDSelectorBitmap."""
+    return np.packbits(mask, bitorder="little")
+
+
+class Allowed:
+    """The catalog rows one request may be shown: `content` (a mask shared by every request of
+    its context, never written) less the rows in `excluded`. Indexed by an array of rows, it
+    answers a bool per row, as the mask it stands for would."""
+
+    def __init__(self, content: np.ndarray, excluded: np.ndarray, content_bits: np.ndarray | None = None) -> None:
+        self.content = content
+        self.excluded = np.unique(np.asarray(excluded, dtype=np.int64))  # sorted, for searchsorted
+        self._content_bits = content_bits
+
+    def __len__(self) -> int:
+        return len(self.content)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        ok = self.content[rows]
+        if len(self.excluded) and len(ok):
+            at = np.minimum(np.searchsorted(self.excluded, rows), len(self.excluded) - 1)
+            ok = ok & (self.excluded[at] != rows)
+        return ok
+
+    def bitmap(self) -> np.ndarray:
+        """The allowed rows as FAISS's bitmap: the content's bits, a copy, with the exclusions' cleared."""
+        bits = (packed(self.content) if self._content_bits is None else self._content_bits).copy()
+        rows = self.excluded
+        np.bitwise_and.at(bits, rows >> 3, (0xFF ^ (1 << (rows & 7))).astype(np.uint8))
+        return bits
+
+
 class AllowedItems:
     def __init__(self, catalog: Catalog, rules: ContentRules) -> None:
         self.filter = ContentFilter(catalog, rules)
         self._rows = np.arange(len(catalog), dtype=np.int64)
-        self._by_key: dict[tuple[int, str], np.ndarray] = {}
+        self._by_key: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
 
     def content_mask(self, context: common_pb2.Context) -> np.ndarray:
         """Read-only: the items content policy allows in this context."""
+        return self._content(context)[0]
+
+    def for_request(self, context: common_pb2.Context, excluded: np.ndarray) -> Allowed:
+        mask, bits = self._content(context)
+        return Allowed(mask, excluded, bits)
+
+    def _content(self, context: common_pb2.Context) -> tuple[np.ndarray, np.ndarray]:
         key = (self.filter.max_maturity(context), context.country)
-        mask = self._by_key.get(key)
-        if mask is None:
+        entry = self._by_key.get(key)
+        if entry is None:
             mask = self.filter.allowed(self._rows, context)
             mask.setflags(write=False)
-            self._by_key[key] = mask  # at most 5 ceilings x (countries + unknown) entries
-        return mask
-
-    def for_request(self, context: common_pb2.Context, excluded: np.ndarray) -> np.ndarray:
-        allowed = self.content_mask(context).copy()
-        allowed[excluded] = False
-        return allowed
+            bits = packed(mask)
+            bits.setflags(write=False)
+            entry = self._by_key[key] = (mask, bits)  # at most 5 ceilings x (countries + unknown) entries
+        return entry

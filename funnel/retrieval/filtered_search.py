@@ -12,6 +12,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from funnel.retrieval.allowed import Allowed
 from funnel.retrieval.hits import Hits
 
 
@@ -38,11 +39,11 @@ def _parameters(index: faiss.Index, selector: faiss.IDSelector, id_map: object, 
     return params
 
 
-def filtered_search(index: faiss.IndexIDMap2, vector: np.ndarray, k: int, allowed: np.ndarray) -> Hits:
-    """The best `k` items of `index` for `vector` [1, dim] among catalog rows where `allowed`."""
+def filtered_search(index: faiss.IndexIDMap2, vector: np.ndarray, k: int, allowed: Allowed) -> Hits:
+    """The best `k` items of `index` for `vector` [1, dim] among the `allowed` catalog rows."""
     if k <= 0 or index.ntotal == 0:
         return Hits(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
-    bitmap = np.packbits(allowed, bitorder="little")
+    bitmap = allowed.bitmap()
     selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
     keep: list = []  # SWIG holds raw pointers: these objects must outlive the search
     params = _parameters(index.index, selector, index.id_map, keep)

@@ -19,6 +19,7 @@ from funnel import sources as names
 from funnel.arrays import best_first
 from funnel.artifacts.catalog import Catalog
 from funnel.artifacts.covisitation import CoVisitation
+from funnel.retrieval.allowed import Allowed
 from funnel.retrieval.filtered_search import filtered_search
 from funnel.retrieval.hits import Hits
 
@@ -28,7 +29,7 @@ _EMPTY = Hits(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
 @dataclass
 class Query:
     history: np.ndarray  # int64 item rows the user interacted with, oldest first
-    allowed: np.ndarray  # bool per catalog row: passes content policy and is not excluded
+    allowed: Allowed  # the catalog rows that pass content policy and are not excluded
     vector: np.ndarray | None = None  # float32 [1, dim] user tower output
 
 
@@ -38,7 +39,7 @@ class CandidateSource(Protocol):
     def fetch(self, query: Query, k: int) -> Hits: ...
 
 
-def first_allowed(ranked: np.ndarray, allowed: np.ndarray, k: int) -> np.ndarray:
+def first_allowed(ranked: np.ndarray, allowed: Allowed, k: int) -> np.ndarray:
     """The first `k` of `ranked` (catalog rows) that are allowed, looking at growing chunks so a
     long ranking is not scanned whole."""
     kept: list[np.ndarray] = []
