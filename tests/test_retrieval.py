@@ -18,6 +18,7 @@ from funnel.artifacts.store import MANIFEST, latest_version, publish_copy, read_
 from funnel.candidates import Candidates
 from funnel.retrieval.faiss_index import IndexSpec, build_index, shard_of
 from funnel.retrieval.merge import merge_candidates
+from funnel.runtime import exits
 from funnel.sources import RETRIEVAL_CODES, SOURCE_CODES
 from funnel.v1 import common_pb2
 from funnel.v2 import retrieval_pb2, retrieval_pb2_grpc
@@ -292,3 +293,22 @@ def test_items_the_user_already_consumed_take_no_candidate_slot_unless_turned_of
     assert len(served) > 1000 and not history & set(served), "no consumed item in any source of any shard"
     keeping = start_service("services.retrieval", ["--artifact-dir", str(artifacts), "--exclude-history", "false"])
     assert history & set(candidates(keeping.address)), "with the setting off, consumed items come back"
+
+
+def test_an_index_spec_faiss_cannot_build_fails_start_up_with_the_reason_on_one_line(artifacts, start_service):
+    service = start_service(
+        "services.retrieval", ["--artifact-dir", str(artifacts), "--index-factory", "IVF8,PQ7"], wait=False
+    )
+    assert service.process.wait(timeout=60) == exits.START_FAILED
+    failure = next(json.loads(line) for line in service.log.read_text().splitlines() if "start-up failed" in line)
+    assert failure["error"].startswith("ValueError: index factory 'IVF8,PQ7' for 64-dimensional item vectors: ")
+    assert "multiple of the number of subquantizers" in failure["error"]
+
+
+def test_an_index_spec_faiss_cannot_build_or_set_is_refused_by_name():
+    vectors = np.random.default_rng(5).standard_normal((300, 16)).astype(np.float32)
+    rows = np.arange(len(vectors))
+    with pytest.raises(ValueError, match=r"^index factory 'Bogus' for 16-dimensional item vectors: could not parse"):
+        build_index(vectors, rows, IndexSpec("Bogus"))
+    with pytest.raises(ValueError, match=r"^search parameters 'efSearch=64' for index 'IVF4,Flat': .*efSearch"):
+        build_index(vectors, rows, IndexSpec("IVF4,Flat", "efSearch=64"))

@@ -21,8 +21,13 @@ class IndexSpec:
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec) -> faiss.Index:
-    """An inner-product index over `vectors` that answers with `ids`."""
-    inner = faiss.index_factory(vectors.shape[1], spec.factory, faiss.METRIC_INNER_PRODUCT)
+    """An inner-product index over `vectors` that answers with `ids`. A spec FAISS cannot build or
+    set for these vectors is a ValueError that names it and says why in FAISS's own words."""
+    dim = vectors.shape[1]
+    try:
+        inner = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        raise _refused(f"index factory {spec.factory!r} for {dim}-dimensional item vectors", error) from None
     skip_unused_polysemous_training(inner, spec.search_params)
     if not inner.is_trained:
         inner.train(training_sample(vectors))
@@ -32,9 +37,20 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec) -> faiss.
     # each added vector with the search's wide efSearch, and a 10M-item shard was still adding after
     # 9 minutes on its one thread (`make bench-scale` adds them the same way, then sets the search's).
     if spec.search_params:
-        faiss.ParameterSpace().set_index_parameters(inner, spec.search_params)
+        try:
+            faiss.ParameterSpace().set_index_parameters(inner, spec.search_params)
+        except RuntimeError as error:
+            raise _refused(f"search parameters {spec.search_params!r} for index {spec.factory!r}", error) from None
     _check_lists_reachable(inner)
     return index
+
+
+def _refused(what: str, error: RuntimeError) -> ValueError:
+    # FAISS's C++ errors carry the source location first and the reason after the last "Error: "
+    # or ": " (e.g. "could not parse index string Bogus").
+    text = str(error).strip()
+    reason = text.rsplit("Error: ", 1)[-1] if "Error: " in text else text.rsplit(": ", 1)[-1]
+    return ValueError(f"{what}: {reason}")
 
 
 def skip_unused_polysemous_training(index: faiss.Index, search_params: str) -> None:

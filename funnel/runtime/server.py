@@ -248,5 +248,6 @@ def _report_start_failure(stop: asyncio.Event, task: asyncio.Task[None]) -> None
     error = task.exception()
     if error is not None:
         # A service that cannot load its artifacts must not linger half-alive.
-        log.error("start-up failed", exc_info=error)
+        # The reason on one line beside the traceback: what an operator reads in the pod's last log.
+        log.error("start-up failed", exc_info=error, extra={"error": f"{type(error).__name__}: {error}"})
         stop.set()
