@@ -56,9 +56,9 @@ def _refused(what: str, error: RuntimeError) -> ValueError:
 def skip_unused_polysemous_training(index: faiss.Index, search_params: str) -> None:
     """The index factory has every product quantizer learn an order of its codes for polysemous
     search, a Hamming-distance pre-filter that only `ht` (polysemous_ht) in the search parameters
-    turns on. Without it that training is all cost: `IVF50,PQ32` trained in 45 s on 2 threads with it and
-    2 s without (5,000 vectors; it grows with the codebooks, not the vectors), time every shard
-    start and hot swap would spend."""
+    turns on. Without it that training is all cost: `IVF50,PQ32` trained in 45 s on 2 threads with
+    it and 2 s without (5,000 vectors; it grows with the codebooks, not the vectors), time every
+    shard start and hot swap would spend."""
     if "ht" in {setting.split("=")[0].strip() for setting in search_params.split(",")}:
         return
     leaf = faiss.downcast_index(index)
