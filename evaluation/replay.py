@@ -115,7 +115,9 @@ class HeldOut:
         """The interactions the bundle serves (its users' histories): what the baselines are fit on."""
         counts = np.diff(self.users.history_indptr)
         user = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
-        return Interactions(user, self.users.history_items.astype(np.int32), self.users.history_times)
+        # Each history is stored in the order the bundle serves it: that order is the tie order.
+        items = self.users.history_items.astype(np.int32)
+        return Interactions(user, items, self.users.history_times, ties="file")
 
     def baselines(self, seed: int, content: ContentRules) -> dict:
         """On the same users, under the same hard filters the served funnel obeys for each of them."""

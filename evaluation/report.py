@@ -9,6 +9,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt
 
+# How each tie order of `training/dataset.py` reads in a report's protocol line.
+TIES = {"hash": "ties within a second broken by a fixed hash", "file": "ties within a second in the file's order"}
+
 ACCURACY = [
     ("recall@10", "R@10"), ("recall@50", "R@50"), ("recall@100", "R@100"), ("ndcg@10", "NDCG@10"),
     ("ndcg@100", "NDCG@100"),
@@ -157,7 +160,8 @@ def write_report(results: dict, out: Path, command: str) -> Path:
         f"Command: `{command}`",
         "",
         f"Protocol: each user's latest {results.get('protocol', {}).get('holdout', '?')} interactions held out "
-        "(time order, ties broken by a fixed hash); the full catalog minus the user's known items is ranked; "
+        f"(time order, {TIES.get(results.get('protocol', {}).get('ties', 'hash'), 'ties in an unrecorded order')}); "
+        "the full catalog minus the user's known items is ranked; "
         "baselines are fit on the same training split and scored on the same users.",
         "",
         "## Against the baselines",

@@ -29,6 +29,7 @@ def test_replay_shows_what_ranking_and_reranking_add_and_repeats_exactly(artifac
     report = write_report(results, tmp_path / "report", "test")
     text = report.read_text()
     assert "| retrieval only |" in text and "| full funnel (served policy) |" in text
+    assert "latest 2 interactions held out (time order, ties within a second broken by a fixed hash)" in text
     assert (tmp_path / "report" / "tradeoff.png").stat().st_size > 10_000
     json.dumps(results)  # what `make eval` writes is plain JSON
 

@@ -14,14 +14,17 @@ from funnel.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
 from tests.fakes import Fault, faulty_reranking, fixed_retrieval
 from training.build import build
 from training.dataset import chronological
+from training.fit import FitConfig
 from training.protocol import split
+from training.ranker import RankerConfig
 from training.synthetic import SIZES, generate
 
 
 @pytest.fixture(scope="module")
 def serving_bundle(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("serving")
-    return build(out, "tiny", seed=7, epochs=1)
+    # What the bundle holds is asked here, not how well it ranks: one ranker epoch (of up to 30).
+    return build(out, "tiny", seed=7, epochs=1, config=FitConfig(ranker=RankerConfig(max_epochs=1)))
 
 
 def test_the_bundle_served_after_evaluation_holds_every_interaction_held_out_ones_included(serving_bundle):
@@ -37,6 +40,7 @@ def test_the_bundle_served_after_evaluation_holds_every_interaction_held_out_one
     assert users.history(0).tolist() == data.interactions.item[order][first].tolist()
     manifest = read_manifest(serving_bundle)
     assert manifest["purpose"] == "serving"
+    assert manifest["protocol"]["ties"] == "hash", "the tie order the split was made with is recorded"
     assert manifest["served_history"]["interactions"] == len(data.interactions)
     assert not (serving_bundle / "holdout_users.npy").exists()
 

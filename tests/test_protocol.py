@@ -34,6 +34,20 @@ def test_ties_in_time_are_broken_the_same_way_every_run_and_not_by_item_id():
     assert newest_ids < 0.2, "the held-out ones are not simply the highest item ids"
 
 
+def test_ties_in_file_order_keep_the_order_read_through_every_subset():
+    users = np.repeat(np.arange(50), 6)
+    items = np.tile([14, 12, 15, 11, 13, 10], 50) + 100 * users  # read in this order, all in one second
+    read = Interactions(users.astype(np.int32), items.astype(np.int32), np.full(len(users), 1_000), ties="file")
+    train, test = split(read, holdout=2)
+    assert test.ties == train.ties == "file"
+    assert [g.tolist() for g in test.items_by_user().values()][:2] == [[13, 10], [113, 110]], "the last two read"
+    assert train.items_by_user()[0].tolist() == [14, 12, 15, 11], "the rest in the order read"
+    hashed = split(Interactions(read.user, read.item, read.timestamp), holdout=2)[1]
+    assert sorted(hashed.item.tolist()) != sorted(test.item.tolist()), "the hash order holds out others"
+    with pytest.raises(ValueError, match="tie order 'random'"):
+        Interactions(read.user, read.item, read.timestamp, ties="random")
+
+
 def test_accuracy_counts_recall_and_ndcg_per_user_then_averages():
     lists = {0: np.array([3, 1, 2]), 1: np.array([9, 8])}
     relevant = {0: {1, 5}, 1: {7}}

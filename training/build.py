@@ -29,7 +29,7 @@ from pathlib import Path
 
 from training import device as training_device
 from training import distributed
-from training.dataset import Dataset
+from training.dataset import TIE_ORDERS, Dataset
 from training.fit import FitConfig, fit_models, with_device, with_epochs, with_seed, with_settings
 from training.movielens import load_movielens
 from training.offline_eval import evaluate_offline
@@ -73,13 +73,14 @@ def load_data(
 def build(
     out: Path, size: str, seed: int, epochs: int, movielens: Path | None = None, *, min_rating: float = 0.0,
     for_evaluation: bool = False, holdout: int = HOLDOUT, config: FitConfig | None = None,
-    max_dense_items: int = 12_000, files: OwnFiles | None = None,
+    max_dense_items: int = 12_000, files: OwnFiles | None = None, ties: str = "hash",
 ) -> Path:  # fmt: skip
     from training.bundle import write_bundle  # imports torch-heavy modules only when building
 
     started = time.monotonic()
     config = with_seed(with_epochs(config or FitConfig(), epochs), seed)
     data = load_data(size, movielens, seed, min_rating, files)
+    data.interactions = dataclasses.replace(data.interactions, ties=ties)
     train, test = split(data.interactions, holdout)
     progress(
         f"{data.num_items:,} items, {data.num_users:,} users, {len(train):,} train / {len(test):,} held-out "
@@ -104,7 +105,7 @@ def build(
             "what": "the training split; each user's latest interactions held out in holdout_*.npy"
             if for_evaluation else "every interaction (models fit on the training split, tables refit on all)",
         },
-        "protocol": {"holdout": holdout, "train": len(train), "held_out": len(test)},
+        "protocol": {"holdout": holdout, "train": len(train), "held_out": len(test), "ties": ties},
         "training": {
             "two_tower_loss": models.tower_losses,
             "ranker_loss": models.ranker.losses,
@@ -154,6 +155,11 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--holdout", type=int, default=HOLDOUT, help="latest interactions held out per user")
     parser.add_argument(
+        "--ties", choices=TIE_ORDERS, default="hash",
+        help="how a user's interactions in the same second are ordered (so which is held out): hash, an order "
+        "with no signal; file, the order read (a stable sort by time, as SASRec's preprocessing of MovieLens)",
+    )  # fmt: skip
+    parser.add_argument(
         "--user-tower", choices=USER_TOWERS, default="pooled",
         help="pooled: attention pooling of the latest 20 items; sequence: causal self-attention over the "
         "latest 50, trained on every position (docs/models.md)",
@@ -197,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         build(
             args.out, args.size, args.seed, args.epochs, args.movielens,
             min_rating=args.min_rating, for_evaluation=args.for_evaluation, holdout=args.holdout, files=files,
-            config=config,
+            config=config, ties=args.ties,
         )  # fmt: skip
     except DataProblems as exc:
         # Before any training: nothing was written.

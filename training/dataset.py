@@ -6,18 +6,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# How interactions a user made in the same second are ordered. "hash": by `tie_break`, an order that
+# carries no signal. "file": in the order they were read, which every subset keeps (a stable sort by
+# time, as SASRec's own preprocessing of MovieLens sorts); where the file's order holds a pattern,
+# a model may learn it.
+TIE_ORDERS = ("hash", "file")
+
 
 @dataclass
 class Interactions:
     user: np.ndarray  # int32 user rows
     item: np.ndarray  # int32 item rows
     timestamp: np.ndarray  # int64 seconds
+    ties: str = "hash"  # one of TIE_ORDERS
+
+    def __post_init__(self) -> None:
+        if self.ties not in TIE_ORDERS:
+            raise ValueError(f"tie order {self.ties!r}: expected one of {', '.join(TIE_ORDERS)}")
 
     def __len__(self) -> int:
         return len(self.user)
 
     def take(self, mask: np.ndarray) -> Interactions:
-        return Interactions(self.user[mask], self.item[mask], self.timestamp[mask])
+        return Interactions(self.user[mask], self.item[mask], self.timestamp[mask], self.ties)
 
     def items_by_user(self) -> dict[int, np.ndarray]:
         """Each user's items in time order, grouped once (a per-user mask is quadratic at a million items)."""
@@ -43,9 +54,10 @@ def tie_break(user: np.ndarray, item: np.ndarray) -> np.ndarray:
 
 
 def chronological(interactions: Interactions) -> np.ndarray:
-    """Indices ordering the interactions by user, then time (ties by `tie_break`)."""
+    """Indices ordering the interactions by user, then time, then as their tie order says."""
     i = interactions
-    return np.lexsort((tie_break(i.user, i.item), i.timestamp, i.user))
+    within = np.arange(len(i)) if i.ties == "file" else tie_break(i.user, i.item)
+    return np.lexsort((within, i.timestamp, i.user))
 
 
 @dataclass
