@@ -24,7 +24,7 @@ import numpy as np
 from funnel.artifacts.catalog import COUNTRIES
 from funnel.fusion import DEFAULT_LIMITS
 from funnel.policy.document import load_policy
-from funnel.retrieval.allowed import AllowedItems
+from funnel.retrieval.allowed_items import AllowedItems
 from funnel.sources import ANN
 from funnel.v1 import common_pb2
 from launcher.stack import REPO_ROOT

@@ -9,7 +9,8 @@ import pytest
 
 from funnel.artifacts.catalog import COUNTRIES, Catalog
 from funnel.policy.document import ContentRules
-from funnel.retrieval.allowed import Allowed, AllowedItems, packed
+from funnel.retrieval.allowed import Allowed, packed
+from funnel.retrieval.allowed_items import AllowedItems
 from funnel.retrieval.faiss_index import IndexSpec, build_index, skip_unused_polysemous_training
 from funnel.retrieval.filtered_search import filtered_search
 from funnel.retrieval.sources import CoVisitationSource, PopularSource, Query

@@ -11,7 +11,7 @@ from funnel.artifacts.catalog import Catalog, Embeddings, Users
 from funnel.artifacts.covisitation import CoVisitation
 from funnel.artifacts.store import read_manifest
 from funnel.policy.document import ContentRules
-from funnel.retrieval.allowed import AllowedItems
+from funnel.retrieval.allowed_items import AllowedItems
 from funnel.retrieval.faiss_index import IndexSpec, build_index, shard_of
 from funnel.retrieval.sources import build_sources
 from funnel.runtime.metrics import LOADED_ARTIFACTS
