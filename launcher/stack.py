@@ -20,7 +20,7 @@ from pathlib import Path
 from funnel.runtime.clients import RECOMMEND, RECORD_EVENTS, new_credential
 from launcher.health import wait_listening, wait_serving
 from launcher.ports import ATTEMPTS, PortTaken, reserve_port, start_server
-from launcher.processes import alive, spawn, stop_group, tail
+from launcher.processes import alive, spawn, stop_group, stop_groups, tail
 from launcher.redis import RedisServer
 from launcher.triton import TritonServer
 
@@ -109,9 +109,9 @@ class Stack:
             self._progress(f"starting Triton on 127.0.0.1:{grpc_port}")
             return TritonServer(c.artifacts / "model_repository", grpc_port, http, metrics, logs / "triton.log")
 
-        self.triton = t = start_server(make_triton, c.startup_timeout_s, ATTEMPTS if c.auto_ports else 1)
-        assert t.process is not None
-        self.processes.append(ProcessInfo("triton", t.process.pid, t.grpc_port, t.metrics_port, str(t.log_path)))
+        # Triton loads its model (about 4 s) while the store and the stages start; it is waited for
+        # before anyone is told the stages' addresses.
+        triton = self._started(make_triton())
         store_flags = self._start_store(public) if c.live_state else []
 
         shards = []
@@ -127,18 +127,26 @@ class Stack:
                     for r in range(c.retrieval_replicas)
                 ]
             )
-        ranking = [
-            self.launch(
-                f"ranking-{r}",
-                "services.ranking",
-                ["--triton-url", self.triton.grpc_url, "--triton-shared-memory", str(c.triton_shared_memory).lower()],
-            )
-            for r in range(c.ranking_replicas)
-        ]
+        ranking = self._launch_ranking(triton)
         reranking = [
             self.launch(f"reranking-{r}", "services.reranking", ["--policy-path", str(c.policy)])
             for r in range(c.reranking_replicas)
         ]
+        try:
+            triton.wait_ready(c.startup_timeout_s)
+        except PortTaken:
+            if not c.auto_ports:
+                raise
+            # Something outside the reservations took one of its ports: Triton made again on new
+            # ones, and the ranking replicas started again with its new address.
+            self._forget("triton")
+            triton.stop()
+            triton = start_server(make_triton, c.startup_timeout_s, ATTEMPTS - 1)
+            self._started(triton, already=True)
+            for info in ranking:
+                self.stop_one(info.name)
+            ranking = self._launch_ranking(triton)
+        self.triton = triton
         # Launched together, each then held to its ports (or moved to new ones) before anyone is told them.
         shards = [[self.listening(p) for p in replicas] for replicas in shards]
         ranking, reranking = [self.listening(p) for p in ranking], [self.listening(p) for p in reranking]
@@ -164,6 +172,22 @@ class Stack:
         )
         self.listening(gateway)
         self.wait_all_serving()
+
+    def _started(self, triton: TritonServer, already: bool = False) -> TritonServer:
+        """`triton` started (unless `already`) and listed first among the processes, not waited for."""
+        process = triton.process if already else triton.start()
+        assert process is not None
+        info = ProcessInfo("triton", process.pid, triton.grpc_port, triton.metrics_port, str(triton.log_path))
+        self.processes.insert(0, info)
+        return triton
+
+    def _forget(self, name: str) -> None:
+        self.processes.remove(self.get(name))
+
+    def _launch_ranking(self, triton: TritonServer) -> list[ProcessInfo]:
+        c = self.config
+        args = ["--triton-url", triton.grpc_url, "--triton-shared-memory", str(c.triton_shared_memory).lower()]
+        return [self.launch(f"ranking-{r}", "services.ranking", args) for r in range(c.ranking_replicas)]
 
     def _start_store(self, public: list[str]) -> list[str]:
         """Redis and the events service writing it; the gateway's flags for reading it."""
@@ -292,9 +316,7 @@ class Stack:
         return next(p for p in self.processes if p.name == name)
 
     def stop(self) -> None:
-        # Gateway first, Triton last: the reverse of start-up, so nothing calls a stopped process.
-        for info in reversed(self.processes):
-            stop_group(info.pid)
+        stop_in_tiers(self.processes)
         self.processes.clear()
 
     # -- state file for `make up` / `make down` --------------------------------------------
@@ -309,13 +331,26 @@ class Stack:
         if not path.exists():
             return []
         infos = [ProcessInfo(**entry) for entry in json.loads(path.read_text())]
-        for info in reversed(infos):
-            stop_group(info.pid)
+        stop_in_tiers(infos)
         path.unlink()
         return [info.name for info in infos]
 
     def _progress(self, message: str) -> None:
         print(f"[stack {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# Callers before what they call, so nothing calls a stopped process: the gateway (no new request
+# comes in), then the stages and the events service (none calls another), then what they call.
+# Within a tier the processes drain together: Triton alone takes about 4 s to unload its model.
+CALLED_LAST = ("redis", "triton")
+
+
+def stop_in_tiers(processes: list[ProcessInfo]) -> None:
+    gateways = [p.pid for p in processes if p.name.startswith("gateway")]
+    called = [p.pid for p in processes if p.name in CALLED_LAST]
+    stages = [p.pid for p in processes if p.pid not in gateways and p.pid not in called]
+    for tier in (gateways, stages, called):
+        stop_groups(tier)
 
 
 def write_demo_credentials(folder: Path) -> Path:

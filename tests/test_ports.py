@@ -19,7 +19,7 @@ from launcher.health import health_status
 from launcher.ports import PORT_IN_USE_EXIT, PortTaken, ephemeral_range, reserve_port, start_server, usable_ports
 from launcher.redis import RedisServer
 from launcher.service import ServiceProcess
-from launcher.stack import REPO_ROOT
+from launcher.stack import REPO_ROOT, Stack, StackConfig
 
 
 @contextmanager
@@ -140,3 +140,24 @@ def test_a_stack_process_whose_port_is_taken_is_started_again_on_another_in_its_
             assert health_status(stack.address("reranking-moved")) == "SERVING"
         finally:
             stack.stop_one("reranking-moved")
+
+
+@pytest.mark.processes
+def test_a_stack_whose_triton_port_is_taken_moves_triton_and_points_ranking_at_its_new_address(artifacts, tmp_path):
+    stack = Stack(
+        StackConfig(artifacts, run_dir=tmp_path, auto_ports=True, gateway_port=0, live_state=False,
+                    startup_timeout_s=60)
+    )  # fmt: skip
+    with held() as busy:
+        real = stack._port
+        handed = iter([real(), busy])  # Triton's HTTP port, then its gRPC port: taken
+        stack._port = lambda: next(handed, None) or real()  # type: ignore[method-assign]
+        try:
+            stack.start()
+            assert stack.triton is not None and stack.get("triton").port == stack.triton.grpc_port != busy
+            assert "already in use" in (tmp_path / "logs" / "triton.log").read_text()
+            (ranking,) = [p for p in stack.processes if p.name.startswith("ranking")]
+            assert stack._launches[ranking.name][1][1] == stack.triton.grpc_url
+            assert health_status(stack.address(ranking.name)) == "SERVING"  # it reads the moved Triton's model
+        finally:
+            stack.stop()
