@@ -111,7 +111,9 @@ class Stack:
 
         # Triton loads its model (about 4 s) while the store and the stages start; it is waited for
         # before anyone is told the stages' addresses.
-        triton = self._started(make_triton())
+        triton = make_triton()
+        triton.start()
+        self._list_triton(triton)
         store_flags = self._start_store(public) if c.live_state else []
 
         shards = []
@@ -139,10 +141,10 @@ class Stack:
                 raise
             # Something outside the reservations took one of its ports: Triton made again on new
             # ones, and the ranking replicas started again with its new address.
-            self._forget("triton")
+            self.processes.remove(self.get("triton"))
             triton.stop()
             triton = start_server(make_triton, c.startup_timeout_s, ATTEMPTS - 1)
-            self._started(triton, already=True)
+            self._list_triton(triton)
             for info in ranking:
                 self.stop_one(info.name)
             ranking = self._launch_ranking(triton)
@@ -173,16 +175,11 @@ class Stack:
         self.listening(gateway)
         self.wait_all_serving()
 
-    def _started(self, triton: TritonServer, already: bool = False) -> TritonServer:
-        """`triton` started (unless `already`) and listed first among the processes, not waited for."""
-        process = triton.process if already else triton.start()
-        assert process is not None
-        info = ProcessInfo("triton", process.pid, triton.grpc_port, triton.metrics_port, str(triton.log_path))
+    def _list_triton(self, triton: TritonServer) -> None:
+        """A started Triton, first among the processes (ready or not: `stop` must reach it either way)."""
+        assert triton.process is not None
+        info = ProcessInfo("triton", triton.process.pid, triton.grpc_port, triton.metrics_port, str(triton.log_path))
         self.processes.insert(0, info)
-        return triton
-
-    def _forget(self, name: str) -> None:
-        self.processes.remove(self.get(name))
 
     def _launch_ranking(self, triton: TritonServer) -> list[ProcessInfo]:
         c = self.config
